@@ -1,0 +1,48 @@
+"""Backbone registry: timm names work as-is; other encoders register a builder here.
+
+Contract for a builder registered with ``@register_backbone(name)``: called as
+``builder(**kw)``, it returns an ``nn.Module`` whose ``forward(images)`` gives a
+list of NCHW tensors (finest first) and which has ``channels`` and ``strides``
+lists describing them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+
+import timm
+from torch import nn
+
+from backbones.timm_backbone import TimmBackbone
+from harness.errors import InputError
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str):
+    def _register(builder):
+        if name in _BUILDERS:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _BUILDERS[name] = builder
+        return builder
+
+    return _register
+
+
+def list_backbones(pattern: str | None = None) -> list[str]:
+    """Registered encoders plus every timm model name, filtered by a shell-style pattern."""
+    names = sorted(set(_BUILDERS) | set(timm.list_models()))
+    return names if pattern is None else fnmatch.filter(names, pattern)
+
+
+def build_backbone(name: str, **kw) -> nn.Module:
+    """Build encoder ``name`` (``pretrained=False`` unless asked; ``checkpoint=PATH`` loads weights)."""
+    if name in _BUILDERS:
+        return _BUILDERS[name](**kw)
+    if timm.is_model(name):
+        return TimmBackbone(name, **kw)
+    close = difflib.get_close_matches(name, list_backbones(), n=5, cutoff=0.6)
+    hint = f"close matches: {', '.join(close)}" if close else "see `segheads list backbones`"
+    raise InputError(f"unknown backbone {name!r}; expected a timm model name or a registered encoder ({hint})")

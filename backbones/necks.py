@@ -1,0 +1,99 @@
+"""Necks: turn a backbone pyramid into ``Features`` with a common width D.
+
+Registry contract: ``@register_neck(name)`` on a class built as
+``cls(in_channels: list[int], strides: list[int], embed_dim: int, **kw)`` whose
+``forward(feats: list[Tensor], image_size) -> Features`` returns ``pixel`` at
+stride 4 and one D-channel map per backbone stage in ``pyramid``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones.features import Features
+from harness.errors import unknown_name_error
+
+_NECKS: dict[str, type[nn.Module]] = {}
+
+
+def register_neck(name: str):
+    def _register(cls):
+        if name in _NECKS:
+            raise ValueError(f"neck {name!r} is already registered")
+        _NECKS[name] = cls
+        return cls
+
+    return _register
+
+
+def list_necks() -> list[str]:
+    return sorted(_NECKS)
+
+
+def build_neck(name: str, in_channels: list[int], strides: list[int], embed_dim: int = 256, **kw) -> nn.Module:
+    if name not in _NECKS:
+        raise unknown_name_error("neck", name, list(_NECKS))
+    return _NECKS[name](in_channels, strides, embed_dim, **kw)
+
+
+def _stride4_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    return math.ceil(image_size[0] / 4), math.ceil(image_size[1] / 4)
+
+
+def _conv_norm_act(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+@register_neck("mlp")
+class MLPNeck(nn.Module):
+    """SegFormer's all-MLP decoder body (Xie et al. 2021, §3.2) without its classifier.
+
+    Each stage is projected to D by a per-pixel linear layer (``pyramid``), all
+    are upsampled to stride 4, concatenated and fused by a 1x1 conv + BN + ReLU
+    (``pixel``).
+    """
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 256) -> None:
+        super().__init__()
+        self.strides = list(strides)
+        self.project = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in in_channels)
+        self.fuse = _conv_norm_act(embed_dim * len(in_channels), embed_dim, 1)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        pyramid = [proj(f) for proj, f in zip(self.project, feats)]
+        size = _stride4_size(image_size)
+        upsampled = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid]
+        pixel = self.fuse(torch.cat(upsampled, dim=1))
+        return Features(pixel=pixel, pyramid=pyramid, image_size=tuple(image_size))
+
+
+@register_neck("fpn")
+class FPNNeck(nn.Module):
+    """Feature Pyramid Network (Lin et al. 2017) with a Semantic-FPN style fusion.
+
+    Lateral 1x1 convs and a top-down pathway give one D-channel map per stage
+    (``pyramid``, after 3x3 output convs); ``pixel`` is the sum of all levels
+    upsampled to stride 4, followed by a 3x3 conv + BN + ReLU.
+    """
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 256) -> None:
+        super().__init__()
+        self.strides = list(strides)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(embed_dim, embed_dim, 3, padding=1) for _ in in_channels)
+        self.fuse = _conv_norm_act(embed_dim, embed_dim, 3)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        laterals = [lat(f) for lat, f in zip(self.lateral, feats)]
+        for i in range(len(laterals) - 2, -1, -1):
+            laterals[i] = laterals[i] + F.interpolate(laterals[i + 1], size=laterals[i].shape[-2:], mode="nearest")
+        pyramid = [out(x) for out, x in zip(self.output, laterals)]
+        size = _stride4_size(image_size)
+        summed = sum(F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid)
+        return Features(pixel=self.fuse(summed), pyramid=pyramid, image_size=tuple(image_size))

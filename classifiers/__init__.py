@@ -1,0 +1,9 @@
+"""Interchangeable pixel classifier heads, built by name from one registry."""
+
+from classifiers.base import ClassifierOutput, PixelClassifier
+from classifiers.registry import build_classifier, list_classifiers, register_classifier
+
+# Importing a head module registers it.
+from classifiers import query, softmax  # noqa: E402,F401  isort: skip
+
+__all__ = ["ClassifierOutput", "PixelClassifier", "build_classifier", "list_classifiers", "register_classifier"]

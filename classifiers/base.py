@@ -1,0 +1,72 @@
+"""The contract every pixel classifier head keeps (DESIGN.md, "Classifiers")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones.features import Features
+
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass
+class ClassifierOutput:
+    """logits: [B, C, h, w] at the head's own resolution; losses: named, already weighted."""
+
+    logits: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+class PixelClassifier(nn.Module):
+    """Base class of all classifier heads.
+
+    ``forward(features, targets=None)``: with ``targets`` ([B, H, W] integer labels at
+    input resolution, ``ignore_index`` for unlabelled pixels) the head returns every
+    loss term by name; without targets it returns logits only and does no
+    training-only work.
+
+    Accounting read by the harness:
+    - ``learnable_parameters()``: parameters updated by the optimiser;
+    - ``nonlearnable_state()``: persistent buffers that are part of the model but not
+      learned by gradient (e.g. prototypes), excluding normalisation statistics;
+    - ``training_only_modules()``: sub-modules that never run at inference (e.g. a teacher).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, ignore_index: int = 255) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.ignore_index = ignore_index
+
+    def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
+        raise NotImplementedError
+
+    def learnable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def nonlearnable_state(self) -> dict[str, Tensor]:
+        state = {}
+        for prefix, module in self.named_modules():
+            if isinstance(module, _NORM_LAYERS):
+                continue
+            for name, buf in module._buffers.items():
+                if buf is not None and name not in module._non_persistent_buffers_set:
+                    state[f"{prefix}.{name}" if prefix else name] = buf
+        return state
+
+    def training_only_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Pixel-wise CE averaged over labelled pixels, after bilinear upsampling of
+        ``logits`` to the target resolution; 0 (not NaN) when every pixel is ignored."""
+        if logits.shape[-2:] != targets.shape[-2:]:
+            logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        targets = targets.long()
+        summed = F.cross_entropy(logits, targets, ignore_index=self.ignore_index, reduction="sum")
+        return summed / (targets != self.ignore_index).sum().clamp(min=1)

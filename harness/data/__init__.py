@@ -1,0 +1,19 @@
+"""Data in detectron2's dataset-dict format: catalogs, built-in datasets, mapper, loaders."""
+
+from harness.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
+from harness.data.builtin import register_sem_seg
+from harness.data.loader import build_test_loader, build_train_loader
+from harness.data.mapper import AugmentConfig, SemSegMapper
+from harness.data.sem_seg import load_sem_seg
+
+__all__ = [
+    "AugmentConfig",
+    "DatasetCatalog",
+    "Metadata",
+    "MetadataCatalog",
+    "SemSegMapper",
+    "build_test_loader",
+    "build_train_loader",
+    "load_sem_seg",
+    "register_sem_seg",
+]

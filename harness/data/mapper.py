@@ -1,0 +1,84 @@
+"""Dataset dict -> model input, with training augmentation (detectron2's mapper role)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from harness.data.sem_seg import read_image, read_sem_seg
+from harness.errors import InputError
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation; the defaults other than ``crop_size`` change nothing.
+
+    Images are rescaled so their short side is ``crop_size`` times a factor drawn from
+    ``scale_range``, padded (label: ignore) if smaller than the crop, randomly
+    cropped to ``crop_size`` squared, flipped with ``hflip_prob`` and colour-jittered
+    (brightness, contrast, saturation) with factors in [1 - ``color_jitter``, 1 + ``color_jitter``].
+    """
+
+    crop_size: int
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    hflip_prob: float = 0.0
+    color_jitter: float = 0.0
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * torch.rand(()).item()
+
+
+class SemSegMapper:
+    """Reads one dataset dict and returns ``{"image": uint8 [3,H,W], "sem_seg": long [H,W], ...}``.
+
+    At test time the image keeps its size (evaluation is at original resolution).
+    Randomness comes from torch's RNG, which the loaders seed per worker.
+    """
+
+    def __init__(self, num_classes: int, ignore_label: int, augment: AugmentConfig | None = None) -> None:
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.augment = augment
+
+    def __call__(self, record: dict) -> dict:
+        image = read_image(record["file_name"])
+        label = read_sem_seg(record["sem_seg_file_name"], self.num_classes, self.ignore_label)
+        if image.size != label.size:
+            raise InputError(
+                f"image {record['file_name']} is {image.size[0]}x{image.size[1]} but label map "
+                f"{record['sem_seg_file_name']} is {label.size[0]}x{label.size[1]}; expected equal sizes"
+            )
+        if self.augment is not None:
+            image, label = self._augment(image, label)
+        else:
+            image = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+            label = torch.from_numpy(np.asarray(label).astype(np.int64))
+        return {"image": image, "sem_seg": label, "file_name": record["file_name"]}
+
+    def _augment(self, image: Image.Image, label: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        aug = self.augment
+        scale = _uniform(*aug.scale_range) * aug.crop_size / min(image.size)
+        size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+        image = torch.from_numpy(np.asarray(image.resize(size, Image.BILINEAR)).copy()).permute(2, 0, 1)
+        label = torch.from_numpy(np.asarray(label.resize(size, Image.NEAREST)).astype(np.int64))
+        pad_h, pad_w = max(0, aug.crop_size - label.shape[0]), max(0, aug.crop_size - label.shape[1])
+        if pad_h or pad_w:
+            image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=0)
+            label = torch.nn.functional.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_label)
+        top = int(torch.randint(0, label.shape[0] - aug.crop_size + 1, ()))
+        left = int(torch.randint(0, label.shape[1] - aug.crop_size + 1, ()))
+        image = image[:, top : top + aug.crop_size, left : left + aug.crop_size]
+        label = label[top : top + aug.crop_size, left : left + aug.crop_size]
+        if torch.rand(()).item() < aug.hflip_prob:
+            image, label = image.flip(-1), label.flip(-1)
+        if aug.color_jitter > 0:
+            low, high = 1 - aug.color_jitter, 1 + aug.color_jitter
+            image = TF.adjust_brightness(image, _uniform(low, high))
+            image = TF.adjust_contrast(image, _uniform(low, high))
+            image = TF.adjust_saturation(image, _uniform(low, high))
+        return image.contiguous(), label.contiguous()

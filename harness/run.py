@@ -1,0 +1,118 @@
+"""One cell, end to end: dataset -> Segmentor -> train -> evaluate -> measure -> CellResult."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backbones import build_backbone, build_neck
+from classifiers import build_classifier
+from harness.config import RunConfig, config_hash, to_dict
+from harness.data import AugmentConfig, DatasetCatalog, MetadataCatalog, SemSegMapper, build_test_loader, build_train_loader
+from harness.errors import InputError
+from harness.evaluate import evaluate
+from harness.measure import count_parameters
+from harness.metrics import SemSegEvaluator
+from harness.model import Segmentor
+from harness.train import train
+
+SPLITS = ("train", "val")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available here; use device=cpu or auto")
+    return torch.device(name)
+
+
+def dataset_splits(name: str) -> dict[str, str]:
+    """Catalog names of ``name``'s train and val splits; ``InputError`` listing the datasets that have both."""
+    splits = {split: f"{name}_{split}" for split in SPLITS}
+    if not all(s in DatasetCatalog for s in splits.values()):
+        known = sorted({n.rsplit("_", 1)[0] for n in DatasetCatalog.list()
+                        if all(f"{n.rsplit('_', 1)[0]}_{s}" in DatasetCatalog for s in SPLITS)})
+        raise InputError(f"unknown dataset {name!r}: needs {splits['train']!r} and {splits['val']!r} registered; "
+                         f"known datasets: {', '.join(known)}")
+    return splits
+
+
+def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segmentor:
+    m = cfg.model
+    backbone = build_backbone(m.backbone, **m.backbone_kwargs)
+    neck = build_neck(m.neck, backbone.channels, backbone.strides, m.embed_dim)
+    classifier = build_classifier(m.classifier, num_classes=num_classes, in_channels=m.embed_dim,
+                                  ignore_index=ignore_label, **m.classifier_kwargs)
+    return Segmentor(backbone, neck, classifier)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def environment(device: torch.device) -> dict:
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_type": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> dict:
+    """Train and evaluate one cell; returns the JSON-serialisable CellResult."""
+    splits = dataset_splits(cfg.data.dataset)
+    meta = MetadataCatalog.get(splits["train"])
+    classes, ignore = list(meta.stuff_classes), meta.get("ignore_label", 255)
+    device = resolve_device(cfg.device)
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    seed_everything(cfg.train.seed)
+    digest = config_hash(cfg)
+
+    train_records = DatasetCatalog.get(splits["train"])
+    val_records = DatasetCatalog.get(splits["val"])
+    model = build_segmentor(cfg, len(classes), ignore).to(device)
+    d = cfg.data
+    augment = AugmentConfig(crop_size=d.image_size, scale_range=tuple(d.scale_range),
+                            hflip_prob=d.hflip_prob if meta.get("allow_hflip", True) else 0.0,
+                            color_jitter=d.color_jitter)
+    batches = build_train_loader(train_records, SemSegMapper(len(classes), ignore, augment),
+                                 d.batch_size, d.num_workers, cfg.train.seed)
+    log(f"[segheads] {cfg.model.classifier} on {cfg.model.backbone}/{cfg.model.neck}, {cfg.data.dataset} "
+        f"({len(train_records)} train / {len(val_records)} val), {cfg.train.iters} iters on {device}")
+    trained = train(model, batches, cfg.train, device, Path(cfg.output_dir) / digest, resume=resume)
+    for row in trained.history[:: max(1, len(trained.history) // 10)] + trained.history[-1:]:
+        log(f"  iter {row['iteration']:>6}  loss {row['loss/total']:.4f}  lr {row['lr']:.2e}")
+
+    began = time.perf_counter()
+    test_loader = build_test_loader(val_records, SemSegMapper(len(classes), ignore), d.eval_batch_size, d.num_workers)
+    evaluation = evaluate(model, test_loader, SemSegEvaluator(len(classes), ignore, classes), device)
+    eval_seconds = time.perf_counter() - began
+
+    metrics = {
+        **evaluation, **count_parameters(model),
+        "train/seconds": trained.seconds, "train/iters_per_second": trained.iterations / max(trained.seconds, 1e-9),
+        "eval/seconds": eval_seconds,
+    }
+    if trained.history:
+        metrics.update({k: v for k, v in trained.history[-1].items() if k.startswith("loss/")})
+    return {
+        "status": "FINISHED",
+        "config": to_dict(cfg),
+        "config_hash": digest,
+        "tags": {"backbone": cfg.model.backbone, "classifier": cfg.model.classifier, "dataset": cfg.data.dataset,
+                 "seed": str(cfg.train.seed), "neck": cfg.model.neck, "config_hash": digest},
+        "metrics": metrics,
+        "per_class": {"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
+                      "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
+        "history": trained.history,
+        "environment": environment(device),
+    }

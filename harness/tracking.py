@@ -1,0 +1,94 @@
+"""MLflow logging of cell results. Only the driver process calls this (SQLite wants one writer).
+
+Default store: ``sqlite:///mlflow.db`` in the working directory; ``MLFLOW_TRACKING_URI``
+or an explicit URI overrides it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from harness.config import flatten
+from harness.results import to_json
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def git_commit() -> str:
+    """The commit of the segheads checkout this code runs from, or ``unknown``."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _per_class_csv(per_class: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["class", "IoU", "ACC"])
+    writer.writerows(zip(per_class["class"], per_class["IoU"], per_class["ACC"]))
+    return buffer.getvalue()
+
+
+def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "segheads",
+             parent_run_id: str | None = None) -> str:
+    """Write one CellResult as an MLflow run and return its run id.
+
+    Tags: the cell's tags (backbone, classifier, dataset, seed, neck, config_hash) and
+    ``git_commit``; params: the resolved config, flattened; metrics: every finite
+    metric, plus the training curve as stepped ``loss/*`` and ``lr`` series;
+    artifacts: ``per_class.csv``, ``config.yaml``, ``training_curve.json``, ``cell_result.json``.
+    """
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    tags = {**result["tags"], "git_commit": git_commit(),
+            "mlflow.runName": f"{result['tags']['classifier']}@{result['tags']['backbone']}-s{result['tags']['seed']}"}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    try:
+        now = int(time.time() * 1000)
+        params = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in flatten(result["config"]).items()]
+        metrics = [Metric(k, float(v), now, 0) for k, v in result["metrics"].items() if math.isfinite(v)]
+        for row in result["history"]:
+            metrics += [Metric(f"curve/{k}", float(v), now, row["iteration"]) for k, v in row.items()
+                        if k != "iteration" and math.isfinite(v)]
+        for chunk in _chunks(params, 100):
+            client.log_batch(run_id, params=chunk)
+        for chunk in _chunks(metrics, 1000):
+            client.log_batch(run_id, metrics=chunk)
+        client.log_text(run_id, _per_class_csv(result["per_class"]), "per_class.csv")
+        client.log_text(run_id, yaml.safe_dump(result["config"], sort_keys=False), "config.yaml")
+        client.log_dict(run_id, result["history"], "training_curve.json")
+        client.log_text(run_id, to_json(result), "cell_result.json")
+        client.set_tag(run_id, "environment", json.dumps(result.get("environment", {})))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, result.get("status", "FINISHED"))
+    return run_id

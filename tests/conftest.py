@@ -1,0 +1,34 @@
+"""Test-session settings: telemetry off, loopback only, a private dataset cache."""
+
+import os
+import tempfile
+
+# Set before anything imports Ray or MLflow.
+for _key, _value in {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HF_HUB_OFFLINE": "1",
+}.items():
+    os.environ[_key] = _value
+os.environ.setdefault("SEGHEADS_CACHE", tempfile.mkdtemp(prefix="segheads-test-cache-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+@pytest.fixture
+def folder_dataset(tmp_path):
+    """A 4-image folder pair (jpg images, png labels with 3 classes and ignore pixels)."""
+    rng = np.random.default_rng(0)
+    image_root, gt_root = tmp_path / "images", tmp_path / "labels"
+    image_root.mkdir()
+    gt_root.mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(image_root / f"img{i}.jpg")
+        label = rng.integers(0, 3, (40, 48)).astype(np.uint8)
+        label[:4] = 255
+        Image.fromarray(label).save(gt_root / f"img{i}.png")
+    return image_root, gt_root

@@ -1,0 +1,86 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+from harness.data import register_sem_seg
+
+_FAST = ["--backbone", "test_convnext", "--image-size", "48", "--set", "model.embed_dim=32", "data.num_workers=0"]
+
+
+def test_run_end_to_end_writes_the_mlflow_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--iters", "30", "--batch-size", "8", "--tracking-uri", uri,
+         "--json", str(tmp_path / "cell.json"), "--experiment", "e2e", *_FAST],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "mIoU" in proc.stdout
+    result = json.loads((tmp_path / "cell.json").read_text())
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    for key in ("mIoU", "fwIoU", "mACC", "pACC", "params/total", "params/head", "train/seconds"):
+        assert key in metrics
+    assert metrics["mIoU"] == pytest.approx(result["metrics"]["mIoU"])
+    assert any(key.startswith("IoU-") for key in metrics)
+    assert metrics["params/total"] == metrics["params/backbone"] + metrics["params/neck"] + metrics["params/head"]
+    curve = client.get_metric_history(run.info.run_id, "curve/loss/total")
+    assert [m.step for m in curve] == [20, 30]
+    tags = run.data.tags
+    assert (tags["backbone"], tags["classifier"], tags["dataset"], tags["seed"], tags["neck"]) == (
+        "test_convnext", "softmax", "digits_sem_seg", "0", "mlp")
+    assert tags["config_hash"] == result["config_hash"] and "git_commit" in tags
+    assert run.data.params["model.embed_dim"] == "32" and run.data.params["train.iters"] == "30"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"per_class.csv", "config.yaml", "training_curve.json", "cell_result.json"} <= artifacts
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backbone", "resnet181"], "unknown backbone 'resnet181'"),
+        (["--classifier", "linear"], "unknown classifier 'linear'; known classifiers: "),
+        (["--dataset", "ade"], "unknown dataset 'ade'.*known datasets: digits_sem_seg"),
+        (["--set", "train.iters=abc"], "train.iters: expected int, got 'abc'"),
+    ],
+)
+def test_bad_names_and_settings_exit_2_with_one_line(args, message, capsys):
+    assert main(["run", "--no-tracking", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("segheads: error: ")
+    import re
+
+    assert re.search(message, err)
+
+
+def test_missing_dataset_folder_names_path_and_layout(tmp_path, capsys):
+    for split in ("train", "val"):
+        register_sem_seg(f"cli_missing_{split}", tmp_path / "img", tmp_path / "gt", ["a", "b"])
+    assert main(["run", "--no-tracking", "--dataset", "cli_missing", *_FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"image folder {tmp_path / 'img'} does not exist; expected layout" in err
+
+
+def test_unreadable_image_exits_2_naming_the_file(folder_dataset, capsys):
+    image_root, gt_root = folder_dataset
+    (image_root / "img2.jpg").write_bytes(b"\x00" * 10)
+    for split in ("train", "val"):
+        register_sem_seg(f"cli_corrupt_{split}", image_root, gt_root, ["a", "b", "c"])
+    assert main(["run", "--no-tracking", "--dataset", "cli_corrupt", *_FAST]) == 2
+    assert f"cannot read image {image_root / 'img2.jpg'}" in capsys.readouterr().err
+
+
+def test_console_script_lists_and_rejects(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "segheads")
+    listed = subprocess.run([script, "list", "classifiers"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and {"query", "softmax"} <= set(listed.stdout.split())
+    bad = subprocess.run([script, "run", "--classifier", "nope"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "unknown classifier 'nope'" in bad.stderr

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harness.data import AugmentConfig, SemSegMapper, build_train_loader, load_sem_seg
+from harness.data.loader import InfiniteSampler
+from harness.errors import InputError
+
+
+def test_load_sem_seg_pairs_files_with_sizes(folder_dataset):
+    image_root, gt_root = folder_dataset
+    records = load_sem_seg(gt_root, image_root)
+    assert len(records) == 4
+    assert records[0]["file_name"].endswith("img0.jpg") and records[0]["sem_seg_file_name"].endswith("img0.png")
+    assert (records[0]["height"], records[0]["width"]) == (40, 48)
+
+
+def test_missing_folder_names_path_and_layout(tmp_path):
+    with pytest.raises(InputError, match=rf"image folder {tmp_path / 'nowhere'} does not exist; expected layout: IMAGE_ROOT"):
+        load_sem_seg(tmp_path, tmp_path / "nowhere")
+
+
+def test_unpaired_file_is_named(folder_dataset):
+    image_root, gt_root = folder_dataset
+    (gt_root / "img3.png").unlink()
+    with pytest.raises(InputError, match=r"img3\.jpg has no counterpart .*img3\.png"):
+        load_sem_seg(gt_root, image_root)
+
+
+def test_unreadable_image_is_named(folder_dataset):
+    image_root, gt_root = folder_dataset
+    (image_root / "img1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(InputError, match=r"cannot read image .*img1\.jpg"):
+        load_sem_seg(gt_root, image_root)
+
+
+def test_label_out_of_range_names_file_and_value(folder_dataset):
+    image_root, gt_root = folder_dataset
+    label = np.zeros((40, 48), np.uint8)
+    label[5, 5] = 9
+    Image.fromarray(label).save(gt_root / "img2.png")
+    mapper = SemSegMapper(num_classes=3, ignore_label=255)
+    record = load_sem_seg(gt_root, image_root)[2]
+    with pytest.raises(InputError, match=r"img2\.png has value 9; expected class ids in \[0, 3\) or the ignore label 255"):
+        mapper(record)
+
+
+def test_size_mismatch_names_both_files(folder_dataset):
+    image_root, gt_root = folder_dataset
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(gt_root / "img0.png")
+    record = load_sem_seg(gt_root, image_root)[0]
+    with pytest.raises(InputError, match=r"img0\.jpg is 48x40 but label map .*img0\.png is 20x20"):
+        SemSegMapper(3, 255)(record)
+
+
+def test_train_mapper_crops_pads_with_ignore_and_is_seeded(folder_dataset):
+    image_root, gt_root = folder_dataset
+    record = load_sem_seg(gt_root, image_root)[0]
+    mapper = SemSegMapper(3, 255, AugmentConfig(crop_size=64, scale_range=(0.5, 0.5)))
+    torch.manual_seed(3)
+    first = mapper(record)
+    torch.manual_seed(3)
+    second = mapper(record)
+    assert first["image"].shape == (3, 64, 64) and first["image"].dtype == torch.uint8
+    assert first["sem_seg"].shape == (64, 64)
+    assert torch.equal(first["image"], second["image"]) and torch.equal(first["sem_seg"], second["sem_seg"])
+    # Rescaled to 32 px on the short side, so padding fills at least half the crop with the ignore label.
+    assert (first["sem_seg"] == 255).float().mean() >= 0.5
+
+
+def test_test_mapper_keeps_original_size(folder_dataset):
+    image_root, gt_root = folder_dataset
+    out = SemSegMapper(3, 255)(load_sem_seg(gt_root, image_root)[1])
+    assert out["image"].shape == (3, 40, 48) and out["sem_seg"].shape == (40, 48)
+
+
+def test_infinite_sampler_reshuffles_each_pass():
+    indices = iter(InfiniteSampler(5, seed=1))
+    passes = [[next(indices) for _ in range(5)] for _ in range(3)]
+    assert all(sorted(p) == list(range(5)) for p in passes)
+    assert len({tuple(p) for p in passes}) > 1
+
+
+def test_train_loader_batches_forever(folder_dataset):
+    image_root, gt_root = folder_dataset
+    records = load_sem_seg(gt_root, image_root)
+    batches = build_train_loader(records, SemSegMapper(3, 255, AugmentConfig(crop_size=32)), 3, 0, seed=0)
+    shapes = [tuple(next(batches)["image"].shape) for _ in range(5)]  # 15 samples from 4 records
+    assert shapes == [(3, 3, 32, 32)] * 5

@@ -1,0 +1,60 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from harness.metrics import SemSegEvaluator
+
+
+def test_hand_computed_confusion_with_ignore_pixels():
+    gt = np.array([[0, 0, 1], [1, 2, 255]])
+    pred = np.array([[0, 1, 1], [1, 2, 0]])
+    ev = SemSegEvaluator(3, ignore_label=255, class_names=["a", "b", "c"])
+    ev.process(pred, gt)
+    r = ev.evaluate()
+    # Labelled pixels (pred, gt): (0,0) (1,0) (1,1) (1,1) (2,2); the ignored pixel predicted 0 is not counted.
+    assert ev.confusion[:3, :3].tolist() == [[1, 0, 0], [1, 2, 0], [0, 0, 1]]
+    assert r["IoU-a"] == pytest.approx(100 * 1 / 2)
+    assert r["IoU-b"] == pytest.approx(100 * 2 / 3)
+    assert r["IoU-c"] == pytest.approx(100.0)
+    assert r["mIoU"] == pytest.approx(100 * (1 / 2 + 2 / 3 + 1) / 3)
+    assert r["fwIoU"] == pytest.approx(100 * (0.4 * 1 / 2 + 0.4 * 2 / 3 + 0.2 * 1))
+    assert r["ACC-a"] == pytest.approx(50.0)
+    assert r["mACC"] == pytest.approx(100 * (0.5 + 1 + 1) / 3)
+    assert r["pACC"] == pytest.approx(80.0)
+
+
+def test_class_absent_from_ground_truth_is_excluded_but_its_false_positives_count():
+    gt = torch.tensor([[0, 0], [1, 1]])
+    pred = torch.tensor([[0, 2], [1, 1]])
+    ev = SemSegEvaluator(3)
+    ev.process(pred, gt)
+    r = ev.evaluate()
+    assert math.isnan(r["IoU-2"]) and math.isnan(r["ACC-2"])
+    assert r["IoU-0"] == pytest.approx(50.0)  # one of two class-0 pixels went to class 2
+    assert r["mIoU"] == pytest.approx(75.0)  # mean over classes 0 and 1 only
+    assert r["pACC"] == pytest.approx(75.0)
+
+
+def test_accumulates_over_images_and_resets():
+    ev = SemSegEvaluator(2)
+    ev.process(np.zeros((2, 2), int), np.zeros((2, 2), int))
+    ev.process(np.ones((2, 2), int), np.zeros((2, 2), int))
+    assert ev.evaluate()["pACC"] == pytest.approx(50.0)
+    ev.reset()
+    ev.process(np.ones((1, 3), int), np.ones((1, 3), int))
+    assert ev.evaluate()["mIoU"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    "pred, gt, message",
+    [
+        (np.array([[3]]), np.array([[0]]), "prediction values"),
+        (np.array([[0]]), np.array([[7]]), "ground-truth values"),
+        (np.zeros((2, 2), int), np.zeros((2, 3), int), "shape"),
+    ],
+)
+def test_rejects_out_of_range_or_mismatched_maps(pred, gt, message):
+    with pytest.raises(ValueError, match=message):
+        SemSegEvaluator(3).process(pred, gt)
