@@ -109,20 +109,22 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise InputError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
 
 
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
+def from_dict(cls: type, data: dict, section: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types.
+
+    ``section`` is the dotted path of ``data`` inside the whole config, for messages."""
     if not isinstance(data, dict):
-        raise InputError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise InputError(f"{section or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
-        path = f"{prefix}{key}"
+        path = f"{section}.{key}" if section else key
         if key not in hints:
             raise InputError(f"unknown key {path!r}; allowed keys here: {', '.join(names)}")
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
-            kwargs[key] = from_dict(annotation, value, f"{path}.")
+            kwargs[key] = from_dict(annotation, value, path)
         else:
             kwargs[key] = _coerce(value, annotation, path)
     return cls(**kwargs)

@@ -8,6 +8,14 @@ other exception is a bug or a runtime fault and keeps its traceback.
 class InputError(ValueError):
     """Bad user input; the message names the file, key or value and what was expected."""
 
+    def __init__(self, message: str) -> None:
+        # torch's DataLoader re-raises a worker's error as type(exc)(caught-in-worker text +
+        # traceback); keep only the original one-line message.
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
 
 def unknown_name_error(kind: str, name: str, known: list[str]) -> InputError:
     """The error for a name that is not registered, listing the registered ones."""

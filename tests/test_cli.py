@@ -3,10 +3,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
+from PIL import Image
+
 from harness.data import register_sem_seg
 
 _FAST = ["--backbone", "test_convnext", "--image-size", "48", "--set", "model.embed_dim=32", "data.num_workers=0"]
@@ -76,6 +79,20 @@ def test_unreadable_image_exits_2_naming_the_file(folder_dataset, capsys):
         register_sem_seg(f"cli_corrupt_{split}", image_root, gt_root, ["a", "b", "c"])
     assert main(["run", "--no-tracking", "--dataset", "cli_corrupt", *_FAST]) == 2
     assert f"cannot read image {image_root / 'img2.jpg'}" in capsys.readouterr().err
+
+
+def test_bad_label_found_in_a_loader_worker_exits_2_with_one_line(folder_dataset, capsys):
+    image_root, gt_root = folder_dataset
+    label = np.zeros((40, 48), np.uint8)
+    label[0, 0] = 17
+    Image.fromarray(label).save(gt_root / "img1.png")
+    for split in ("train", "val"):
+        register_sem_seg(f"cli_badlabel_{split}", image_root, gt_root, ["a", "b", "c"])
+    args = ["run", "--no-tracking", "--dataset", "cli_badlabel", *_FAST, "data.num_workers=1", "data.batch_size=4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"segheads: error: label map {gt_root / 'img1.png'} has value 17; "
+                   "expected class ids in [0, 3) or the ignore label 255")
 
 
 def test_console_script_lists_and_rejects(tmp_path):
