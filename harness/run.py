@@ -37,8 +37,8 @@ def dataset_splits(name: str) -> dict[str, str]:
     """Catalog names of ``name``'s train and val splits; ``InputError`` listing the datasets that have both."""
     splits = {split: f"{name}_{split}" for split in SPLITS}
     if not all(s in DatasetCatalog for s in splits.values()):
-        known = sorted({n.rsplit("_", 1)[0] for n in DatasetCatalog.list()
-                        if all(f"{n.rsplit('_', 1)[0]}_{s}" in DatasetCatalog for s in SPLITS)})
+        bases = {n.removesuffix("_train") for n in DatasetCatalog.list() if n.endswith("_train")}
+        known = sorted(b for b in bases if f"{b}_val" in DatasetCatalog)
         raise InputError(f"unknown dataset {name!r}: needs {splits['train']!r} and {splits['val']!r} registered; "
                          f"known datasets: {', '.join(known)}")
     return splits
