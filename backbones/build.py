@@ -17,30 +17,22 @@ from torch import nn
 
 from backbones.timm_backbone import TimmBackbone
 from harness.errors import InputError
+from harness.registry import Registry
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_backbone(name: str):
-    def _register(builder):
-        if name in _BUILDERS:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _BUILDERS[name] = builder
-        return builder
-
-    return _register
+_BUILDERS: Registry[Callable[..., nn.Module]] = Registry("backbone")
+register_backbone = _BUILDERS.register
 
 
 def list_backbones(pattern: str | None = None) -> list[str]:
     """Registered encoders plus every timm model name, filtered by a shell-style pattern."""
-    names = sorted(set(_BUILDERS) | set(timm.list_models()))
+    names = sorted(set(_BUILDERS.names()) | set(timm.list_models()))
     return names if pattern is None else fnmatch.filter(names, pattern)
 
 
 def build_backbone(name: str, **kw) -> nn.Module:
     """Build encoder ``name`` (``pretrained=False`` unless asked; ``checkpoint=PATH`` loads weights)."""
     if name in _BUILDERS:
-        return _BUILDERS[name](**kw)
+        return _BUILDERS.get(name)(**kw)
     if timm.is_model(name):
         return TimmBackbone(name, **kw)
     close = difflib.get_close_matches(name, list_backbones(), n=5, cutoff=0.6)

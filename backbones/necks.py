@@ -15,29 +15,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from harness.errors import unknown_name_error
+from harness.registry import Registry
 
-_NECKS: dict[str, type[nn.Module]] = {}
-
-
-def register_neck(name: str):
-    def _register(cls):
-        if name in _NECKS:
-            raise ValueError(f"neck {name!r} is already registered")
-        _NECKS[name] = cls
-        return cls
-
-    return _register
+_NECKS: Registry[type[nn.Module]] = Registry("neck")
+register_neck = _NECKS.register
 
 
 def list_necks() -> list[str]:
-    return sorted(_NECKS)
+    return _NECKS.names()
 
 
 def build_neck(name: str, in_channels: list[int], strides: list[int], embed_dim: int = 256, **kw) -> nn.Module:
-    if name not in _NECKS:
-        raise unknown_name_error("neck", name, list(_NECKS))
-    return _NECKS[name](in_channels, strides, embed_dim, **kw)
+    return _NECKS.get(name)(in_channels, strides, embed_dim, **kw)
 
 
 def _stride4_size(image_size: tuple[int, int]) -> tuple[int, int]:

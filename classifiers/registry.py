@@ -11,33 +11,26 @@ from __future__ import annotations
 import inspect
 
 from classifiers.base import PixelClassifier
-from harness.errors import InputError, unknown_name_error
+from harness.errors import InputError
+from harness.registry import Registry
 
-_CLASSIFIERS: dict[str, type[PixelClassifier]] = {}
+def _check_head(name: str, cls: type) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, PixelClassifier)):
+        raise TypeError(f"classifier {name!r}: {cls!r} is not a PixelClassifier subclass")
 
 
-def register_classifier(name: str):
-    def _register(cls: type[PixelClassifier]) -> type[PixelClassifier]:
-        if name in _CLASSIFIERS:
-            raise ValueError(f"classifier {name!r} is already registered")
-        if not issubclass(cls, PixelClassifier):
-            raise TypeError(f"classifier {name!r}: {cls.__name__} is not a PixelClassifier")
-        _CLASSIFIERS[name] = cls
-        return cls
-
-    return _register
+_CLASSIFIERS: Registry[type[PixelClassifier]] = Registry("classifier", _check_head)
+register_classifier = _CLASSIFIERS.register
 
 
 def list_classifiers() -> list[str]:
-    return sorted(_CLASSIFIERS)
+    return _CLASSIFIERS.names()
 
 
 def build_classifier(
     name: str, *, num_classes: int, in_channels: int, ignore_index: int = 255, **hparams
 ) -> PixelClassifier:
-    if name not in _CLASSIFIERS:
-        raise unknown_name_error("classifier", name, list(_CLASSIFIERS))
-    cls = _CLASSIFIERS[name]
+    cls = _CLASSIFIERS.get(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes", "in_channels", "ignore_index")]
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:

@@ -76,5 +76,5 @@ def test_accounting_separates_nonlearnable_state_from_norm_statistics():
 def test_register_rejects_duplicates_and_non_classifiers():
     with pytest.raises(ValueError, match="already registered"):
         register_classifier("softmax")(_BufferHead)
-    with pytest.raises(TypeError, match="not a PixelClassifier"):
+    with pytest.raises(TypeError, match="not a PixelClassifier subclass"):
         register_classifier("not_a_head")(nn.Linear)
