@@ -32,3 +32,10 @@ def folder_dataset(tmp_path):
         label[:4] = 255
         Image.fromarray(label).save(gt_root / f"img{i}.png")
     return image_root, gt_root
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Benchmarks run only when asked for by path (``python -m pytest tests/benchmarks``)."""
+    if collection_path.name == "benchmarks" and collection_path.is_dir():
+        return not any("benchmarks" in str(arg) for arg in config.args)
+    return None

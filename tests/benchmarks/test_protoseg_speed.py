@@ -1,0 +1,107 @@
+"""ProtoSeg speed, run on demand: ``python -m pytest tests/benchmarks -s``.
+
+Timings go to pytest-benchmark's table and, as same-process ratios, to each
+benchmark's ``extra_info`` and stdout. Assertions check results, never time.
+"""
+
+import statistics
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from classifiers.protoseg import class_sinkhorn, momentum_update
+from harness.config import RunConfig, apply_overrides
+from harness.run import build_segmentor
+from reference_protoseg import per_class_cluster_and_update
+
+THREADS = 2
+
+
+@pytest.fixture(autouse=True)
+def _pinned_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _batched(prototypes, embeddings, own, labels, momentum):
+    assigned = class_sinkhorn(own, labels, prototypes.shape[0]).argmax(dim=1)
+    index = labels * prototypes.shape[1] + assigned
+    return assigned, momentum_update(prototypes, embeddings, index, momentum)
+
+
+def _median_seconds(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def test_clustering_and_update_batched_vs_per_class_loop(benchmark):
+    """C=150 classes, K=10, 10,000 pixels per class (1.5 M pixels), D=64."""
+    classes, k, per_class, dim = 150, 10, 10_000, 64
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(classes).repeat_interleave(per_class)[torch.randperm(classes * per_class, generator=gen)]
+    embeddings = F.normalize(torch.randn(labels.numel(), dim, generator=gen), dim=1)
+    prototypes = F.normalize(torch.randn(classes, k, dim, generator=gen), dim=-1)
+    own = torch.cat([(e[:, None, :] * prototypes[l]).sum(-1) for e, l in zip(embeddings.split(100_000), labels.split(100_000))])
+
+    assigned, updated = _batched(prototypes, embeddings, own, labels, 0.999)
+    ref_assigned, ref_updated = per_class_cluster_and_update(prototypes, embeddings, own, labels, 0.999)
+    assert (assigned == ref_assigned).float().mean() > 0.999  # float32 ties may differ in a handful of pixels
+    torch.testing.assert_close(updated, ref_updated, atol=1e-5, rtol=0)
+
+    loop = _median_seconds(lambda: per_class_cluster_and_update(prototypes, embeddings, own, labels, 0.999), 3)
+    batched = _median_seconds(lambda: _batched(prototypes, embeddings, own, labels, 0.999), 3)
+    benchmark.extra_info.update(loop_s=loop, batched_s=batched, speedup=loop / batched)
+    print(f"\nclustering+update: per-class loop {loop * 1e3:.0f} ms, batched {batched * 1e3:.0f} ms, "
+          f"speed-up {loop / batched:.1f}x")
+    benchmark.pedantic(_batched, args=(prototypes, embeddings, own, labels, 0.999), rounds=3, iterations=1)
+
+
+def test_inference_cost_against_softmax_and_the_similarity_product(benchmark):
+    """ResNet-50 + mlp neck, C=150, D=256, 512x512, batch 1, logits at the head's resolution."""
+    def model(classifier, **hparams):
+        overrides = ["model.backbone=resnet50", "model.embed_dim=256", f"model.classifier={classifier}"]
+        cfg = apply_overrides(RunConfig(), overrides + [f"model.classifier_kwargs.{k}={v}" for k, v in hparams.items()])
+        torch.manual_seed(0)
+        return build_segmentor(cfg, 150, 255).eval()
+
+    models = {"softmax": model("softmax"), "protoseg_k1": model("protoseg", num_prototypes=1),
+              "protoseg_k10": model("protoseg", num_prototypes=10)}
+    for name in ("protoseg_k1", "protoseg_k10"):  # same encoder weights everywhere
+        models[name].backbone.load_state_dict(models["softmax"].backbone.state_dict())
+        models[name].neck.load_state_dict(models["softmax"].neck.state_dict())
+    images = torch.rand(1, 3, 512, 512) * 255
+    similarity_inputs = (torch.randn(150 * 10, 256), torch.randn(1, 256, 128 * 128))
+
+    times = {name: [] for name in [*models, "similarity"]}
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up
+            for m in models.values():
+                m(images)
+        for _ in range(7):  # interleaved, so drift hits every model alike
+            for name, m in models.items():
+                began = time.perf_counter()
+                m(images)
+                times[name].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            torch.matmul(*similarity_inputs)
+            times["similarity"].append(time.perf_counter() - began)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    k1_ratio = median["protoseg_k1"] / median["softmax"]
+    k10_extra = (median["protoseg_k10"] - median["softmax"]) / median["similarity"]
+    benchmark.extra_info.update({f"{n}_s": v for n, v in median.items()}, k1_over_softmax=k1_ratio,
+                                k10_extra_over_similarity=k10_extra)
+    print("\n" + ", ".join(f"{n} {v * 1e3:.1f} ms" for n, v in median.items())
+          + f"; K=1/softmax {k1_ratio:.3f}; (K=10 - softmax)/similarity {k10_extra:.2f}")
+    with torch.inference_mode():
+        logits = models["protoseg_k10"](images).logits
+    assert logits.shape == (1, 150, 128, 128) and torch.isfinite(logits).all()
+    with torch.inference_mode():
+        benchmark.pedantic(models["protoseg_k10"], args=(images,), rounds=3, iterations=1)
