@@ -7,7 +7,6 @@ benchmark's ``extra_info`` and stdout. Assertions check results, never time.
 import statistics
 import time
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -15,17 +14,6 @@ from classifiers.protoseg import class_sinkhorn, momentum_update
 from harness.config import RunConfig, apply_overrides
 from harness.run import build_segmentor
 from reference_protoseg import per_class_cluster_and_update
-
-THREADS = 2
-
-
-@pytest.fixture(autouse=True)
-def _pinned_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _batched(prototypes, embeddings, own, labels, momentum):
     assigned = class_sinkhorn(own, labels, prototypes.shape[0]).argmax(dim=1)
