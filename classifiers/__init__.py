@@ -4,6 +4,6 @@ from classifiers.base import ClassifierOutput, PixelClassifier
 from classifiers.registry import build_classifier, list_classifiers, register_classifier
 
 # Importing a head module registers it.
-from classifiers import ece, protoseg, query, softmax  # noqa: E402,F401  isort: skip
+from classifiers import ece, protoseg, query, softmax, ssa  # noqa: E402,F401  isort: skip
 
 __all__ = ["ClassifierOutput", "PixelClassifier", "build_classifier", "list_classifiers", "register_classifier"]

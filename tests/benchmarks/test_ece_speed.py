@@ -1,13 +1,11 @@
 """ECENet head cost next to softmax on the same features, run on demand:
 ``python -m pytest tests/benchmarks -s -k ece``. Ratios are measured in one process."""
 
-import statistics
-import time
-
 import torch
 
 from backbones import Features
 from classifiers import build_classifier
+from timing import interleaved_medians
 
 
 def test_ece_head_forward_against_softmax(benchmark):
@@ -18,20 +16,16 @@ def test_ece_head_forward_against_softmax(benchmark):
     targets = torch.randint(0, 150, (1, 512, 512))
     heads = {name: build_classifier(name, num_classes=150, in_channels=256) for name in ("softmax", "ece")}
     params = {name: sum(p.numel() for p in h.parameters()) for name, h in heads.items()}
-    times = {f"{n}_{mode}": [] for n in heads for mode in ("infer", "train")}
-    for round_ in range(6):  # the first round warms up
-        for name, head in heads.items():
-            with torch.inference_mode():
-                began = time.perf_counter()
-                head.eval()(features)
-                elapsed = time.perf_counter() - began
-            if round_:
-                times[f"{name}_infer"].append(elapsed)
-            began = time.perf_counter()
-            head.train()(features, targets)
-            if round_:
-                times[f"{name}_train"].append(time.perf_counter() - began)
-    median = {k: statistics.median(v) for k, v in times.items()}
+
+    def infer(head):
+        with torch.inference_mode():
+            head.eval()(features)
+
+    candidates = {}
+    for name, head in heads.items():
+        candidates[f"{name}_infer"] = lambda head=head: infer(head)
+        candidates[f"{name}_train"] = lambda head=head: head.train()(features, targets)
+    median = interleaved_medians(candidates, rounds=5)
     ratios = {mode: median[f"ece_{mode}"] / median[f"softmax_{mode}"] for mode in ("infer", "train")}
     benchmark.extra_info.update(params=params, **{f"{k}_s": v for k, v in median.items()},
                                 **{f"ece_over_softmax_{k}": v for k, v in ratios.items()})

@@ -4,9 +4,6 @@ Timings go to pytest-benchmark's table and, as same-process ratios, to each
 benchmark's ``extra_info`` and stdout. Assertions check results, never time.
 """
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
@@ -14,20 +11,12 @@ from classifiers.protoseg import class_sinkhorn, momentum_update
 from harness.config import RunConfig, apply_overrides
 from harness.run import build_segmentor
 from reference_protoseg import per_class_cluster_and_update
+from timing import interleaved_medians
 
 def _batched(prototypes, embeddings, own, labels, momentum):
     assigned = class_sinkhorn(own, labels, prototypes.shape[0]).argmax(dim=1)
     index = labels * prototypes.shape[1] + assigned
     return assigned, momentum_update(prototypes, embeddings, index, momentum)
-
-
-def _median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def test_clustering_and_update_batched_vs_per_class_loop(benchmark):
@@ -44,8 +33,11 @@ def test_clustering_and_update_batched_vs_per_class_loop(benchmark):
     assert (assigned == ref_assigned).float().mean() > 0.999  # float32 ties may differ in a handful of pixels
     torch.testing.assert_close(updated, ref_updated, atol=1e-5, rtol=0)
 
-    loop = _median_seconds(lambda: per_class_cluster_and_update(prototypes, embeddings, own, labels, 0.999), 3)
-    batched = _median_seconds(lambda: _batched(prototypes, embeddings, own, labels, 0.999), 3)
+    median = interleaved_medians({
+        "loop": lambda: per_class_cluster_and_update(prototypes, embeddings, own, labels, 0.999),
+        "batched": lambda: _batched(prototypes, embeddings, own, labels, 0.999),
+    }, rounds=3, warmup=0)
+    loop, batched = median["loop"], median["batched"]
     benchmark.extra_info.update(loop_s=loop, batched_s=batched, speedup=loop / batched)
     print(f"\nclustering+update: per-class loop {loop * 1e3:.0f} ms, batched {batched * 1e3:.0f} ms, "
           f"speed-up {loop / batched:.1f}x")
@@ -68,20 +60,14 @@ def test_inference_cost_against_softmax_and_the_similarity_product(benchmark):
     images = torch.rand(1, 3, 512, 512) * 255
     similarity_inputs = (torch.randn(150 * 10, 256), torch.randn(1, 256, 128 * 128))
 
-    times = {name: [] for name in [*models, "similarity"]}
-    with torch.inference_mode():
-        for _ in range(2):  # warm-up
-            for m in models.values():
-                m(images)
-        for _ in range(7):  # interleaved, so drift hits every model alike
-            for name, m in models.items():
-                began = time.perf_counter()
-                m(images)
-                times[name].append(time.perf_counter() - began)
-            began = time.perf_counter()
-            torch.matmul(*similarity_inputs)
-            times["similarity"].append(time.perf_counter() - began)
-    median = {name: statistics.median(t) for name, t in times.items()}
+
+    def infer(model):
+        with torch.inference_mode():
+            model(images)
+
+    candidates = {name: (lambda m=m: infer(m)) for name, m in models.items()}
+    candidates["similarity"] = lambda: torch.matmul(*similarity_inputs)
+    median = interleaved_medians(candidates, rounds=7, warmup=2)
     k1_ratio = median["protoseg_k1"] / median["softmax"]
     k10_extra = (median["protoseg_k10"] - median["softmax"]) / median["similarity"]
     benchmark.extra_info.update({f"{n}_s": v for n, v in median.items()}, k1_over_softmax=k1_ratio,

@@ -1,0 +1,52 @@
+"""SSA cost against softmax on the full model, run on demand:
+``python -m pytest tests/benchmarks -s -k ssa``. Ratios are measured in one process."""
+
+import torch
+
+from harness.config import RunConfig, apply_overrides
+from harness.run import build_segmentor
+from harness.train import build_optimizer
+from timing import interleaved_medians
+
+
+def _model(classifier):
+    cfg = apply_overrides(RunConfig(), ["model.backbone=resnet50", "model.embed_dim=256", f"model.classifier={classifier}"])
+    torch.manual_seed(0)
+    return build_segmentor(cfg, 150, 255), cfg
+
+
+def test_ssa_inference_and_training_step_against_softmax(benchmark):
+    """ResNet-50 + mlp neck, C=150, D=256, 512x512, batch 1, 2 threads."""
+    models = {name: _model(name) for name in ("softmax", "ssa")}
+    models["ssa"][0].backbone.load_state_dict(models["softmax"][0].backbone.state_dict())
+    images = torch.rand(1, 3, 512, 512) * 255
+    targets = torch.randint(0, 150, (1, 512, 512))
+    optimizers = {name: build_optimizer(m, cfg.train) for name, (m, cfg) in models.items()}
+
+    def train_step(name):
+        model = models[name][0].train()
+        total = sum(model(images, targets).losses.values())
+        optimizers[name].zero_grad(set_to_none=True)
+        total.backward()
+        optimizers[name].step()
+
+
+    def infer(model):
+        with torch.inference_mode():
+            model.eval()(images)
+
+    candidates = {}
+    for name, (model, _) in models.items():
+        candidates[f"{name}_infer"] = lambda model=model: infer(model)
+        candidates[f"{name}_train"] = lambda name=name: train_step(name)
+    median = interleaved_medians(candidates, rounds=4)
+    ratios = {mode: median[f"ssa_{mode}"] / median[f"softmax_{mode}"] for mode in ("infer", "train")}
+    benchmark.extra_info.update(**{f"{k}_s": v for k, v in median.items()},
+                                **{f"ssa_over_softmax_{k}": v for k, v in ratios.items()})
+    print("\n" + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in median.items())
+          + f"; ssa/softmax inference {ratios['infer']:.3f}, training step {ratios['train']:.3f}")
+    with torch.inference_mode():
+        logits = models["ssa"][0].eval()(images).logits
+    assert logits.shape == (1, 150, 128, 128) and torch.isfinite(logits).all()
+    with torch.inference_mode():
+        benchmark.pedantic(models["ssa"][0].eval(), args=(images,), rounds=2, iterations=1)
