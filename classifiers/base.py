@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
+from harness.errors import InputError
 
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def check_choice(head: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
+    """``InputError`` naming the head, the option and its allowed values unless ``value`` is one of them."""
+    if value not in allowed:
+        raise InputError(f"{head}: {key}={value!r}; expected one of: {', '.join(allowed)}")
 
 
 @dataclass
@@ -61,6 +69,17 @@ class PixelClassifier(nn.Module):
 
     def training_only_modules(self) -> dict[str, nn.Module]:
         return {}
+
+    def labels_at(self, targets: Tensor, size) -> Tensor:
+        """Integer labels [B, h, w] sampled nearest from ``targets`` at the head's resolution ``size``."""
+        return F.interpolate(targets[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+    def one_hot(self, labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """One-hot [B, C, H, W] of ``labels``, zero at ignore pixels, and the labelled mask [B, 1, H, W]."""
+        labelled = labels != self.ignore_index
+        valid = labelled[:, None].to(dtype)
+        onehot = F.one_hot(labels * labelled, self.num_classes).permute(0, 3, 1, 2).to(dtype)
+        return onehot * valid, valid
 
     def cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Pixel-wise CE averaged over labelled pixels, after bilinear upsampling of

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier
+from classifiers.base import ClassifierOutput, PixelClassifier, check_choice
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -151,10 +151,8 @@ class ClassUpdater(nn.Module):
         return update + previous
 
 
-def _focal_and_dice(masks: Tensor, targets: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor]:
-    valid = (targets != ignore_index)[:, None].to(masks.dtype)  # [B, 1, H, W]
-    onehot = F.one_hot(targets.clamp(max=num_classes - 1) * (targets != ignore_index), num_classes)
-    onehot = onehot.permute(0, 3, 1, 2).to(masks.dtype) * valid
+def _focal_and_dice(masks: Tensor, onehot: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Sigmoid focal loss and per-image, per-class dice of ``masks`` against ``onehot`` (zero at ignore pixels)."""
     prob = masks.sigmoid()
     ce = F.binary_cross_entropy_with_logits(masks, onehot, reduction="none")
     p_t = prob * onehot + (1 - prob) * (1 - onehot)
@@ -191,8 +189,7 @@ class ECEClassifier(PixelClassifier):
         num_stages: int = 4,
     ) -> None:
         super().__init__(num_classes, in_channels, ignore_index)
-        if updater not in ("gated", "plus"):
-            raise InputError(f"ece: updater={updater!r}; expected one of: gated, plus")
+        check_choice("ece", "updater", updater, ("gated", "plus"))
         if in_channels % num_heads or in_channels % 2:
             raise InputError(f"ece: the embedding width {in_channels} must be even and divisible by num_heads={num_heads}")
         dim = in_channels
@@ -225,8 +222,7 @@ class ECEClassifier(PixelClassifier):
         logits = self.fuse(fused) + torch.einsum("bqc,bqhw->bchw", probabilities, summed.sigmoid())
         if targets is None:
             return ClassifierOutput(logits)
-        labels = F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
-        focal, dice = _focal_and_dice(summed, labels, self.num_classes, self.ignore_index)
+        focal, dice = _focal_and_dice(summed, *self.one_hot(self.labels_at(targets, size), summed.dtype))
         div = torch.stack([diversity_loss(d) for d in diverse]).mean()
         return ClassifierOutput(logits, {
             "ce": self.cross_entropy(logits, targets), "focal": self.focal_weight * focal,

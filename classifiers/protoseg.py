@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier
+from classifiers.base import ClassifierOutput, PixelClassifier, check_choice
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -151,11 +151,9 @@ class ProtoSegClassifier(PixelClassifier):
         class_score_norm: str = "none",
     ) -> None:
         super().__init__(num_classes, in_channels, ignore_index)
-        for key, value, allowed in (("assignment", assignment, ("argmax", "gumbel")),
-                                    ("update_on", update_on, ("all", "correct")),
-                                    ("class_score_norm", class_score_norm, ("none", "layernorm"))):
-            if value not in allowed:
-                raise InputError(f"protoseg: {key}={value!r}; expected one of: {', '.join(allowed)}")
+        check_choice("protoseg", "assignment", assignment, ("argmax", "gumbel"))
+        check_choice("protoseg", "update_on", update_on, ("all", "correct"))
+        check_choice("protoseg", "class_score_norm", class_score_norm, ("none", "layernorm"))
         if num_prototypes < 1:
             raise InputError(f"protoseg: num_prototypes={num_prototypes}; expected >= 1")
         self.num_prototypes, self.momentum, self.tau, self.kappa = num_prototypes, momentum, tau, kappa
@@ -196,7 +194,7 @@ class ProtoSegClassifier(PixelClassifier):
 
     def _losses(self, embeddings: Tensor, cosines: Tensor, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
         height, width = embeddings.shape[-2:]
-        labels = F.interpolate(targets[:, None].float(), size=(height, width), mode="nearest").long().flatten()
+        labels = self.labels_at(targets, (height, width)).flatten()
         valid = labels != self.ignore_index
         labels = labels[valid]
         pixel_cosines = cosines.permute(0, 2, 1).reshape(-1, cosines.shape[1])[valid]  # [N, C*K]

@@ -44,9 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier
+from classifiers.base import ClassifierOutput, PixelClassifier, check_choice
 from classifiers.registry import register_classifier
-from harness.errors import InputError
 
 _LOSS_WEIGHTS = {"paper": (1.0, 1.0, 1.0), "code": (1.0, 10.0, 0.4)}
 _COSINE_SCALE = 15.0
@@ -136,11 +135,10 @@ class SSAClassifier(PixelClassifier):
         loss_resolution: str = "head",
     ) -> None:
         super().__init__(num_classes, in_channels, ignore_index)
-        for key, value, allowed in (("loss_weights", loss_weights, tuple(_LOSS_WEIGHTS)), ("logit", logit, ("dot", "cosine")),
-                                    ("position_encoding", position_encoding, ("cpvt", "sinusoidal", "learnable")),
-                                    ("loss_resolution", loss_resolution, ("head", "label"))):
-            if value not in allowed:
-                raise InputError(f"ssa: {key}={value!r}; expected one of: {', '.join(allowed)}")
+        check_choice("ssa", "loss_weights", loss_weights, tuple(_LOSS_WEIGHTS))
+        check_choice("ssa", "logit", logit, ("dot", "cosine"))
+        check_choice("ssa", "position_encoding", position_encoding, ("cpvt", "sinusoidal", "learnable"))
+        check_choice("ssa", "loss_resolution", loss_resolution, ("head", "label"))
         dim = in_channels
         self.lambda_r, self.lambda_s, self.lambda_p = _LOSS_WEIGHTS[loss_weights]
         self.edge_size, self.loss_resolution = edge_size, loss_resolution
@@ -182,8 +180,8 @@ class SSAClassifier(PixelClassifier):
 
     def _losses(self, pixels, flat_s, flat_p, prototypes, semantic, spatial, logits, targets) -> dict[str, Tensor]:
         size = pixels.shape[-2:]
-        labels = F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
-        onehot, valid = self._onehot(labels, pixels.dtype)  # M_g at the head's resolution
+        labels = self.labels_at(targets, size)
+        onehot, valid = self.one_hot(labels, pixels.dtype)  # M_g at the head's resolution
         mask = onehot.flatten(2)
         mass = mask.sum(-1, keepdim=True)
         semantic_centres = (mask @ flat_s).sum(0, keepdim=True) / mass.sum(0, keepdim=True).clamp(min=1)
@@ -196,7 +194,7 @@ class SSAClassifier(PixelClassifier):
             student, teacher = (F.interpolate(x, size=targets.shape[-2:], mode="bilinear", align_corners=False)
                                 for x in (logits, t_logits))
             labels = targets.long()
-            onehot, valid = self._onehot(labels, pixels.dtype)
+            onehot, valid = self.one_hot(labels, pixels.dtype)
         else:
             edge = F.adaptive_max_pool2d(edge[:, None], size)[:, 0]  # any boundary pixel in the cell
         return {
@@ -206,14 +204,6 @@ class SSAClassifier(PixelClassifier):
             "sd": self.lambda_s * _semantic_distillation(semantic, t_semantic.detach()),
             "pd": self.lambda_p * _spatial_distillation(spatial, t_spatial.detach()),
         }
-
-    def _onehot(self, labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """One-hot [B, K, H, W], zero at ignore pixels, and the labelled-pixel mask [B, 1, H, W]."""
-        labelled = labels != self.ignore_index
-        onehot = F.one_hot(labels * labelled, self.num_classes).permute(0, 3, 1, 2)
-        valid = labelled[:, None].to(dtype)
-        return onehot * valid, valid
-
 
 def _response_distillation(student: Tensor, teacher: Tensor, onehot: Tensor, edge: Tensor) -> Tensor:
     """Eq. 8, 11, 12: per-pixel KD weighted by the teacher's entropy, averaged per class over
