@@ -50,13 +50,18 @@ _GUMBEL_TEMPERATURE = 0.5  # the public code's F.gumbel_softmax(..., tau=0.5, ha
 
 def _membership(groups: Tensor, num_groups: int, dtype: torch.dtype) -> Tensor:
     """The [G, N] 0/1 matrix of ``groups`` as sparse CSR: per-group sums become one spmm,
-    much faster than ``index_add`` on CPU."""
+    much faster than ``index_add`` on CPU. ``_group_sizes`` reads the counts back from it."""
     counts = torch.bincount(groups, minlength=num_groups)
     crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     ones = torch.ones(groups.numel(), dtype=dtype, device=groups.device)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is all we use
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, torch.argsort(groups), ones, size=(num_groups, groups.numel()))
+
+
+def _group_sizes(membership: Tensor) -> Tensor:
+    """Members per group (row) of a ``_membership`` matrix, without counting again."""
+    return membership.crow_indices().diff()
 
 
 def class_sinkhorn(scores: Tensor, labels: Tensor, num_classes: int, iters: int = 3, kappa: float = 0.05) -> Tensor:
@@ -77,13 +82,12 @@ def class_sinkhorn(scores: Tensor, labels: Tensor, num_classes: int, iters: int 
     """
     dtype, work = scores.dtype, torch.promote_types(scores.dtype, torch.float32)
     labels = labels.long()
-    counts = torch.bincount(labels, minlength=num_classes).to(work)
     scores = scores.to(work)
     class_max = scores.new_full((num_classes,), -math.inf)
     class_max = class_max.scatter_reduce(0, labels, scores.amax(dim=1), reduce="amax")
     q = (scores - class_max[labels][:, None]).div_(kappa).clamp_(min=-80.0).exp_()
     membership = _membership(labels, num_classes, work)
-    pixels_in_class = counts[labels][:, None]
+    pixels_in_class = _group_sizes(membership).to(work)[labels][:, None]
     scratch = torch.empty_like(q)  # reused: allocating N x K every step costs more than the arithmetic
     for _ in range(iters):
         col_sums = (membership @ q).mul_(q.shape[1])
@@ -111,8 +115,9 @@ def momentum_update(prototypes: Tensor, embeddings: Tensor, index: Tensor, momen
     """
     num_classes, num_prototypes, dim = prototypes.shape
     flat = prototypes.reshape(-1, dim)
-    sums = _membership(index, flat.shape[0], flat.dtype) @ embeddings.to(flat.dtype)
-    counts = torch.bincount(index, minlength=flat.shape[0]).to(flat.dtype)
+    membership = _membership(index, flat.shape[0], flat.dtype)
+    sums = membership @ embeddings.to(flat.dtype)
+    counts = _group_sizes(membership).to(flat.dtype)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
         dist.all_reduce(counts)
