@@ -33,7 +33,6 @@ code's prototypes of a class collapse onto the class mean), ``update_on="correct
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -48,22 +47,6 @@ from harness.errors import InputError
 _GUMBEL_TEMPERATURE = 0.5  # the public code's F.gumbel_softmax(..., tau=0.5, hard=True)
 
 
-def _membership(groups: Tensor, num_groups: int, dtype: torch.dtype) -> Tensor:
-    """The [G, N] 0/1 matrix of ``groups`` as sparse CSR: per-group sums become one spmm,
-    much faster than ``index_add`` on CPU. ``_group_sizes`` reads the counts back from it."""
-    counts = torch.bincount(groups, minlength=num_groups)
-    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    ones = torch.ones(groups.numel(), dtype=dtype, device=groups.device)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is all we use
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, torch.argsort(groups), ones, size=(num_groups, groups.numel()))
-
-
-def _group_sizes(membership: Tensor) -> Tensor:
-    """Members per group (row) of a ``_membership`` matrix, without counting again."""
-    return membership.crow_indices().diff()
-
-
 def class_sinkhorn(scores: Tensor, labels: Tensor, num_classes: int, iters: int = 3, kappa: float = 0.05) -> Tensor:
     """Algorithm 1 run independently for every class at once.
 
@@ -71,6 +54,13 @@ def class_sinkhorn(scores: Tensor, labels: Tensor, num_classes: int, iters: int 
     (``labels[n]``). Returns the assignment probabilities [N, K], computed in at
     least float32 and cast back to ``scores.dtype``: each row sums to 1 and, within
     a class of N_c pixels, each column sums to about N_c / K.
+
+    Layout: the work matrix is kept as Algorithm 1 has it, [K, N] (prototypes x
+    pixels, contiguous along pixels), so per-class column sums are one
+    ``index_add`` along the pixels, their broadcast back one ``gather`` and the
+    pixel sums a reduction over K; every step is in place. The returned [N, K]
+    is a transposed view of that matrix (take its argmax as ``.max(dim=1).indices``,
+    much faster than ``argmax`` on that layout).
 
     Stability: each class's largest score is subtracted before exp(score / kappa)
     and exponents are floored at -80 (exp(-80) is still a normal float32), so
@@ -83,17 +73,19 @@ def class_sinkhorn(scores: Tensor, labels: Tensor, num_classes: int, iters: int 
     dtype, work = scores.dtype, torch.promote_types(scores.dtype, torch.float32)
     labels = labels.long()
     scores = scores.to(work)
+    num_pixels, num_prototypes = scores.shape
     class_max = scores.new_full((num_classes,), -math.inf)
     class_max = class_max.scatter_reduce(0, labels, scores.amax(dim=1), reduce="amax")
-    q = (scores - class_max[labels][:, None]).div_(kappa).clamp_(min=-80.0).exp_()
-    membership = _membership(labels, num_classes, work)
-    pixels_in_class = _group_sizes(membership).to(work)[labels][:, None]
-    scratch = torch.empty_like(q)  # reused: allocating N x K every step costs more than the arithmetic
+    q = torch.sub(scores.t(), class_max[labels], out=scores.new_empty(num_prototypes, num_pixels))
+    q.div_(kappa).clamp_(min=-80.0).exp_()
+    pixels_in_class = torch.bincount(labels, minlength=num_classes).to(work)[labels]
+    class_of_entry = labels.expand(num_prototypes, num_pixels)
+    scratch = torch.empty_like(q)  # reused: allocating K x N every step costs more than the arithmetic
     for _ in range(iters):
-        col_sums = (membership @ q).mul_(q.shape[1])
-        q.div_(torch.index_select(col_sums, 0, labels, out=scratch))  # prototype columns sum to 1/K per class
-        q.div_(q.sum(dim=1, keepdim=True).mul_(pixels_in_class))  # each pixel row sums to 1/N_c
-    return q.mul_(pixels_in_class).to(dtype)
+        col_sums = q.new_zeros(num_prototypes, num_classes).index_add_(1, labels, q).mul_(num_prototypes)
+        q.div_(torch.gather(col_sums, 1, class_of_entry, out=scratch))  # prototype columns sum to 1/K per class
+        q.div_(q.sum(dim=0).mul_(pixels_in_class))  # each pixel sums to 1/N_c
+    return q.mul_(pixels_in_class).t().to(dtype)
 
 
 def sinkhorn(scores: Tensor, iters: int = 3, kappa: float = 0.05) -> Tensor:
@@ -115,9 +107,8 @@ def momentum_update(prototypes: Tensor, embeddings: Tensor, index: Tensor, momen
     """
     num_classes, num_prototypes, dim = prototypes.shape
     flat = prototypes.reshape(-1, dim)
-    membership = _membership(index, flat.shape[0], flat.dtype)
-    sums = membership @ embeddings.to(flat.dtype)
-    counts = _group_sizes(membership).to(flat.dtype)
+    sums = flat.new_zeros(flat.shape).index_add_(0, index, embeddings.to(flat.dtype))
+    counts = torch.bincount(index, minlength=flat.shape[0]).to(flat.dtype)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
         dist.all_reduce(counts)
@@ -206,7 +197,7 @@ class ProtoSegClassifier(PixelClassifier):
         own = pixel_cosines.view(-1, self.num_classes, self.num_prototypes)[torch.arange(labels.numel()), labels]
         with torch.no_grad():
             probabilities = class_sinkhorn(own.detach(), labels, self.num_classes, self.sinkhorn_iters, self.kappa)
-            assigned = probabilities.argmax(dim=1)  # k_i
+            assigned = probabilities.max(dim=1).indices  # k_i (max beats argmax on CPU for small K)
         target_index = labels * self.num_prototypes + assigned
         losses = {"ce": self.cross_entropy(logits, targets)}
         if labels.numel():
@@ -224,7 +215,7 @@ class ProtoSegClassifier(PixelClassifier):
     def _update(self, embeddings, logits, valid, labels, probabilities, assigned) -> None:
         pixels = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])[valid].detach()
         if self.assignment == "gumbel":
-            assigned = F.gumbel_softmax(probabilities.float(), tau=_GUMBEL_TEMPERATURE, hard=True).argmax(dim=1)
+            assigned = F.gumbel_softmax(probabilities.float(), tau=_GUMBEL_TEMPERATURE, hard=True).max(dim=1).indices
         index = labels * self.num_prototypes + assigned
         if self.update_on == "correct":
             correct = logits.argmax(dim=1).flatten()[valid] == labels
