@@ -19,6 +19,21 @@ _RUN_FLAGS = {  # CLI flag -> config key
 }
 
 
+_MEASURE_FLAGS = {  # CLI flag -> config key
+    "backbone": "model.backbone", "classifier": "model.classifier", "neck": "model.neck",
+    "image_size": "measure.image_size", "batch_sizes": "measure.batch_sizes", "dtype": "measure.dtype",
+    "threads": "train.threads", "device": "device",
+}
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,4, got {text!r}") from None
+    return sizes
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segheads", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +55,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.01")
     run.add_argument("--resume", action="store_true", help="continue from the cell's checkpoint if there is one")
     run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+    measure = commands.add_parser("measure", help="params, FLOPs, latency, throughput and memory of one model")
+    measure.add_argument("--backbone", help="timm model name or registered encoder (default resnet10t)")
+    measure.add_argument("--classifier", help="registered classifier head (default softmax)")
+    measure.add_argument("--neck", help="neck: mlp (default) or fpn")
+    measure.add_argument("--num-classes", type=int, default=150, help="classes C (default 150, as ADE20K)")
+    measure.add_argument("--image-size", type=int, help="square input size (default 512)")
+    measure.add_argument("--batch-sizes", type=_batch_sizes, help="comma-separated batch sweep, e.g. 1,4 (default 1)")
+    measure.add_argument("--dtype", help="float32 (default), bfloat16 or float16 (autocast)")
+    measure.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last")
+    measure.add_argument("--compile", action="store_true", help="time the torch.compile'd model")
+    measure.add_argument("--threads", type=int, help="CPU threads, pinned (default: all cores)")
+    measure.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    measure.add_argument("--json", type=Path, help="also write metrics and how they were taken to this file")
+    measure.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                         help="config overrides, e.g. model.embed_dim=512 measure.iters=50")
 
     listing = commands.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=["backbones", "classifiers", "datasets", "necks"])
@@ -71,6 +102,63 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.config import RunConfig, apply_overrides
+    from harness.measure import measure_model
+    from harness.run import build_segmentor, resolve_device
+
+    flags = [f"{key}={getattr(args, flag)}" for flag, key in _MEASURE_FLAGS.items() if getattr(args, flag) is not None]
+    flags += [f"measure.{flag}=true" for flag in ("channels_last", "compile") if getattr(args, flag)]
+    cfg = apply_overrides(RunConfig(), flags + list(args.set))
+    if args.num_classes < 1:
+        raise InputError(f"--num-classes {args.num_classes}: expected >= 1")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise InputError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    device = resolve_device(cfg.device)
+    model = build_segmentor(cfg, args.num_classes, 255).to(device)
+    metrics, record = measure_model(model, cfg.measure, device, cfg.train.threads)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"model": {"backbone": cfg.model.backbone, "neck": cfg.model.neck,
+                                                   "classifier": cfg.model.classifier, "num_classes": args.num_classes,
+                                                   "embed_dim": cfg.model.embed_dim},
+                                         "metrics": metrics, "measurement": record}, indent=2))
+    print(_format_measurement(cfg, args.num_classes, metrics, record))
+    return 0
+
+
+def _format_measurement(cfg, num_classes: int, metrics: dict, record: dict) -> str:
+    """The table ``segheads measure`` prints."""
+    machine, settings = record["machine"], record["settings"]
+    mega = {k.split("/", 1)[1]: v / 1e6 for k, v in metrics.items() if k.startswith("params/")}
+    lines = [
+        f"{cfg.model.classifier} on {cfg.model.backbone} + {cfg.model.neck} neck, C={num_classes}, "
+        f"D={cfg.model.embed_dim}, {settings['image_size']}x{settings['image_size']}, {settings['dtype']}"
+        f"{', channels_last' if settings['channels_last'] else ''}{', compiled' if settings['compile'] else ''}",
+        f"machine: {machine['device_name']} ({machine['device']}, {machine['threads']} threads), torch {machine['torch']}; "
+        f"timer {record['timer']}, memory {record['memory']}",
+        f"params (M): total {mega['total']:.3f} = backbone {mega['backbone']:.3f} + neck {mega['neck']:.3f} "
+        f"+ head {mega['head']:.3f} (inference {mega['head_inference']:.3f}, training-only "
+        f"{mega['head_training_only']:.3f}); non-learnable head state {mega['head_nonlearnable']:.3f}",
+        "FLOPs per image (GFLOPs / GMACs): " + ", ".join(
+            f"{part} {metrics[f'gflops/{part}']:.3f} / {metrics[f'gmacs/{part}']:.3f}"
+            for part in ("total", "backbone", "neck", "head") if f"gflops/{part}" in metrics),
+        f"{'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'std ms':>8} {'images/s':>9} "
+        f"{'peak MB':>8} {'GFLOP/s':>8} {'of matmul':>9}",
+    ]
+    for batch in settings["batch_sizes"]:
+        lat = {q: metrics[f"latency/bs{batch}/{q}_ms"] for q in ("p50", "p90", "p99", "mean", "std")}
+        lines.append(f"{batch:>5} {lat['p50']:>9.2f} {lat['p90']:>9.2f} {lat['p99']:>9.2f} {lat['mean']:>9.2f} "
+                     f"{lat['std']:>8.2f} {metrics[f'throughput/bs{batch}/images_per_s']:>9.2f} "
+                     f"{metrics[f'memory/bs{batch}/peak_mb']:>8.1f} "
+                     f"{metrics[f'efficiency/bs{batch}/achieved_gflops_per_s']:>8.1f} "
+                     f"{metrics[f'efficiency/bs{batch}/fraction_of_matmul']:>9.1%}")
+    lines.append(f"machine matmul: {metrics['efficiency/machine_matmul_gflops_per_s']:.1f} GFLOP/s "
+                 f"({settings['dtype']}, {machine['threads']} threads)")
+    return "\n".join(lines)
+
+
 def _list(args: argparse.Namespace) -> int:
     import fnmatch
 
@@ -96,7 +184,7 @@ def _list(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "list": _list}[args.command](args)
+        return {"run": _run, "measure": _measure, "list": _list}[args.command](args)
     except InputError as exc:
         print(f"segheads: error: {exc}", file=sys.stderr)
         return 2

@@ -59,10 +59,28 @@ class TrainConfig:
 
 
 @dataclass
+class MeasureConfig:
+    """Cost measurement of the trained model (``harness.measure``): FLOPs and parameters at
+    ``image_size``; latency, throughput and peak memory for each of ``batch_sizes``
+    (``warmup`` untimed then ``iters`` timed forwards). ``dtype`` float32|bfloat16|float16
+    (autocast when not float32); threads are the run's ``train.threads``."""
+
+    enabled: bool = True
+    image_size: int = 512
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    warmup: int = 5
+    iters: int = 20
+    dtype: str = "float32"
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
     device: str = "auto"
     output_dir: str = "outputs"
     tracking_uri: str | None = None

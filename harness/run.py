@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import random
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from harness.config import RunConfig, config_hash, to_dict
 from harness.data import AugmentConfig, DatasetCatalog, MetadataCatalog, SemSegMapper, build_test_loader, build_train_loader
 from harness.errors import InputError
 from harness.evaluate import evaluate
-from harness.measure import count_parameters
+from harness.measure import check_settings, count_parameters, fingerprint, measure_model
 from harness.metrics import SemSegEvaluator
 from harness.model import Segmentor
 from harness.train import train
@@ -59,17 +58,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def environment(device: torch.device) -> dict:
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "device_type": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-
-
 def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> dict:
     """Train and evaluate one cell; returns the JSON-serialisable CellResult."""
     splits = dataset_splits(cfg.data.dataset)
+    if cfg.measure.enabled:
+        check_settings(cfg.measure)  # before training, not after
     meta = MetadataCatalog.get(splits["train"])
     classes, ignore = list(meta.stuff_classes), meta.get("ignore_label", 255)
     device = resolve_device(cfg.device)
@@ -104,6 +97,14 @@ def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> dict:
     }
     if trained.history:
         metrics.update({k: v for k, v in trained.history[-1].items() if k.startswith("loss/")})
+    measurement = None
+    if cfg.measure.enabled:
+        began = time.perf_counter()
+        measured, measurement = measure_model(model, cfg.measure, device, cfg.train.threads)
+        metrics.update(measured)
+        log(f"[segheads] measured at {cfg.measure.image_size}px in {time.perf_counter() - began:.1f} s: "
+            f"{measured['gflops/total']:.2f} GFLOPs, p50 {measured[f'latency/bs{cfg.measure.batch_sizes[0]}/p50_ms']:.1f} ms "
+            f"at batch {cfg.measure.batch_sizes[0]}")
     return {
         "status": "FINISHED",
         "config": to_dict(cfg),
@@ -114,5 +115,6 @@ def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> dict:
         "per_class": {"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
                       "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
         "history": trained.history,
-        "environment": environment(device),
+        "environment": fingerprint(device),
+        "measurement": measurement,
     }

@@ -58,7 +58,8 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
     Tags: the cell's tags (backbone, classifier, dataset, seed, neck, config_hash) and
     ``git_commit``; params: the resolved config, flattened; metrics: every finite
     metric, plus the training curve as stepped ``loss/*`` and ``lr`` series;
-    artifacts: ``per_class.csv``, ``config.yaml``, ``training_curve.json``, ``cell_result.json``.
+    artifacts: ``per_class.csv``, ``config.yaml``, ``training_curve.json``, ``cell_result.json``
+    and, when the cell was measured, ``measurement.json`` (settings, timer, machine fingerprint).
     """
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -87,6 +88,8 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
         client.log_dict(run_id, result["history"], "training_curve.json")
         client.log_text(run_id, to_json(result), "cell_result.json")
         client.set_tag(run_id, "environment", json.dumps(result.get("environment", {})))
+        if result.get("measurement"):
+            client.log_dict(run_id, result["measurement"], "measurement.json")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -12,7 +12,8 @@ from PIL import Image
 
 from harness.data import register_sem_seg
 
-_FAST = ["--backbone", "test_convnext", "--image-size", "48", "--set", "model.embed_dim=32", "data.num_workers=0"]
+_FAST = ["--backbone", "test_convnext", "--image-size", "48", "--set", "model.embed_dim=32", "data.num_workers=0",
+         "measure.image_size=64", "measure.batch_sizes=[1,2]", "measure.iters=3", "measure.warmup=1"]
 
 
 def test_run_end_to_end_writes_the_mlflow_run(tmp_path):
@@ -29,7 +30,9 @@ def test_run_end_to_end_writes_the_mlflow_run(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
-    for key in ("mIoU", "fwIoU", "mACC", "pACC", "params/total", "params/head", "train/seconds"):
+    for key in ("mIoU", "fwIoU", "mACC", "pACC", "params/total", "params/head", "train/seconds", "gflops/head",
+                "gmacs/total", "latency/bs1/p50_ms", "latency/bs2/p99_ms", "throughput/bs2/images_per_s",
+                "memory/bs1/peak_mb", "efficiency/bs1/fraction_of_matmul"):
         assert key in metrics
     assert metrics["mIoU"] == pytest.approx(result["metrics"]["mIoU"])
     assert any(key.startswith("IoU-") for key in metrics)
@@ -42,7 +45,9 @@ def test_run_end_to_end_writes_the_mlflow_run(tmp_path):
     assert tags["config_hash"] == result["config_hash"] and "git_commit" in tags
     assert run.data.params["model.embed_dim"] == "32" and run.data.params["train.iters"] == "30"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"per_class.csv", "config.yaml", "training_curve.json", "cell_result.json"} <= artifacts
+    assert {"per_class.csv", "config.yaml", "training_curve.json", "cell_result.json", "measurement.json"} <= artifacts
+    assert result["measurement"]["settings"]["image_size"] == 64 and result["measurement"]["machine"]["threads"] >= 1
+    assert run.data.params["measure.batch_sizes"] == "[1, 2]"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +57,7 @@ def test_run_end_to_end_writes_the_mlflow_run(tmp_path):
         (["--classifier", "linear"], "unknown classifier 'linear'; known classifiers: "),
         (["--dataset", "ade"], "unknown dataset 'ade'.*known datasets: digits_sem_seg"),
         (["--set", "train.iters=abc"], "train.iters: expected int, got 'abc'"),
+        (["--set", "measure.dtype=fp8"], "measure.dtype='fp8'; expected one of: float32, bfloat16, float16"),
     ],
 )
 def test_bad_names_and_settings_exit_2_with_one_line(args, message, capsys):

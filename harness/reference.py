@@ -1,0 +1,111 @@
+"""Reference numbers (``jobs/reference/*.yaml``) and the comparison of measured numbers against them.
+
+A reference file (safe-loaded YAML), in the spirit of detectron2's EXPECTED_RESULTS::
+
+    name: protoseg_table4
+    source: where the numbers come from (paper, table, column)
+    cases:
+      - select: {classifier: softmax, num_classes: 150, embed_dim: 768}   # which model / cell
+        expect:
+          - [params/head, 120000, 5000]      # [metric, value, tolerance]: |measured - value| <= 5000
+          - [gmacs/total, 4.11, "2%"]        # a "N%" tolerance is relative to value
+
+``select`` says which model or cell a case is about; what builds or finds it is the
+caller's business (a test, ``segheads check``). Numbers are plain (YAML 1.1 reads
+``1e6`` as a string; write ``1000000`` or ``1.0e+6``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness.errors import InputError
+
+
+@dataclass(frozen=True)
+class Expectation:
+    metric: str
+    value: float
+    tolerance: float
+    relative: bool = False
+
+    @property
+    def allowed(self) -> float:
+        return abs(self.value) * self.tolerance if self.relative else self.tolerance
+
+    def failure(self, measured: dict[str, float]) -> str | None:
+        """None when ``measured[metric]`` is within tolerance, else a one-line explanation."""
+        wanted = f"{self.value:g} +- {self.tolerance * 100:g}%" if self.relative else f"{self.value:g} +- {self.tolerance:g}"
+        if self.metric not in measured:
+            return f"{self.metric}: not measured (expected {wanted})"
+        got = measured[self.metric]
+        if not math.isfinite(got) or abs(got - self.value) > self.allowed * (1 + 1e-9):  # boundary inclusive
+            return f"{self.metric}: measured {got:g}, expected {wanted} (off by {got - self.value:+g})"
+        return None
+
+
+@dataclass(frozen=True)
+class ReferenceCase:
+    select: dict
+    expect: tuple[Expectation, ...]
+
+    def failures(self, measured: dict[str, float]) -> list[str]:
+        return [message for e in self.expect if (message := e.failure(measured)) is not None]
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str
+    source: str
+    cases: tuple[ReferenceCase, ...] = field(default_factory=tuple)
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _expectation(entry, where: str) -> Expectation:
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
+        raise InputError(f"{where}: expected [metric, value, tolerance], got {entry!r}")
+    metric, value, tolerance = entry
+    relative = isinstance(tolerance, str)
+    if relative:
+        if not tolerance.endswith("%"):
+            raise InputError(f"{where}: tolerance {tolerance!r}; expected a number or a percentage such as '2%'")
+        tolerance = _number(yaml.safe_load(tolerance[:-1]), f"{where} tolerance") / 100
+    tolerance = _number(tolerance, f"{where} tolerance")
+    if tolerance < 0:
+        raise InputError(f"{where}: tolerance {tolerance:g}; expected >= 0")
+    return Expectation(metric, _number(value, f"{where} value"), tolerance, relative)
+
+
+def load_reference(path: str | Path) -> Reference:
+    """Parse and validate a reference file; ``InputError`` naming the file and the entry otherwise."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read reference file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or not data["cases"]:
+        raise InputError(f"{path}: expected a mapping with name, source and a non-empty list 'cases'")
+    unknown = set(data) - {"name", "source", "cases"}
+    if unknown:
+        raise InputError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, source, cases")
+    cases = []
+    for i, case in enumerate(data["cases"]):
+        where = f"{path}: cases[{i}]"
+        if not isinstance(case, dict) or set(case) != {"select", "expect"} or not isinstance(case["select"], dict):
+            raise InputError(f"{where}: expected a mapping with exactly 'select' (mapping) and 'expect' (list)")
+        if not isinstance(case["expect"], list) or not case["expect"]:
+            raise InputError(f"{where}.expect: expected a non-empty list of [metric, value, tolerance]")
+        expect = tuple(_expectation(e, f"{where}.expect[{j}]") for j, e in enumerate(case["expect"]))
+        cases.append(ReferenceCase(dict(case["select"]), expect))
+    return Reference(str(data.get("name", path.stem)), str(data.get("source", "")), tuple(cases))
