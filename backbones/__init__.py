@@ -1,12 +1,13 @@
 """Encoders and necks that produce the pixel features classifier heads consume."""
 
-from backbones.build import build_backbone, list_backbones, register_backbone
+from backbones.build import build_backbone, check_backbone, list_backbones, register_backbone
 from backbones.features import Features
 from backbones.necks import build_neck, list_necks, register_neck
 
 __all__ = [
     "Features",
     "build_backbone",
+    "check_backbone",
     "build_neck",
     "list_backbones",
     "list_necks",

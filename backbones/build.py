@@ -31,10 +31,16 @@ def list_backbones(pattern: str | None = None) -> list[str]:
 
 def build_backbone(name: str, **kw) -> nn.Module:
     """Build encoder ``name`` (``pretrained=False`` unless asked; ``checkpoint=PATH`` loads weights)."""
+    check_backbone(name)
     if name in _BUILDERS:
         return _BUILDERS.get(name)(**kw)
-    if timm.is_model(name):
-        return TimmBackbone(name, **kw)
+    return TimmBackbone(name, **kw)
+
+
+def check_backbone(name: str) -> None:
+    """``InputError`` with close matches unless ``name`` is a registered encoder or a timm model."""
+    if name in _BUILDERS or timm.is_model(name):
+        return
     close = difflib.get_close_matches(name, list_backbones(), n=5, cutoff=0.6)
     hint = f"close matches: {', '.join(close)}" if close else "see `segheads list backbones`"
     raise InputError(f"unknown backbone {name!r}; expected a timm model name or a registered encoder ({hint})")

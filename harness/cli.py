@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     measure.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                          help="config overrides, e.g. model.embed_dim=512 measure.iters=50")
 
+    grid = commands.add_parser("grid", help="run a classifier x backbone grid on Ray, logged to MLflow")
+    grid.add_argument("spec", type=Path, help="grid spec YAML, e.g. jobs/quickstart.yaml")
+    grid.add_argument("--address", help="Ray cluster address (default: start Ray locally on 127.0.0.1)")
+    grid.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    grid.add_argument("--results", type=Path, help="results.jsonl to append to (default outputs/<grid name>/results.jsonl)")
+    grid.add_argument("--max-concurrent", type=int, help="at most this many cells training at once")
+    grid.add_argument("--dry-run", action="store_true", help="list the cells and their resources, run nothing")
+
     listing = commands.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=["backbones", "classifiers", "datasets", "necks"])
     listing.add_argument("--pattern", help="shell-style filter, e.g. 'resnet*'")
@@ -159,6 +167,36 @@ def _format_measurement(cfg, num_classes: int, metrics: dict, record: dict) -> s
     return "\n".join(lines)
 
 
+def _grid(args: argparse.Namespace) -> int:
+    from harness.config import config_hash
+    from harness.grid import comparison_table, describe, expand, load_grid, overhead, run_grid, validate_cells
+
+    spec = load_grid(args.spec)
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise InputError(f"--max-concurrent {args.max_concurrent}: expected >= 1")
+    if args.dry_run:
+        cells = expand(spec)
+        validate_cells(cells)
+        r = spec.resources
+        print(f"grid {spec.name!r}: {len(cells)} cells; per cell {r.cpus:g} CPU, {r.gpus:g} GPU (training), "
+              f"{r.measure_cpus:g} CPU, {r.measure_gpus:g} GPU (measurement); {r.retries} retries on lost workers")
+        for cfg in cells:
+            print(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}")
+        return 0
+    outcome = run_grid(spec, args.tracking_uri, args.address, args.max_concurrent, args.results,
+                       log=lambda msg: print(msg, file=sys.stderr))
+    print(comparison_table(outcome.results))
+    cost = overhead(outcome)
+    if cost:
+        print(f"ran {outcome.ran} cells in {outcome.wall_seconds:.0f} s on {outcome.slots} slots: wall time / "
+              f"(sum of cell times / slots) = {cost['wall_over_ideal']:.2f}, "
+              f"{cost['idle_seconds_per_cell']:.1f} idle slot-seconds per cell")
+    if outcome.failed:
+        print(f"segheads: {len(outcome.failed)} of {len(outcome.results)} cells FAILED", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     import fnmatch
 
@@ -184,7 +222,7 @@ def _list(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "measure": _measure, "list": _list}[args.command](args)
+        return {"run": _run, "measure": _measure, "grid": _grid, "list": _list}[args.command](args)
     except InputError as exc:
         print(f"segheads: error: {exc}", file=sys.stderr)
         return 2

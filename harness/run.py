@@ -58,13 +58,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def label_space(dataset: str) -> tuple[list[str], int]:
+    """(class names, ignore label) of ``dataset``'s training split."""
+    meta = MetadataCatalog.get(dataset_splits(dataset)["train"])
+    return list(meta.stuff_classes), meta.get("ignore_label", 255)
+
+
+def cell_tags(cfg: RunConfig, digest: str | None = None) -> dict[str, str]:
+    """The tags every CellResult and MLflow run carries (DESIGN.md, "Tracking")."""
+    return {"backbone": cfg.model.backbone, "classifier": cfg.model.classifier, "dataset": cfg.data.dataset,
+            "seed": str(cfg.train.seed), "neck": cfg.model.neck, "config_hash": digest or config_hash(cfg)}
+
+
 def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> dict:
-    """Train and evaluate one cell; returns the JSON-serialisable CellResult."""
+    """Train, evaluate and (``measure.enabled``) measure one cell; returns the JSON-serialisable CellResult."""
+    result, model, device = train_and_evaluate(cfg, resume, log)
+    if cfg.measure.enabled:
+        add_measurement(result, model, cfg, device, log)
+    return result
+
+
+def train_and_evaluate(cfg: RunConfig, resume: bool = False, log=print) -> tuple[dict, Segmentor, torch.device]:
+    """Train and evaluate one cell: (CellResult without cost measurement, trained model, device)."""
     splits = dataset_splits(cfg.data.dataset)
     if cfg.measure.enabled:
         check_settings(cfg.measure)  # before training, not after
     meta = MetadataCatalog.get(splits["train"])
-    classes, ignore = list(meta.stuff_classes), meta.get("ignore_label", 255)
+    classes, ignore = label_space(cfg.data.dataset)
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     seed_everything(cfg.train.seed)
@@ -97,24 +117,26 @@ def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> dict:
     }
     if trained.history:
         metrics.update({k: v for k, v in trained.history[-1].items() if k.startswith("loss/")})
-    measurement = None
-    if cfg.measure.enabled:
-        began = time.perf_counter()
-        measured, measurement = measure_model(model, cfg.measure, device, cfg.train.threads)
-        metrics.update(measured)
-        log(f"[segheads] measured at {cfg.measure.image_size}px in {time.perf_counter() - began:.1f} s: "
-            f"{measured['gflops/total']:.2f} GFLOPs, p50 {measured[f'latency/bs{cfg.measure.batch_sizes[0]}/p50_ms']:.1f} ms "
-            f"at batch {cfg.measure.batch_sizes[0]}")
-    return {
+    result = {
         "status": "FINISHED",
         "config": to_dict(cfg),
         "config_hash": digest,
-        "tags": {"backbone": cfg.model.backbone, "classifier": cfg.model.classifier, "dataset": cfg.data.dataset,
-                 "seed": str(cfg.train.seed), "neck": cfg.model.neck, "config_hash": digest},
+        "tags": cell_tags(cfg, digest),
         "metrics": metrics,
         "per_class": {"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
                       "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
         "history": trained.history,
         "environment": fingerprint(device),
-        "measurement": measurement,
+        "measurement": None,
     }
+    return result, model, device
+
+
+def add_measurement(result: dict, model: Segmentor, cfg: RunConfig, device: torch.device, log=print) -> None:
+    """Measure ``model``'s cost with ``cfg.measure`` and add it to ``result`` (metrics and ``measurement``)."""
+    began = time.perf_counter()
+    measured, result["measurement"] = measure_model(model, cfg.measure, device, cfg.train.threads)
+    result["metrics"].update(measured)
+    batch = cfg.measure.batch_sizes[0]
+    log(f"[segheads] measured at {cfg.measure.image_size}px in {time.perf_counter() - began:.1f} s: "
+        f"{measured['gflops/total']:.2f} GFLOPs, p50 {measured[f'latency/bs{batch}/p50_ms']:.1f} ms at batch {batch}")

@@ -51,6 +51,11 @@ def _per_class_csv(per_class: dict) -> str:
     return buffer.getvalue()
 
 
+def _finite(value) -> bool:
+    """Metrics read back from JSON hold None where the number was not finite."""
+    return value is not None and math.isfinite(value)
+
+
 def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "segheads",
              parent_run_id: str | None = None) -> str:
     """Write one CellResult as an MLflow run and return its run id.
@@ -60,6 +65,8 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
     metric, plus the training curve as stepped ``loss/*`` and ``lr`` series;
     artifacts: ``per_class.csv``, ``config.yaml``, ``training_curve.json``, ``cell_result.json``
     and, when the cell was measured, ``measurement.json`` (settings, timer, machine fingerprint).
+    A FAILED result gets the tag ``error`` and the artifact ``traceback.txt``; the run ends
+    with the result's status.
     """
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -75,15 +82,19 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
     try:
         now = int(time.time() * 1000)
         params = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in flatten(result["config"]).items()]
-        metrics = [Metric(k, float(v), now, 0) for k, v in result["metrics"].items() if math.isfinite(v)]
+        metrics = [Metric(k, float(v), now, 0) for k, v in result["metrics"].items() if _finite(v)]
         for row in result["history"]:
             metrics += [Metric(f"curve/{k}", float(v), now, row["iteration"]) for k, v in row.items()
-                        if k != "iteration" and math.isfinite(v)]
+                        if k != "iteration" and _finite(v)]
         for chunk in _chunks(params, 100):
             client.log_batch(run_id, params=chunk)
         for chunk in _chunks(metrics, 1000):
             client.log_batch(run_id, metrics=chunk)
-        client.log_text(run_id, _per_class_csv(result["per_class"]), "per_class.csv")
+        if result.get("per_class"):
+            client.log_text(run_id, _per_class_csv(result["per_class"]), "per_class.csv")
+        if result.get("error"):
+            client.set_tag(run_id, "error", result["error"][:_MAX_PARAM_LENGTH])
+            client.log_text(run_id, result.get("traceback", ""), "traceback.txt")
         client.log_text(run_id, yaml.safe_dump(result["config"], sort_keys=False), "config.yaml")
         client.log_dict(run_id, result["history"], "training_curve.json")
         client.log_text(run_id, to_json(result), "cell_result.json")

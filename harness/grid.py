@@ -1,0 +1,397 @@
+"""Classifier x backbone grids on Ray (DESIGN.md, "Grid").
+
+A grid spec (``jobs/*.yaml``, safe-loaded) expands to cells, one ``RunConfig`` each.
+Each cell trains and evaluates in one Ray task with the cell's resources; its cost
+is then measured in a second task with the measurement's resources (a whole GPU for
+latency on GPU clusters), from the trained weights. Only this driver writes MLflow: a
+parent run per grid, a child run per cell; each result is also appended to
+``results.jsonl`` as it arrives. Re-running a grid skips cells whose ``config_hash``
+already has a FINISHED child run and runs the rest (new cells included).
+
+Failures: an exception or a non-finite loss inside a cell makes that cell FAILED (error
+and traceback recorded) and the grid goes on; a lost worker or node is a system failure
+that Ray retries (``resources.retries`` times) before the cell counts as FAILED.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from harness.config import RunConfig, config_hash, from_dict, to_dict
+from harness.errors import InputError
+
+_SECTIONS = ("model", "data", "train", "measure")  # RunConfig sections a spec may set
+
+
+@dataclass
+class Resources:
+    """Per task. ``cpus`` also sets the cell's torch threads; ``gpus`` may be a fraction
+    (0.5 packs two training cells on one GPU); ``measure_*`` are for the cost measurement
+    task (``measure_gpus: 1`` gives latency a whole GPU); ``retries`` re-runs a task after
+    a lost worker or node (never after an exception in the cell)."""
+
+    cpus: float = 1
+    gpus: float = 0
+    measure_cpus: float = 1
+    measure_gpus: float = 0
+    retries: int = 3
+
+
+@dataclass
+class GridSpec:
+    """Axes ``backbones`` x ``classifiers`` x ``datasets`` x ``seeds`` x ``necks``; shared
+    config sections ``model``/``data``/``train``/``measure`` (as in ``RunConfig``; evaluation
+    settings live in ``data``); ``backbone_overrides`` and ``classifier_overrides`` map a
+    name to config sections applied to that axis value's cells (classifier overrides last)."""
+
+    name: str = ""
+    backbones: list[str] = field(default_factory=list)
+    classifiers: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=lambda: ["digits_sem_seg"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    necks: list[str] = field(default_factory=lambda: ["mlp"])
+    model: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    measure: dict = field(default_factory=dict)
+    backbone_overrides: dict = field(default_factory=dict)
+    classifier_overrides: dict = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    """Read and validate a grid spec; ``InputError`` naming the file and key otherwise."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read grid spec ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    try:
+        spec = from_dict(GridSpec, data if data is not None else {})
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    if not spec.name:
+        raise InputError(f"{path}: 'name' is required (the MLflow experiment the grid logs to)")
+    for axis in ("backbones", "classifiers", "datasets", "seeds", "necks"):
+        if not getattr(spec, axis):
+            raise InputError(f"{path}: {axis}: empty axis; list at least one value")
+    return spec
+
+
+def _merge(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _sections(update: dict, where: str) -> dict:
+    if not isinstance(update, dict):
+        raise InputError(f"{where}: expected a mapping of config sections ({', '.join(_SECTIONS)})")
+    unknown = sorted(set(update) - set(_SECTIONS))
+    if unknown:
+        raise InputError(f"{where}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")
+    return update
+
+
+def expand(spec: GridSpec) -> list[RunConfig]:
+    """One ``RunConfig`` per cell, in axis order (dataset, backbone, neck, classifier, seed):
+    defaults <- shared sections <- backbone overrides <- classifier overrides <- axis values."""
+    for kind, overrides, axis in (("backbone_overrides", spec.backbone_overrides, spec.backbones),
+                                  ("classifier_overrides", spec.classifier_overrides, spec.classifiers)):
+        stray = sorted(set(overrides) - set(axis))
+        if stray:
+            raise InputError(f"{kind}: {', '.join(stray)} not on the grid's axis; axis values: {', '.join(map(str, axis))}")
+    threads = max(1, int(spec.resources.cpus))
+    cells = []
+    for dataset in spec.datasets:
+        for backbone in spec.backbones:
+            for neck in spec.necks:
+                for classifier in spec.classifiers:
+                    for seed in spec.seeds:
+                        data = to_dict(RunConfig())
+                        _merge(data, {s: getattr(spec, s) for s in _SECTIONS})
+                        _merge(data, _sections(spec.backbone_overrides.get(backbone, {}),
+                                               f"backbone_overrides.{backbone}"))
+                        _merge(data, _sections(spec.classifier_overrides.get(classifier, {}),
+                                               f"classifier_overrides.{classifier}"))
+                        _merge(data, {"model": {"backbone": backbone, "classifier": classifier, "neck": neck},
+                                      "data": {"dataset": dataset}, "train": {"seed": seed, "threads": threads}})
+                        data["experiment"] = spec.name
+                        try:
+                            cells.append(from_dict(RunConfig, data))
+                        except InputError as exc:
+                            raise InputError(f"cell {classifier}@{backbone}/{neck} {dataset} s{seed}: {exc}") from None
+    return cells
+
+
+def validate_cells(cells: list[RunConfig]) -> None:
+    """Everything that can be checked without training, for every cell, before any runs:
+    dataset, backbone, neck and classifier names, classifier hyper-parameters, measure settings."""
+    from backbones import check_backbone, list_necks
+    from classifiers import build_classifier
+    from harness.errors import unknown_name_error
+    from harness.measure import check_settings
+    from harness.run import dataset_splits
+
+    seen = set()
+    for cfg in cells:
+        m = cfg.model
+        key = (cfg.data.dataset, m.backbone, m.neck, m.classifier, json.dumps(m.classifier_kwargs, sort_keys=True))
+        if key in seen:
+            continue
+        seen.add(key)
+        dataset_splits(cfg.data.dataset)
+        check_backbone(m.backbone)
+        if m.neck not in list_necks():
+            raise unknown_name_error("neck", m.neck, list_necks())
+        build_classifier(m.classifier, num_classes=2, in_channels=8, **m.classifier_kwargs)
+        if cfg.measure.enabled:
+            check_settings(cfg.measure)
+
+
+def describe(cfg: RunConfig) -> str:
+    return f"{cfg.model.classifier}@{cfg.model.backbone}/{cfg.model.neck} {cfg.data.dataset} s{cfg.train.seed}"
+
+
+# ---------------------------------------------------------------------------------------
+# Ray tasks. They return results; they never write MLflow (only the driver does).
+
+
+def _placement(started: float) -> dict:
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"node_id": context.get_node_id(), "worker_pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "started": started, "ended": time.time()}
+
+
+def failed_result(cfg: RunConfig, exc: BaseException) -> dict:
+    """A CellResult for a cell that raised: status FAILED, the error, its traceback and,
+    for a non-finite loss, the iteration it happened at."""
+    from harness.run import cell_tags
+
+    return {
+        "status": "FAILED", "config": to_dict(cfg), "config_hash": config_hash(cfg), "tags": cell_tags(cfg),
+        "metrics": {}, "per_class": None, "history": [], "environment": {}, "measurement": None,
+        "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+        "traceback": "".join(traceback.format_exception(exc)),
+        "failed_at_iteration": getattr(exc, "iteration", None),
+    }
+
+
+def _train_task(cfg_dict: dict) -> tuple[dict, bytes | None]:
+    """Train and evaluate one cell in a worker: (CellResult, trained weights or None)."""
+    from harness.run import train_and_evaluate
+
+    started = time.time()
+    cfg = from_dict(RunConfig, cfg_dict)
+    weights = None
+    try:
+        result, model, _ = train_and_evaluate(cfg, log=lambda msg: None)
+        if cfg.measure.enabled:
+            buffer = io.BytesIO()
+            torch.save(model.state_dict(), buffer)
+            weights = buffer.getvalue()
+    except Exception as exc:  # the cell fails, the grid goes on
+        result = failed_result(cfg, exc)
+    result["environment"]["ray"] = _placement(started)
+    result["seconds"] = time.time() - started
+    return result, weights
+
+
+def _measure_task(cfg_dict: dict, weights: bytes) -> dict:
+    """Measure a trained cell's cost: {"metrics", "record", "seconds"}, or {"error", "seconds"}."""
+    from harness.measure import measure_model
+    from harness.run import build_segmentor, label_space, resolve_device
+
+    started = time.time()
+    try:
+        cfg = from_dict(RunConfig, cfg_dict)
+        classes, ignore = label_space(cfg.data.dataset)
+        device = resolve_device(cfg.device)
+        model = build_segmentor(cfg, len(classes), ignore)
+        model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+        metrics, record = measure_model(model.to(device), cfg.measure, device, max(1, int(cfg.train.threads)))
+        return {"metrics": metrics, "record": record, "seconds": time.time() - started}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0], "seconds": time.time() - started}
+
+
+# ---------------------------------------------------------------------------------------
+# The driver.
+
+
+@dataclass
+class GridOutcome:
+    results: list[dict]          # one per cell of the spec, in expansion order
+    ran_hashes: list[str]        # config_hash of the cells run now (the rest were already FINISHED)
+    wall_seconds: float          # of this invocation's running phase
+    slots: int                   # cells that could run at once
+    parent_run_id: str | None
+
+    @property
+    def ran(self) -> int:
+        return len(self.ran_hashes)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.results if r["status"] != "FINISHED"]
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start Ray locally on loopback; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _slots(spec: GridSpec, max_concurrent: int | None, cells: int) -> int:
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 0) / spec.resources.cpus if spec.resources.cpus else math.inf]
+    if spec.resources.gpus:
+        fits.append(total.get("GPU", 0) / spec.resources.gpus)
+    slots = int(min(fits)) if all(math.isfinite(f) for f in fits) else cells
+    return max(1, min(slots, max_concurrent or cells, cells))
+
+
+def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | None = None,
+             max_concurrent: int | None = None, results_path: str | Path | None = None, log=print) -> GridOutcome:
+    """Run every cell of ``spec`` not already FINISHED in MLflow; returns all cells' results."""
+    import ray
+
+    from harness.data import DatasetCatalog
+    from harness.gridstore import GridStore
+    from harness.progress import Progress
+    from harness.run import dataset_splits
+
+    cells = expand(spec)
+    validate_cells(cells)
+    store = GridStore(spec.name, tracking_uri, results_path or Path("outputs") / spec.name / "results.jsonl")
+    done = store.finished()
+    todo = [cfg for cfg in cells if config_hash(cfg) not in done]
+    log(f"[segheads] grid {spec.name!r}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED, "
+        f"{len(todo)} to run; MLflow {store.tracking_uri}, results {store.results_path}")
+    if not todo:
+        return GridOutcome([done[config_hash(c)] for c in cells], [], 0.0, 0, store.parent_run_id)
+
+    for dataset in {cfg.data.dataset for cfg in todo}:  # materialise built-in data once, here, not in every worker
+        for split in dataset_splits(dataset).values():
+            DatasetCatalog.get(split)
+    started_ray = _init_ray(address)
+    parent = store.open_parent(len(cells))
+    r = spec.resources
+    train_task = ray.remote(_train_task).options(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=r.retries,
+                                                 retry_exceptions=False)
+    measure_task = ray.remote(_measure_task).options(num_cpus=r.measure_cpus, num_gpus=r.measure_gpus,
+                                                     max_retries=r.retries, retry_exceptions=False)
+    slots = _slots(spec, max_concurrent, len(todo))
+    queue, pending, began = list(todo), {}, time.time()
+    results = dict(done)
+    progress = Progress(len(todo), slots, log)
+    try:
+        while queue or pending:
+            while queue and sum(1 for kind, _ in pending.values() if kind == "train") < slots:
+                cfg = queue.pop(0)
+                pending[train_task.remote(to_dict(cfg))] = ("train", cfg)
+                progress.started()
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                kind, payload = pending.pop(ref)
+                if kind == "train":
+                    cfg = payload
+                    try:
+                        result, weights = ray.get(ref)
+                    except Exception as exc:  # retries exhausted: a lost node, a killed worker
+                        result, weights = failed_result(cfg, exc), None
+                    if weights is not None:
+                        pending[measure_task.remote(to_dict(cfg), weights)] = ("measure", result)
+                        continue
+                else:
+                    result = payload
+                    try:
+                        measured = ray.get(ref)
+                    except Exception as exc:  # retries exhausted
+                        measured = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+                    result["measure_seconds"] = measured.get("seconds", 0.0)
+                    if "error" in measured:  # the cell trained fine; its cost is missing, and says why
+                        result["measure_error"] = measured["error"]
+                    else:
+                        result["metrics"].update(measured["metrics"])
+                        result["measurement"] = measured["record"]
+                store.record(result, parent)
+                results[result["config_hash"]] = result
+                progress.finished(result)
+            progress.tick(running=len(pending))
+    finally:
+        progress.close()
+        store.close_parent(parent, [results[config_hash(c)] for c in cells if config_hash(c) in results])
+        if started_ray:
+            ray.shutdown()
+    return GridOutcome([results[config_hash(c)] for c in cells], [config_hash(c) for c in todo],
+                       time.time() - began, slots, parent)
+
+
+def overhead(outcome: GridOutcome) -> dict[str, float]:
+    """How much of this invocation's wall time was not cell work: wall time over (sum of the
+    cells' own task seconds, training and measurement, / slots), and the idle slot-seconds
+    per cell (scheduling, worker start-up, result transfer, logging, waiting for the last cell)."""
+    ran = [r for r in outcome.results if r["config_hash"] in set(outcome.ran_hashes)]
+    busy = sum(r.get("seconds", 0.0) + r.get("measure_seconds", 0.0) for r in ran)
+    if not ran or not busy:
+        return {}
+    return {"wall_over_ideal": outcome.wall_seconds / (busy / outcome.slots),
+            "idle_seconds_per_cell": (outcome.wall_seconds * outcome.slots - busy) / len(ran)}
+
+
+def comparison_table(results: list[dict]) -> str:
+    """One row per cell: mIoU and its delta over ``softmax`` on the same backbone/neck/dataset/seed,
+    head parameters, GFLOPs, latency p50 at the first measured batch size, training time."""
+    def key(r):
+        t = r["tags"]
+        return t["dataset"], t["backbone"], t["neck"], t["seed"]
+
+    softmax = {key(r): r["metrics"].get("mIoU") for r in results
+               if r["tags"]["classifier"] == "softmax" and r["status"] == "FINISHED"}
+    header = (f"{'dataset':<16}{'backbone':<18}{'neck':<6}{'classifier':<11}{'seed':>5} {'status':<9}{'mIoU':>7}"
+              f"{'vs softmax':>11}{'head params':>12}{'GFLOPs':>8}{'p50 ms':>9}{'train s':>9}")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        t, m = r["tags"], r["metrics"]
+        miou, base = m.get("mIoU"), softmax.get(key(r))
+        delta = f"{miou - base:+.2f}" if miou is not None and base is not None and t["classifier"] != "softmax" else ""
+        batch = ((r.get("measurement") or {}).get("settings") or {}).get("batch_sizes", [1])[0]
+        p50 = m.get(f"latency/bs{batch}/p50_ms")
+        lines.append(
+            f"{t['dataset']:<16}{t['backbone']:<18}{t['neck']:<6}{t['classifier']:<11}{t['seed']:>5} {r['status']:<9}"
+            + (f"{miou:>7.2f}" if miou is not None else f"{'-':>7}") + f"{delta:>11}"
+            + (f"{m['params/head']:>12,}" if "params/head" in m else f"{'-':>12}")
+            + (f"{m['gflops/total']:>8.2f}" if "gflops/total" in m else f"{'-':>8}")
+            + (f"{p50:>9.1f}" if p50 is not None else f"{'-':>9}")
+            + (f"{m['train/seconds']:>9.0f}" if "train/seconds" in m else f"{'-':>9}"))
+        if r["status"] != "FINISHED":
+            lines.append(f"{'':<4}error: {r.get('error', 'unknown')}")
+    return "\n".join(lines)
+

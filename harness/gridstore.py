@@ -1,0 +1,119 @@
+"""Where a grid's results live: MLflow (a parent run per grid, a child run per cell) and an
+append-only ``results.jsonl``, kept consistent so that each cell has exactly one FINISHED
+child run and one FINISHED line, whenever the driver was stopped.
+
+Write order per cell: MLflow child run first, then the ``results.jsonl`` line. On start,
+``finished()`` repairs what a killed driver can leave behind: a child run left RUNNING is
+marked KILLED (its cell runs again); a FINISHED run without a line gets its line back
+from the run's ``cell_result.json``; a FINISHED line without a run is logged to MLflow.
+``results.jsonl`` may hold several lines for one cell (a FAILED attempt, then a FINISHED
+one); the last line of a cell wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow.artifacts
+
+from harness.errors import InputError
+from harness.results import to_json
+from harness.tracking import log_cell, resolve_tracking_uri
+
+_PARENT_TAG = "segheads.grid"
+
+
+def read_results(path: str | Path) -> dict[str, dict]:
+    """The last result of each cell in a ``results.jsonl`` (by ``config_hash``); a torn last
+    line (a driver killed mid-write) is ignored, any other bad line is an ``InputError``."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    results = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise InputError(f"{path}:{number}: not a JSON cell result") from None
+        results[result["config_hash"]] = result
+    return results
+
+
+class GridStore:
+    def __init__(self, name: str, tracking_uri: str | None, results_path: str | Path) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.name, self.tracking_uri = name, resolve_tracking_uri(tracking_uri)
+        self.results_path = Path(results_path)
+        self.client = MlflowClient(self.tracking_uri)
+        try:
+            found = self.client.get_experiment_by_name(name)
+        except Exception as exc:  # checked before anything runs
+            raise InputError(f"tracking store {self.tracking_uri} is not reachable: {str(exc).splitlines()[0]}") from None
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
+        parents = self._runs(f"tags.`{_PARENT_TAG}` = '{name}'")
+        self.parent_run_id = parents[0].info.run_id if parents else None
+
+    def _runs(self, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000, page_token=token,
+                                           order_by=["attributes.start_time DESC"])
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def finished(self) -> dict[str, dict]:
+        """FINISHED results by ``config_hash``, after repairing MLflow and ``results.jsonl`` (module docstring)."""
+        for run in self._runs("attributes.status = 'RUNNING' and tags.config_hash != ''"):
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        logged = {run.data.tags["config_hash"]: run.info.run_id
+                  for run in self._runs("attributes.status = 'FINISHED' and tags.config_hash != ''")}
+        lines = {h: r for h, r in read_results(self.results_path).items() if r["status"] == "FINISHED"}
+        for digest in sorted(set(lines) - set(logged)):
+            self.record(lines[digest], self.open_parent(), append=False)
+        for digest in sorted(set(logged) - set(lines)):
+            with tempfile.TemporaryDirectory() as folder:
+                local = mlflow.artifacts.download_artifacts(run_id=logged[digest], artifact_path="cell_result.json",
+                                                            dst_path=folder, tracking_uri=self.tracking_uri)
+                lines[digest] = json.loads(Path(local).read_text())
+            self._append(lines[digest])
+        return lines
+
+    def open_parent(self, cells: int | None = None) -> str:
+        """The grid's parent run (re-opened when the grid ran before), status RUNNING."""
+        if self.parent_run_id is None:
+            tags = {_PARENT_TAG: self.name, "mlflow.runName": self.name}
+            self.parent_run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        else:
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+        if cells is not None:
+            self.client.set_tag(self.parent_run_id, "cells", str(cells))
+        return self.parent_run_id
+
+    def record(self, result: dict, parent_run_id: str, append: bool = True) -> None:
+        log_cell(result, self.tracking_uri, self.name, parent_run_id)
+        if append:
+            self._append(result)
+
+    def _append(self, result: dict) -> None:
+        self.results_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.results_path, "a") as out:
+            out.write(to_json(result, indent=None) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+    def close_parent(self, parent_run_id: str, results: list[dict]) -> None:
+        finished = sum(r["status"] == "FINISHED" for r in results)
+        self.client.log_metric(parent_run_id, "cells_finished", finished)
+        self.client.log_metric(parent_run_id, "cells_failed", len(results) - finished)
+        self.client.set_terminated(parent_run_id, "FINISHED")
