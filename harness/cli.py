@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--max-concurrent", type=int, help="at most this many cells training at once")
     grid.add_argument("--dry-run", action="store_true", help="list the cells and their resources, run nothing")
 
+    checking = commands.add_parser("check", help="compare finished cells with reference numbers; exit 1 on regression")
+    checking.add_argument("reference", type=Path, help="reference YAML, e.g. jobs/reference/quickstart.yaml")
+    source = checking.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="MLflow experiment (a grid's name) whose FINISHED cells to check")
+    source.add_argument("--results", type=Path, help="a grid's results.jsonl")
+    checking.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+
     listing = commands.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=["backbones", "classifiers", "datasets", "necks"])
     listing.add_argument("--pattern", help="shell-style filter, e.g. 'resnet*'")
@@ -197,6 +204,19 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from harness.check import cells_from_mlflow, cells_from_results, check, format_rows
+    from harness.reference import load_reference
+
+    reference = load_reference(args.reference)
+    if args.results is not None and not args.results.is_file():
+        raise InputError(f"--results {args.results}: no such file")
+    cells = cells_from_results(args.results) if args.results else cells_from_mlflow(args.experiment, args.tracking_uri)
+    rows = check(reference, cells)
+    print(format_rows(reference, rows))
+    return 1 if any(row.failure for row in rows) else 0
+
+
 def _list(args: argparse.Namespace) -> int:
     import fnmatch
 
@@ -222,7 +242,8 @@ def _list(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "measure": _measure, "grid": _grid, "list": _list}[args.command](args)
+        commands = {"run": _run, "measure": _measure, "grid": _grid, "check": _check, "list": _list}
+        return commands[args.command](args)
     except InputError as exc:
         print(f"segheads: error: {exc}", file=sys.stderr)
         return 2

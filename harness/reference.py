@@ -9,10 +9,14 @@ A reference file (safe-loaded YAML), in the spirit of detectron2's EXPECTED_RESU
         expect:
           - [params/head, 120000, 5000]      # [metric, value, tolerance]: |measured - value| <= 5000
           - [gmacs/total, 4.11, "2%"]        # a "N%" tolerance is relative to value
+          - [mIoU, ">=", 40]                 # one-sided bounds: ">=" or "<="
+          - [latency/bs1/p50_ms / softmax, "<=", 1.05]   # ratio to the softmax cell, same other tags
 
 ``select`` says which model or cell a case is about; what builds or finds it is the
-caller's business (a test, ``segheads check``). Numbers are plain (YAML 1.1 reads
-``1e6`` as a string; write ``1000000`` or ``1.0e+6``).
+caller's business (a test, ``segheads check``). A metric written ``NAME / CLASSIFIER`` is
+NAME of the selected cell divided by NAME of the cell that differs only in having
+classifier CLASSIFIER (``check`` computes it). Numbers are plain (YAML 1.1 reads ``1e6``
+as a string; write ``1000000`` or ``1.0e+6``).
 """
 
 from __future__ import annotations
@@ -26,26 +30,51 @@ import yaml
 from harness.errors import InputError
 
 
+_BOUNDS = ("<=", ">=")
+
+
 @dataclass(frozen=True)
 class Expectation:
+    """``metric`` within ``value`` +- ``tolerance`` (relative: a fraction of ``value``), or,
+    with ``bound`` "<=" / ">=", at most / at least ``value``."""
+
     metric: str
     value: float
-    tolerance: float
+    tolerance: float = 0.0
     relative: bool = False
+    bound: str | None = None
 
     @property
     def allowed(self) -> float:
         return abs(self.value) * self.tolerance if self.relative else self.tolerance
 
+    @property
+    def wanted(self) -> str:
+        if self.bound:
+            return f"{self.bound} {self.value:g}"
+        return f"{self.value:g} +- {self.tolerance * 100:g}%" if self.relative else f"{self.value:g} +- {self.tolerance:g}"
+
+    @property
+    def ratio_to(self) -> tuple[str, str] | None:
+        """(metric, classifier) for a ``NAME / CLASSIFIER`` ratio, else None."""
+        name, sep, classifier = self.metric.rpartition(" / ")
+        return (name.strip(), classifier.strip()) if sep else None
+
     def failure(self, measured: dict[str, float]) -> str | None:
-        """None when ``measured[metric]`` is within tolerance, else a one-line explanation."""
-        wanted = f"{self.value:g} +- {self.tolerance * 100:g}%" if self.relative else f"{self.value:g} +- {self.tolerance:g}"
+        """None when ``measured[metric]`` meets the expectation, else a one-line explanation."""
         if self.metric not in measured:
-            return f"{self.metric}: not measured (expected {wanted})"
+            return f"{self.metric}: not measured (expected {self.wanted})"
         got = measured[self.metric]
-        if not math.isfinite(got) or abs(got - self.value) > self.allowed * (1 + 1e-9):  # boundary inclusive
-            return f"{self.metric}: measured {got:g}, expected {wanted} (off by {got - self.value:+g})"
-        return None
+        slack = 1e-9 * max(abs(self.value), 1e-12)  # boundaries inclusive despite float rounding
+        if self.bound == "<=":
+            ok = got <= self.value + slack
+        elif self.bound == ">=":
+            ok = got >= self.value - slack
+        else:
+            ok = abs(got - self.value) <= self.allowed * (1 + 1e-9)
+        if math.isfinite(got) and ok:
+            return None
+        return f"{self.metric}: measured {got:g}, expected {self.wanted} (off by {got - self.value:+g})"
 
 
 @dataclass(frozen=True)
@@ -72,8 +101,11 @@ def _number(value, where: str) -> float:
 
 def _expectation(entry, where: str) -> Expectation:
     if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
-        raise InputError(f"{where}: expected [metric, value, tolerance], got {entry!r}")
+        raise InputError(f"{where}: expected [metric, value, tolerance] or [metric, '<=' or '>=', bound], "
+                         f"got {entry!r}")
     metric, value, tolerance = entry
+    if value in _BOUNDS:
+        return Expectation(metric, _number(tolerance, f"{where} bound"), bound=value)
     relative = isinstance(tolerance, str)
     if relative:
         if not tolerance.endswith("%"):
