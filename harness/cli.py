@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--results", type=Path, help="a grid's results.jsonl")
     checking.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
+    report = commands.add_parser("report", help="tables, plots and an HTML page from a grid's MLflow runs")
+    chosen = report.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--experiment", help="MLflow experiment (a grid's name)")
+    chosen.add_argument("--parent", help="a grid's parent run id")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    report.add_argument("--out", type=Path, help="output folder (default reports/<name>)")
+
     listing = commands.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=["backbones", "classifiers", "datasets", "necks"])
     listing.add_argument("--pattern", help="shell-style filter, e.g. 'resnet*'")
@@ -217,6 +224,15 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if any(row.failure for row in rows) else 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import cells_from_mlflow, write_report
+
+    name, cells = cells_from_mlflow(args.experiment, args.parent, args.tracking_uri)
+    written = write_report(name, cells, args.out or Path("reports") / name)
+    print("\n".join(str(path) for path in written))
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     import fnmatch
 
@@ -242,7 +258,8 @@ def _list(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "measure": _measure, "grid": _grid, "check": _check, "list": _list}
+        commands = {"run": _run, "measure": _measure, "grid": _grid, "check": _check, "report": _report,
+                    "list": _list}
         return commands[args.command](args)
     except InputError as exc:
         print(f"segheads: error: {exc}", file=sys.stderr)

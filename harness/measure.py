@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import functools
 import os
 import platform
@@ -178,8 +179,12 @@ def _status_kib(field: str) -> int | None:
 
 
 def _reset_peak_rss() -> bool:
-    """Reset this process's peak resident size (VmHWM) to its current size; False where
-    the kernel does not allow it (then CPU peak memory is not reported)."""
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``, so that memory the
+    model frees and re-uses between forwards is counted again), then reset this process's
+    peak resident size (VmHWM) to its current size; False where the kernel does not allow
+    it (then CPU peak memory is not reported)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")

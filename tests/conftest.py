@@ -39,3 +39,36 @@ def pytest_ignore_collect(collection_path, config):
     if collection_path.name == "benchmarks" and collection_path.is_dir():
         return not any("benchmarks" in str(arg) for arg in config.args)
     return None
+
+
+_TINY_CELL = ["model.backbone=test_convnext", "model.embed_dim=16", "data.num_workers=0", "data.image_size=32",
+         "train.iters=10", "measure.image_size=32", "measure.iters=2", "measure.warmup=1"]
+
+
+@pytest.fixture(scope="session")
+def logged_cells(tmp_path_factory):
+    """Three real tiny cells, softmax (seeds 0 and 1) and query (seed 0), written to a
+    results.jsonl and logged to MLflow experiment "checked" under one parent run:
+    (folder, results.jsonl, tracking URI, results, parent run id)."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.config import RunConfig, apply_overrides
+    from harness.results import to_json
+    from harness.run import run_cell
+    from harness.tracking import log_cell
+
+    folder = tmp_path_factory.mktemp("cells")
+    results = []
+    for classifier, seed in (("softmax", 0), ("softmax", 1), ("query", 0)):
+        cfg = apply_overrides(RunConfig(), _TINY_CELL + [f"model.classifier={classifier}", f"train.seed={seed}",
+                                                    f"output_dir={folder / 'outputs'}"])
+        results.append(run_cell(cfg, log=lambda msg: None))
+    jsonl = folder / "results.jsonl"
+    jsonl.write_text("".join(to_json(r, indent=None) + "\n" for r in results))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("checked"), tags={"mlflow.runName": "checked"}).info.run_id
+    for result in results:
+        log_cell(result, uri, "checked", parent)
+    client.set_terminated(parent)
+    return folder, jsonl, uri, results, parent

@@ -114,7 +114,7 @@ def test_latency_percentiles_throughput_memory_and_call_count():
         assert 0 < lat[0] <= lat[1] <= lat[2]
         assert metrics[f"latency/bs{batch}/std_ms"] >= 0
         assert metrics[f"throughput/bs{batch}/images_per_s"] == pytest.approx(batch * 1e3 / lat[0])
-        assert metrics[f"memory/bs{batch}/peak_mb"] >= 0  # Linux: measured, never NaN
+    assert metrics["memory/bs3/peak_mb"] > metrics["memory/bs1/peak_mb"] > 0  # activations, measured on Linux
     assert model.training
 
 

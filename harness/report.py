@@ -1,0 +1,217 @@
+"""``segheads report``: a grid's MLflow runs -> ``results.csv``, ``report.md``, plots and a
+self-contained ``report.html`` (DESIGN.md, "report").
+
+One row per dataset x backbone x neck x classifier, over the FINISHED cells (seeds):
+mIoU mean and std, fwIoU, pACC, head parameters (inference / training-only), GFLOPs,
+latency p50/p90, throughput and peak memory at the smallest measured batch size, and the
+mIoU delta against ``softmax`` on the same dataset, backbone and neck.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from harness.errors import InputError
+
+_GROUP = ("dataset", "backbone", "neck", "classifier")
+_MEANS = {"fwIoU": "fwIoU", "pACC": "pACC", "head_params_inference": "params/head_inference",
+          "head_params_training_only": "params/head_training_only", "gflops": "gflops/total"}
+COLUMNS = (*_GROUP, "seeds", "mIoU", "mIoU_std", "delta_vs_softmax", *_MEANS, "latency_p50_ms", "latency_p90_ms",
+           "throughput_images_per_s", "peak_memory_mb")
+
+
+def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None = None,
+                      tracking_uri: str | None = None) -> tuple[str, list[dict]]:
+    """(report name, FINISHED cells with tags and metrics) of an experiment or of one parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    if parent_run_id:
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception:
+            raise InputError(f"--parent {parent_run_id!r}: no such run in {uri}") from None
+        experiment_ids, name = [parent.info.experiment_id], parent.data.tags.get("mlflow.runName", parent_run_id)
+        query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'"
+    else:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise InputError(f"--experiment {experiment!r}: no such experiment in {uri}")
+        experiment_ids, name = [found.experiment_id], experiment
+        query = "attributes.status = 'FINISHED' and tags.config_hash != ''"
+    cells, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token)
+        cells += [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics)} for run in page]
+        token = page.token
+        if not token:
+            break
+    if not cells:
+        raise InputError(f"{'run ' + parent_run_id if parent_run_id else 'experiment ' + repr(experiment)}: "
+                         "no FINISHED cells to report")
+    return name, cells
+
+
+def _smallest_batch(metrics: dict) -> int | None:
+    batches = [int(k.split("/")[1][2:]) for k in metrics if k.startswith("latency/bs") and k.endswith("/p50_ms")]
+    return min(batches) if batches else None
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def summarise(cells: list[dict]) -> list[dict]:
+    """The report's rows (``COLUMNS``), sorted by dataset, backbone, neck, then classifier."""
+    groups = defaultdict(list)
+    for cell in cells:
+        groups[tuple(cell["tags"][k] for k in _GROUP)].append(cell["metrics"])
+    rows = []
+    for key, runs in sorted(groups.items()):
+        row = dict(zip(_GROUP, key))
+        mious = [m["mIoU"] for m in runs if "mIoU" in m]
+        row.update(seeds=len(runs), mIoU=_mean(mious), mIoU_std=statistics.stdev(mious) if len(mious) > 1 else 0.0)
+        row.update({column: _mean([m.get(metric) for m in runs]) for column, metric in _MEANS.items()})
+        batch = _smallest_batch(runs[0])
+        for column, metric in (("latency_p50_ms", "latency/bs{b}/p50_ms"), ("latency_p90_ms", "latency/bs{b}/p90_ms"),
+                               ("throughput_images_per_s", "throughput/bs{b}/images_per_s"),
+                               ("peak_memory_mb", "memory/bs{b}/peak_mb")):
+            row[column] = _mean([m.get(metric.format(b=batch)) for m in runs]) if batch else None
+        rows.append(row)
+    softmax = {tuple(r[k] for k in _GROUP[:3]): r["mIoU"] for r in rows if r["classifier"] == "softmax"}
+    for row in rows:
+        base = softmax.get(tuple(row[k] for k in _GROUP[:3]))
+        row["delta_vs_softmax"] = (row["mIoU"] - base if base is not None and row["mIoU"] is not None
+                                   and row["classifier"] != "softmax" else None)
+    return rows
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _markdown(name: str, rows: list[dict]) -> str:
+    header = ["dataset", "backbone", "neck", "classifier", "seeds", "mIoU", "vs softmax", "fwIoU", "pACC",
+              "head params (inference / training-only)", "GFLOPs", "p50 ms", "p90 ms", "images/s", "peak MB"]
+    lines = [f"# {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        miou = f"{_fmt(r['mIoU'])} ± {_fmt(r['mIoU_std'])}" if r["seeds"] > 1 else _fmt(r["mIoU"])
+        delta = "" if r["delta_vs_softmax"] is None else f"{r['delta_vs_softmax']:+.2f}"
+        params = f"{_fmt(r['head_params_inference'], 0)} / {_fmt(r['head_params_training_only'], 0)}"
+        cells = [r["dataset"], r["backbone"], r["neck"], r["classifier"], str(r["seeds"]), miou, delta,
+                 _fmt(r["fwIoU"]), _fmt(r["pACC"]), params, _fmt(r["gflops"], 3), _fmt(r["latency_p50_ms"], 1),
+                 _fmt(r["latency_p90_ms"], 1), _fmt(r["throughput_images_per_s"]), _fmt(r["peak_memory_mb"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "mIoU in percent (mean ± std over seeds); latency, throughput and memory at the smallest "
+              "measured batch size; GFLOPs = 2 x GMACs per image.", ""]
+    return "\n".join(lines)
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten by another that is at least as fast and at least as accurate."""
+    front, best = [], float("-inf")
+    for cost, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
+        if accuracy > best:
+            front.append((cost, accuracy))
+            best = accuracy
+    return front
+
+
+def _plots(rows: list[dict], cells: list[dict]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def png(figure) -> bytes:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        return buffer.getvalue()
+
+    images = {}
+    label = [f"{r['classifier']}@{r['backbone']}" for r in rows]
+    for name, column, xlabel in (("miou_vs_latency.png", "latency_p50_ms", "latency p50 (ms)"),
+                                 ("miou_vs_gflops.png", "gflops", "GFLOPs per image")):
+        points = [(r[column], r["mIoU"], text) for r, text in zip(rows, label) if r[column] is not None and r["mIoU"] is not None]
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for x, y, text in points:
+            axes.scatter(x, y)
+            axes.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = _pareto([(x, y) for x, y, _ in points])
+        if front:
+            axes.step([p[0] for p in front], [p[1] for p in front], where="post", linestyle="--", color="gray",
+                      label="Pareto front")
+            axes.legend(fontsize=7)
+        axes.set(xlabel=xlabel, ylabel="val mIoU (%)")
+        images[name] = png(figure)
+    figure, axes = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
+    axes.barh(label, [r["head_params_inference"] or 0 for r in rows], label="inference")
+    axes.barh(label, [r["head_params_training_only"] or 0 for r in rows],
+              left=[r["head_params_inference"] or 0 for r in rows], label="training-only")
+    axes.set(xlabel="head parameters")
+    axes.legend(fontsize=7)
+    images["head_params.png"] = png(figure)
+    images["per_class_iou.png"] = png(_heatmap(plt, cells))
+    return images
+
+
+def _heatmap(plt, cells: list[dict]):
+    by_head = defaultdict(list)
+    for cell in cells:
+        by_head[f"{cell['tags']['classifier']}@{cell['tags']['backbone']}"].append(cell["metrics"])
+    classes = sorted({k[4:] for c in cells for k in c["metrics"] if k.startswith("IoU-")})
+    heads = sorted(by_head)
+    matrix = [[_mean([m.get(f"IoU-{c}") for m in by_head[h]]) or 0.0 for c in classes] for h in heads]
+    figure, axes = plt.subplots(figsize=(max(4, 0.45 * len(classes) + 2), 0.4 * len(heads) + 1.5))
+    image = axes.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    axes.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    axes.set_yticks(range(len(heads)), heads, fontsize=7)
+    figure.colorbar(image, label="IoU (%)")
+    return figure
+
+
+def _html(name: str, rows: list[dict], images: dict[str, bytes]) -> str:
+    header = "".join(f"<th onclick='sortBy({i})'>{html.escape(c)}</th>" for i, c in enumerate(COLUMNS))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c], 3))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    figures = "".join(f"<figure><img alt='{n}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
+                      f"<figcaption>{n}</figcaption></figure>" for n, b in images.items())
+    script = """function sortBy(i){const t=document.getElementById('results'),b=t.tBodies[0];
+const rows=[...b.rows],asc=t.dataset.col==i?!(t.dataset.asc==='true'):true;t.dataset.col=i;t.dataset.asc=asc;
+const v=r=>{const s=r.cells[i].textContent.replace(/,/g,'');const n=parseFloat(s);return isNaN(n)?s:n};
+rows.sort((a,c)=>{const x=v(a),y=v(c);return (x>y?1:x<y?-1:0)*(asc?1:-1)});rows.forEach(r=>b.appendChild(r));}"""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title><style>"
+            "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
+            "th{cursor:pointer;background:#eee}figure{display:inline-block}</style></head><body>"
+            f"<h1>{html.escape(name)}</h1><table id='results'><thead><tr>{header}</tr></thead><tbody>{body}</tbody>"
+            f"</table>{figures}<script>{script}</script></body></html>")
+
+
+def write_report(name: str, cells: list[dict], out: Path) -> list[Path]:
+    """Write ``results.csv``, ``report.md``, the PNG plots and ``report.html`` into ``out``."""
+    rows = summarise(cells)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "report.md").write_text(_markdown(name, rows))
+    images = _plots(rows, cells)
+    for file_name, data in images.items():
+        (out / file_name).write_bytes(data)
+    (out / "report.html").write_text(_html(name, rows, images))
+    return [out / "results.csv", out / "report.md", *(out / n for n in images), out / "report.html"]
