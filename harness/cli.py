@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     report.add_argument("--out", type=Path, help="output folder (default reports/<name>)")
 
+    ui = commands.add_parser("ui", help="the MLflow UI for the tracking store, on 127.0.0.1")
+    ui.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+
     listing = commands.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=["backbones", "classifiers", "datasets", "necks"])
     listing.add_argument("--pattern", help="shell-style filter, e.g. 'resnet*'")
@@ -233,6 +238,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from harness.tracking import resolve_tracking_uri
+
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", resolve_tracking_uri(args.tracking_uri),
+               "--host", args.host, "--port", str(args.port)]
+    print(f"[segheads] MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     import fnmatch
 
@@ -259,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": _run, "measure": _measure, "grid": _grid, "check": _check, "report": _report,
-                    "list": _list}
+                    "ui": _ui, "list": _list}
         return commands[args.command](args)
     except InputError as exc:
         print(f"segheads: error: {exc}", file=sys.stderr)

@@ -12,12 +12,14 @@ one); the last line of a cell wins.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import mlflow.artifacts
+import mlflow.exceptions
 
 from harness.errors import InputError
 from harness.results import to_json
@@ -83,11 +85,17 @@ class GridStore:
             self.record(lines[digest], self.open_parent(), append=False)
         for digest in sorted(set(logged) - set(lines)):
             with tempfile.TemporaryDirectory() as folder:
-                local = mlflow.artifacts.download_artifacts(run_id=logged[digest], artifact_path="cell_result.json",
-                                                            dst_path=folder, tracking_uri=self.tracking_uri)
-                lines[digest] = json.loads(Path(local).read_text())
+                lines[digest] = json.loads(self._artifact(logged[digest], "cell_result.json", folder))
+                with contextlib.suppress(OSError, mlflow.exceptions.MlflowException):  # runs logged before it existed
+                    lines[digest]["per_image"] = json.loads(self._artifact(logged[digest], "per_image_counts.json",
+                                                                           folder))
             self._append(lines[digest])
         return lines
+
+    def _artifact(self, run_id: str, name: str, folder: str) -> str:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=folder,
+                                                    tracking_uri=self.tracking_uri)
+        return Path(local).read_text()
 
     def open_parent(self, cells: int | None = None) -> str:
         """The grid's parent run (re-opened when the grid ran before), status RUNNING."""

@@ -31,6 +31,7 @@ class SemSegEvaluator:
 
     def reset(self) -> None:
         self.confusion = np.zeros((self.num_classes + 1, self.num_classes + 1), dtype=np.int64)
+        self._per_image: list[list[list[int]]] = []
 
     def process(self, pred, gt) -> None:
         pred, gt = _as_numpy(pred), _as_numpy(gt)
@@ -43,7 +44,18 @@ class SemSegEvaluator:
             raise ValueError(f"ground-truth values must lie in [0, {self.num_classes}) or be {self.ignore_label}")
         gt = np.where(ignored, self.num_classes, gt)
         size = self.num_classes + 1
-        self.confusion += np.bincount(size * pred.reshape(-1) + gt.reshape(-1), minlength=size * size).reshape(size, size)
+        image = np.bincount(size * pred.reshape(-1) + gt.reshape(-1), minlength=size * size).reshape(size, size)
+        self.confusion += image
+        matrix = image[:-1, :-1]
+        tp, gt_pixels = np.diag(matrix), matrix.sum(axis=0)
+        union = gt_pixels + matrix.sum(axis=1) - tp
+        self._per_image.append([[int(c), int(tp[c]), int(union[c]), int(gt_pixels[c])] for c in np.flatnonzero(union)])
+
+    def per_image_counts(self) -> list[list[list[int]]]:
+        """For each processed image, in order: ``[class, intersection, union, gt pixels]`` for
+        every class with a non-zero union (ignore pixels excluded), the input of a paired
+        bootstrap over images (``harness.report.bootstrap_delta``)."""
+        return self._per_image
 
     def evaluate(self) -> dict[str, float]:
         matrix = self.confusion[:-1, :-1].astype(np.float64)

@@ -4,7 +4,9 @@ self-contained ``report.html`` (DESIGN.md, "report").
 One row per dataset x backbone x neck x classifier, over the FINISHED cells (seeds):
 mIoU mean and std, fwIoU, pACC, head parameters (inference / training-only), GFLOPs,
 latency p50/p90, throughput and peak memory at the smallest measured batch size, and the
-mIoU delta against ``softmax`` on the same dataset, backbone and neck.
+mIoU delta against ``softmax`` on the same dataset, backbone and neck with a 95% paired
+bootstrap interval (``bootstrap_delta``); a delta whose interval excludes zero is marked
+significant.
 """
 
 from __future__ import annotations
@@ -22,8 +24,62 @@ from harness.errors import InputError
 _GROUP = ("dataset", "backbone", "neck", "classifier")
 _MEANS = {"fwIoU": "fwIoU", "pACC": "pACC", "head_params_inference": "params/head_inference",
           "head_params_training_only": "params/head_training_only", "gflops": "gflops/total"}
-COLUMNS = (*_GROUP, "seeds", "mIoU", "mIoU_std", "delta_vs_softmax", *_MEANS, "latency_p50_ms", "latency_p90_ms",
-           "throughput_images_per_s", "peak_memory_mb")
+COLUMNS = (*_GROUP, "seeds", "mIoU", "mIoU_std", "delta_vs_softmax", "delta_ci_low", "delta_ci_high",
+           "significant", *_MEANS, "latency_p50_ms", "latency_p90_ms", "throughput_images_per_s", "peak_memory_mb")
+RESAMPLES = 1000
+
+
+def _dense(per_image: list, num_classes: int):
+    """[images, classes, 3] intersection / union / gt-pixel counts from ``per_image_counts`` rows."""
+    import numpy as np
+
+    counts = np.zeros((len(per_image), num_classes, 3), dtype=np.float64)
+    for index, rows in enumerate(per_image):
+        for c, intersection, union, gt in rows:
+            counts[index, c] = (intersection, union, gt)
+    return counts
+
+
+def _resampled_miou(counts, weights):
+    """mIoU (percent) for every row of ``weights`` [R, images] (how often each image is drawn),
+    over the classes present in the resampled ground truth, as ``SemSegEvaluator`` does."""
+    import numpy as np
+
+    sums = (weights @ counts.reshape(counts.shape[0], -1)).reshape(len(weights), *counts.shape[1:])  # [R, classes, 3]
+    present = (sums[..., 2] > 0) & (sums[..., 1] > 0)
+    iou = np.where(present, sums[..., 0] / np.maximum(sums[..., 1], 1), 0.0)
+    return 100 * iou.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
+def bootstrap_delta(head: list[list], base: list[list], resamples: int = RESAMPLES,
+                    seed: int = 0) -> tuple[float, float]:
+    """95% interval of mIoU(head) - mIoU(base) by a paired bootstrap.
+
+    ``head`` and ``base``: one ``per_image_counts`` list per seed, paired by seed, all over
+    the same validation images in the same order. Each replicate draws the images with
+    replacement (the same draw for both heads and every seed) and, with several seeds,
+    the seeds too; the delta is the mean over the drawn seeds. Identical predictions give
+    exactly [0, 0].
+    """
+    import numpy as np
+
+    if len(head) != len(base) or not head:
+        raise ValueError("bootstrap_delta needs the same number (>= 1) of seeds for both heads")
+    images = len(head[0])
+    if any(len(p) != images for p in head + base):
+        raise ValueError("bootstrap_delta: every evaluation must cover the same images")
+    classes = 1 + max((row[0] for p in head + base for image in p for row in image), default=0)
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(images, np.full(images, 1.0 / images), size=resamples).astype(np.float64)
+    per_seed = np.stack([_resampled_miou(_dense(h, classes), weights) - _resampled_miou(_dense(b, classes), weights)
+                         for h, b in zip(head, base)])  # [seeds, R]
+    if len(head) > 1:
+        drawn = rng.integers(0, len(head), size=(resamples, len(head)))
+        deltas = per_seed[drawn, np.arange(resamples)[:, None]].mean(axis=1)
+    else:
+        deltas = per_seed[0]
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None = None,
@@ -51,14 +107,33 @@ def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None =
     cells, token = [], None
     while True:
         page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token)
-        cells += [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics)} for run in page]
+        cells += [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "run_id": run.info.run_id}
+                  for run in page]
         token = page.token
         if not token:
             break
+    for cell in cells:
+        cell["per_image"] = _per_image_counts(cell["run_id"], uri)
     if not cells:
         raise InputError(f"{'run ' + parent_run_id if parent_run_id else 'experiment ' + repr(experiment)}: "
                          "no FINISHED cells to report")
     return name, cells
+
+
+def _per_image_counts(run_id: str, tracking_uri: str) -> list | None:
+    import json
+    import tempfile
+
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="per_image_counts.json",
+                                                        dst_path=folder, tracking_uri=tracking_uri)
+        except (OSError, MlflowException):
+            return None  # a run logged before per-image counts existed: no interval for it
+        return json.loads(Path(local).read_text())
 
 
 def _smallest_batch(metrics: dict) -> int | None:
@@ -73,9 +148,11 @@ def _mean(values: list[float]) -> float | None:
 
 def summarise(cells: list[dict]) -> list[dict]:
     """The report's rows (``COLUMNS``), sorted by dataset, backbone, neck, then classifier."""
-    groups = defaultdict(list)
+    groups, by_seed = defaultdict(list), defaultdict(dict)
     for cell in cells:
-        groups[tuple(cell["tags"][k] for k in _GROUP)].append(cell["metrics"])
+        key = tuple(cell["tags"][k] for k in _GROUP)
+        groups[key].append(cell["metrics"])
+        by_seed[key][cell["tags"].get("seed")] = cell.get("per_image")
     rows = []
     for key, runs in sorted(groups.items()):
         row = dict(zip(_GROUP, key))
@@ -90,9 +167,18 @@ def summarise(cells: list[dict]) -> list[dict]:
         rows.append(row)
     softmax = {tuple(r[k] for k in _GROUP[:3]): r["mIoU"] for r in rows if r["classifier"] == "softmax"}
     for row in rows:
-        base = softmax.get(tuple(row[k] for k in _GROUP[:3]))
+        place = tuple(row[k] for k in _GROUP[:3])
+        base = softmax.get(place)
         row["delta_vs_softmax"] = (row["mIoU"] - base if base is not None and row["mIoU"] is not None
                                    and row["classifier"] != "softmax" else None)
+        row["delta_ci_low"] = row["delta_ci_high"] = row["significant"] = None
+        if row["delta_vs_softmax"] is None:
+            continue
+        head, reference = by_seed[(*place, row["classifier"])], by_seed[(*place, "softmax")]
+        seeds = sorted(s for s in head if s in reference and head[s] is not None and reference[s] is not None)
+        if seeds:
+            low, high = bootstrap_delta([head[s] for s in seeds], [reference[s] for s in seeds])
+            row.update(delta_ci_low=low, delta_ci_high=high, significant=low > 0 or high < 0)
     return rows
 
 
@@ -111,13 +197,17 @@ def _markdown(name: str, rows: list[dict]) -> str:
     for r in rows:
         miou = f"{_fmt(r['mIoU'])} ± {_fmt(r['mIoU_std'])}" if r["seeds"] > 1 else _fmt(r["mIoU"])
         delta = "" if r["delta_vs_softmax"] is None else f"{r['delta_vs_softmax']:+.2f}"
+        if r["delta_ci_low"] is not None:
+            delta += f" [{r['delta_ci_low']:+.2f}, {r['delta_ci_high']:+.2f}]" + ("*" if r["significant"] else "")
         params = f"{_fmt(r['head_params_inference'], 0)} / {_fmt(r['head_params_training_only'], 0)}"
         cells = [r["dataset"], r["backbone"], r["neck"], r["classifier"], str(r["seeds"]), miou, delta,
                  _fmt(r["fwIoU"]), _fmt(r["pACC"]), params, _fmt(r["gflops"], 3), _fmt(r["latency_p50_ms"], 1),
                  _fmt(r["latency_p90_ms"], 1), _fmt(r["throughput_images_per_s"]), _fmt(r["peak_memory_mb"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "mIoU in percent (mean ± std over seeds); latency, throughput and memory at the smallest "
-              "measured batch size; GFLOPs = 2 x GMACs per image.", ""]
+    lines += ["", "mIoU in percent (mean ± std over seeds); vs softmax: the mIoU delta on the same backbone with its "
+              f"95% paired bootstrap interval over validation images (and seeds), {RESAMPLES} resamples; * marks an "
+              "interval that excludes zero. Latency, throughput and memory at the smallest measured batch size; "
+              "GFLOPs = 2 x GMACs per image.", ""]
     return "\n".join(lines)
 
 

@@ -107,7 +107,8 @@ def train_and_evaluate(cfg: RunConfig, resume: bool = False, log=print) -> tuple
 
     began = time.perf_counter()
     test_loader = build_test_loader(val_records, SemSegMapper(len(classes), ignore), d.eval_batch_size, d.num_workers)
-    evaluation = evaluate(model, test_loader, SemSegEvaluator(len(classes), ignore, classes), device)
+    evaluator = SemSegEvaluator(len(classes), ignore, classes)
+    evaluation = evaluate(model, test_loader, evaluator, device)
     eval_seconds = time.perf_counter() - began
 
     metrics = {
@@ -126,6 +127,7 @@ def train_and_evaluate(cfg: RunConfig, resume: bool = False, log=print) -> tuple
         "per_class": {"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
                       "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
         "history": trained.history,
+        "per_image": evaluator.per_image_counts(),
         "environment": fingerprint(device),
         "measurement": None,
     }

@@ -65,7 +65,8 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
     metric, plus the training curve as stepped ``loss/*`` and ``lr`` series;
     artifacts: ``per_class.csv``, ``config.yaml``, ``training_curve.json``, ``cell_result.json``
     and, when the cell was measured, ``measurement.json`` (settings, timer, machine fingerprint).
-    A FAILED result gets the tag ``error`` and the artifact ``traceback.txt``; the run ends
+    ``per_image_counts.json`` holds the evaluation's per-image counts (``per_image``) and is
+    left out of ``cell_result.json``. A FAILED result gets the tag ``error`` and the artifact ``traceback.txt``; the run ends
     with the result's status.
     """
     from mlflow.entities import Metric, Param
@@ -97,7 +98,9 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
             client.log_text(run_id, result.get("traceback", ""), "traceback.txt")
         client.log_text(run_id, yaml.safe_dump(result["config"], sort_keys=False), "config.yaml")
         client.log_dict(run_id, result["history"], "training_curve.json")
-        client.log_text(run_id, to_json(result), "cell_result.json")
+        client.log_text(run_id, to_json({k: v for k, v in result.items() if k != "per_image"}), "cell_result.json")
+        if result.get("per_image"):
+            client.log_text(run_id, json.dumps(result["per_image"], separators=(",", ":")), "per_image_counts.json")
         client.set_tag(run_id, "environment", json.dumps(result.get("environment", {})))
         if result.get("measurement"):
             client.log_dict(run_id, result["measurement"], "measurement.json")

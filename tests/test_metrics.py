@@ -58,3 +58,26 @@ def test_accumulates_over_images_and_resets():
 def test_rejects_out_of_range_or_mismatched_maps(pred, gt, message):
     with pytest.raises(ValueError, match=message):
         SemSegEvaluator(3).process(pred, gt)
+
+
+def test_per_image_counts_add_up_to_the_dataset_totals():
+    import numpy as np
+
+    from harness.metrics import SemSegEvaluator
+
+    rng = np.random.default_rng(0)
+    evaluator = SemSegEvaluator(4, ignore_label=255)
+    for _ in range(5):
+        gt = rng.integers(0, 4, (8, 9))
+        gt[0] = 255
+        evaluator.process(rng.integers(0, 4, (8, 9)), gt)
+    per_image = evaluator.per_image_counts()
+    assert len(per_image) == 5
+    matrix = evaluator.confusion[:-1, :-1]
+    tp = np.diag(matrix)
+    for c in range(4):
+        rows = [r for image in per_image for r in image if r[0] == c]
+        assert sum(r[1] for r in rows) == tp[c]
+        assert sum(r[3] for r in rows) == matrix[:, c].sum()
+    evaluator.reset()
+    assert evaluator.per_image_counts() == []

@@ -1,12 +1,19 @@
 """``segheads report`` from real cells logged to a real MLflow store."""
 
 import csv
+import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 
 from harness.cli import main
-from harness.report import _pareto
+from harness.report import _pareto, bootstrap_delta
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -33,6 +40,8 @@ def test_report_tables_deltas_and_plots(logged_cells, tmp_path, source, capsys):
     assert page.count("<tr>") == 1 + 2 and page.count("data:image/png;base64,") == 4
     markdown = (out / "report.md").read_text()
     assert f"{expected_delta:+.2f}" in markdown and " ± " in markdown
+    low, high = float(rows["query"]["delta_ci_low"]), float(rows["query"]["delta_ci_high"])
+    assert low <= high and rows["query"]["significant"] == str(low > 0 or high < 0)
 
 
 def test_pareto_front_keeps_only_unbeaten_points():
@@ -44,3 +53,58 @@ def test_report_of_an_unknown_experiment_exits_2(logged_cells, tmp_path, capsys)
     _, _, uri, _, _ = logged_cells
     assert main(["report", "--experiment", "nope", "--tracking-uri", uri, "--out", str(tmp_path)]) == 2
     assert "--experiment 'nope': no such experiment" in capsys.readouterr().err
+
+
+def test_ui_serves_the_store_on_loopback_only(logged_cells, tmp_path):
+    _, _, uri, _, _ = logged_cells
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--tracking-uri", uri, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, status = time.time() + 90, None
+        while time.time() < deadline and status != 200:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert listening and all("127.0.0.1:" in line for line in listening.splitlines())
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _per_image(rng, images, classes, correct_rate):
+    """Synthetic per-image counts: each image has 3 classes of 100 pixels, of which a fraction is right."""
+    out = []
+    for _ in range(images):
+        rows = []
+        for c in rng.choice(classes, 3, replace=False):
+            right = int(rng.binomial(100, correct_rate))
+            rows.append([int(c), right, 100 + (100 - right), 100])  # wrong pixels go to another class
+        out.append(sorted(rows))
+    return out
+
+
+def test_bootstrap_interval_of_identical_predictions_is_exactly_zero():
+    import numpy as np
+
+    counts = _per_image(np.random.default_rng(0), 50, 6, 0.6)
+    assert bootstrap_delta([counts], [counts]) == (0.0, 0.0)
+    assert bootstrap_delta([counts, counts], [counts, counts]) == (0.0, 0.0)
+
+
+def test_bootstrap_interval_of_a_clearly_better_head_excludes_zero():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    images = [sorted({int(c) for c in rng.choice(6, 3, replace=False)}) for _ in range(60)]
+    better = [[[c, 90, 110, 100] for c in cls] for cls in images]
+    worse = [[[c, 60, 140, 100] for c in cls] for cls in images]
+    low, high = bootstrap_delta([better], [worse])
+    assert 0 < low <= high
+    mixed_low, mixed_high = bootstrap_delta([_per_image(rng, 60, 6, 0.6)], [_per_image(rng, 60, 6, 0.6)])
+    assert mixed_low < 0 < mixed_high  # two heads of the same quality: the interval straddles zero
