@@ -11,6 +11,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -125,6 +126,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
         return value
     raise InputError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+
+
+def read_yaml(path, what: str) -> Any:
+    """Safe-load the YAML file ``path``; ``InputError`` naming the file and ``what`` it should be otherwise."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
 
 
 def from_dict(cls: type, data: dict, section: str = "") -> Any:

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from harness.config import RunConfig, config_hash, from_dict, to_dict
+from harness.config import RunConfig, config_hash, from_dict, read_yaml, to_dict
 from harness.errors import InputError
 
 _SECTIONS = ("model", "data", "train", "measure")  # RunConfig sections a spec may set
@@ -72,12 +71,7 @@ class GridSpec:
 def load_grid(path: str | Path) -> GridSpec:
     """Read and validate a grid spec; ``InputError`` naming the file and key otherwise."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read grid spec ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = read_yaml(path, "grid spec")
     try:
         spec = from_dict(GridSpec, data if data is not None else {})
     except InputError as exc:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.config import read_yaml
 from harness.errors import InputError
 
 
@@ -120,12 +121,7 @@ def _expectation(entry, where: str) -> Expectation:
 def load_reference(path: str | Path) -> Reference:
     """Parse and validate a reference file; ``InputError`` naming the file and the entry otherwise."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read reference file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = read_yaml(path, "reference file")
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or not data["cases"]:
         raise InputError(f"{path}: expected a mapping with name, source and a non-empty list 'cases'")
     unknown = set(data) - {"name", "source", "cases"}
