@@ -27,6 +27,7 @@ _MEASURE_FLAGS = {  # CLI flag -> config key
 
 
 def _batch_sizes(text: str) -> list[int]:
+    """Comma-separated integers (batch sizes, class counts)."""
     try:
         sizes = [int(part) for part in text.split(",")]
     except ValueError:
@@ -91,8 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     chosen = report.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--experiment", help="MLflow experiment (a grid's name)")
     chosen.add_argument("--parent", help="a grid's parent run id")
+    chosen.add_argument("--scaling", action="store_true",
+                        help="no runs: every head's cost on --backbone as the class count grows (ProtoSeg Table 4)")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    report.add_argument("--out", type=Path, help="output folder (default reports/<name>)")
+    report.add_argument("--out", type=Path, help="output folder (default reports/<name>, reports/scaling-<backbone>)")
+    report.add_argument("--backbone", default="resnet10t", help="with --scaling: the backbone (default resnet10t)")
+    report.add_argument("--classes", type=_batch_sizes, help="with --scaling: class counts (default 150,300,500,847,2000)")
+    report.add_argument("--image-size", type=int, default=512, help="with --scaling: input size (default 512)")
+    report.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="with --scaling: model.embed_dim=N, model.neck=NAME, train.threads=N")
 
     ui = commands.add_parser("ui", help="the MLflow UI for the tracking store, on 127.0.0.1")
     ui.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -230,8 +238,20 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from harness.report import cells_from_mlflow, write_report
+    from harness.report import SCALING_CLASSES, cells_from_mlflow, vocabulary_scaling, write_report
 
+    if args.scaling:
+        from harness.config import RunConfig, apply_overrides
+
+        cfg = apply_overrides(RunConfig(), list(args.set))
+        classes = args.classes or SCALING_CLASSES
+        if min(classes) < 1 or args.image_size < 1:
+            raise InputError(f"--classes {classes} / --image-size {args.image_size}: expected positive values")
+        written = vocabulary_scaling(args.backbone, args.out or Path("reports") / f"scaling-{args.backbone}", classes,
+                                     image_size=args.image_size, embed_dim=cfg.model.embed_dim, neck=cfg.model.neck,
+                                     threads=cfg.train.threads)
+        print("\n".join(str(path) for path in written))
+        return 0
     name, cells = cells_from_mlflow(args.experiment, args.parent, args.tracking_uri)
     written = write_report(name, cells, args.out or Path("reports") / name)
     print("\n".join(str(path) for path in written))
