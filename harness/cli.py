@@ -6,6 +6,7 @@ Exit status: 0 success, 1 runtime failure, 2 bad input (one-line message on stde
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -296,6 +297,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per result, not bars
     try:
         commands = {"run": _run, "measure": _measure, "grid": _grid, "check": _check, "report": _report,
                     "ui": _ui, "list": _list}
