@@ -1,5 +1,6 @@
 """Grids on a real two-node Ray cluster on loopback (logical GPUs) with a real MLflow SQLite store."""
 
+import csv
 import json
 import os
 import signal
@@ -136,6 +137,13 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(cluster, tmp_path):
     _finished_once(uri, "grow", expand(grown))
     assert len(results.read_text().splitlines()) == 2
     assert run_grid(grown, uri, results_path=results, log=lambda m: None).ran == 0
+    # the report of this real grid: one row per cell, the delta over softmax, plots
+    assert main(["report", "--parent", outcome.parent_run_id, "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    rows = {r["classifier"]: r for r in csv.DictReader(open(tmp_path / "r" / "results.csv"))}
+    miou = {r["tags"]["classifier"]: r["metrics"]["mIoU"] for r in outcome.results}
+    assert sorted(rows) == ["query", "softmax"]
+    assert float(rows["query"]["delta_vs_softmax"]) == pytest.approx(miou["query"] - miou["softmax"])
+    assert rows["query"]["delta_ci_low"] != "" and (tmp_path / "r" / "miou_vs_latency.png").stat().st_size > 2000
 
 
 def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_per_cell(cluster, tmp_path):
