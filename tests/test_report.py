@@ -116,7 +116,7 @@ def test_vocabulary_scaling_costs_grow_with_classes_and_protoseg_has_no_head_par
                  "--out", str(out), "--set", "model.embed_dim=16", "train.threads=1"]) == 0
     rows = list(csv.DictReader(open(out / "scaling.csv")))
     by = {(r["classifier"], int(r["classes"])): r for r in rows}
-    assert {c for c, _ in by} == {"softmax", "query", "protoseg", "ece", "ssa"}
+    assert {c for c, _ in by} >= {"softmax", "query", "protoseg", "ece", "ssa"}  # every registered head
     assert int(by["softmax", 40]["head_params"]) - int(by["softmax", 10]["head_params"]) == 30 * (16 + 1)  # D*C + C
     assert int(by["protoseg", 40]["head_params"]) == 0
     assert int(by["protoseg", 40]["head_nonlearnable"]) == 40 * 10 * 16  # C x K x D prototypes
