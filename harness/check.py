@@ -36,21 +36,15 @@ def cells_from_mlflow(experiment: str, tracking_uri: str | None = None) -> list[
     """FINISHED child runs (cells) of an MLflow experiment."""
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import resolve_tracking_uri
+    from harness.tracking import resolve_tracking_uri, search_all_runs
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise InputError(f"--experiment {experiment!r}: no such experiment in {uri}")
-    cells, token = [], None
-    while True:
-        page = client.search_runs([found.experiment_id], "attributes.status = 'FINISHED' and tags.config_hash != ''",
-                                  max_results=1000, page_token=token)
-        cells += [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics)} for run in page]
-        token = page.token
-        if not token:
-            return cells
+    runs = search_all_runs(client, [found.experiment_id], "attributes.status = 'FINISHED' and tags.config_hash != ''")
+    return [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics)} for run in runs]
 
 
 def _selected(cells: list[dict], select: dict) -> list[dict]:

@@ -23,7 +23,7 @@ import mlflow.exceptions
 
 from harness.errors import InputError
 from harness.results import to_json
-from harness.tracking import log_cell, resolve_tracking_uri
+from harness.tracking import log_cell, resolve_tracking_uri, search_all_runs
 
 _PARENT_TAG = "segheads.grid"
 
@@ -65,14 +65,7 @@ class GridStore:
         self.parent_run_id = parents[0].info.run_id if parents else None
 
     def _runs(self, filter_string: str) -> list:
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000, page_token=token,
-                                           order_by=["attributes.start_time DESC"])
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return search_all_runs(self.client, [self.experiment_id], filter_string, ["attributes.start_time DESC"])
 
     def finished(self) -> dict[str, dict]:
         """FINISHED results by ``config_hash``, after repairing MLflow and ``results.jsonl`` (module docstring)."""

@@ -87,7 +87,7 @@ def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None =
     """(report name, FINISHED cells with tags and metrics) of an experiment or of one parent run."""
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import resolve_tracking_uri
+    from harness.tracking import resolve_tracking_uri, search_all_runs
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
@@ -104,14 +104,8 @@ def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None =
             raise InputError(f"--experiment {experiment!r}: no such experiment in {uri}")
         experiment_ids, name = [found.experiment_id], experiment
         query = "attributes.status = 'FINISHED' and tags.config_hash != ''"
-    cells, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token)
-        cells += [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "run_id": run.info.run_id}
-                  for run in page]
-        token = page.token
-        if not token:
-            break
+    cells = [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "run_id": run.info.run_id}
+             for run in search_all_runs(client, experiment_ids, query)]
     for cell in cells:
         cell["per_image"] = _per_image_counts(cell["run_id"], uri)
     if not cells:

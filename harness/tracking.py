@@ -38,6 +38,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def search_all_runs(client, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None) -> list:
+    """Every run matching ``filter_string``, all result pages of ``MlflowClient.search_runs``."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token, order_by=order_by)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
