@@ -42,7 +42,7 @@ def test_class_batched_sinkhorn_equals_per_class_runs():
     labels = torch.randint(0, 6, (500,))
     labels[labels == 4] = 5  # an empty class
     scores = torch.rand(500, 4, dtype=torch.float64) * 2 - 1
-    q = class_sinkhorn(scores, labels, 6)
+    q = class_sinkhorn(scores.t(), labels, 6).t()
     for c in labels.unique():
         torch.testing.assert_close(q[labels == c], sinkhorn(scores[labels == c]))
 
@@ -54,8 +54,8 @@ def test_batched_cluster_and_update_equals_the_per_class_loop():
     labels = torch.randint(0, 7, (900,))
     labels[labels == 2] = 3
     own = (embeddings[:, None, :] * prototypes[labels]).sum(-1)
-    assigned = class_sinkhorn(own, labels, 7).argmax(1)
-    updated = momentum_update(prototypes, embeddings, labels * 5 + assigned, 0.9)
+    assigned = class_sinkhorn(own.t(), labels, 7).argmax(0)
+    updated = momentum_update(prototypes, embeddings.t(), labels * 5 + assigned, 0.9)
     ref_assigned, ref_updated = per_class_cluster_and_update(prototypes, embeddings, own, labels, 0.9)
     assert torch.equal(assigned, ref_assigned)
     torch.testing.assert_close(updated, ref_updated)
@@ -134,6 +134,31 @@ def test_training_step_backpropagates_to_the_embeddings_after_the_update():
     losses = head(Features(pixel, [pixel], features.image_size), labels).losses
     sum(losses.values()).backward()
     assert pixel.grad is not None and torch.isfinite(pixel.grad).all() and pixel.grad.abs().sum() > 0
+
+
+def test_losses_and_update_equal_a_pixel_major_computation():
+    """The head works on the [B, C*K, HW] map; the equations written pixel by pixel give the same."""
+    torch.manual_seed(5)
+    c, k, d = 4, 3, 8
+    head = build_classifier("protoseg", num_classes=c, in_channels=d, num_prototypes=k, momentum=0.9).train()
+    before = head.prototypes.clone()
+    pixel = torch.randn(2, d, 5, 6)
+    labels = torch.randint(0, c, (2, 5, 6))
+    labels[0, :2] = 255
+    losses = head(Features(pixel, [pixel], (5, 6)), labels).losses
+
+    x = F.normalize(pixel, dim=1).permute(0, 2, 3, 1).reshape(-1, d)
+    y = labels.flatten()
+    x, y = x[y != 255], y[y != 255]
+    cosines = x @ before.reshape(-1, d).t()  # [N, C*K]
+    own = cosines.view(-1, c, k)[torch.arange(y.numel()), y]
+    assigned = torch.zeros_like(y)
+    for cls in y.unique():
+        assigned[y == cls] = sinkhorn(own[y == cls]).argmax(1)
+    target = y * k + assigned
+    torch.testing.assert_close(losses["ppc"], 0.01 * F.cross_entropy(cosines / 0.1, target))
+    torch.testing.assert_close(losses["ppd"], 0.01 * (1 - own.gather(1, assigned[:, None])).pow(2).mean())
+    torch.testing.assert_close(head.prototypes, per_class_cluster_and_update(before, x, own, y, 0.9)[1])
 
 
 def test_inference_is_max_cosine_over_each_class_prototypes():

@@ -24,7 +24,7 @@ def _rank(rank: int, port: int, out: str) -> None:
     try:
         prototypes, embeddings, index = _data()
         mine = slice(0, 120) if rank == 0 else slice(120, 200)  # unequal shares
-        torch.save(momentum_update(prototypes, embeddings[mine], index[mine], 0.9), f"{out}/rank{rank}.pt")
+        torch.save(momentum_update(prototypes, embeddings[mine].t(), index[mine], 0.9), f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -36,7 +36,7 @@ def test_ranks_apply_the_same_global_centres(tmp_path):
     mp.spawn(_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     prototypes, embeddings, index = _data()
-    single = momentum_update(prototypes, embeddings, index, 0.9)
+    single = momentum_update(prototypes, embeddings.t(), index, 0.9)
     torch.testing.assert_close(rank0, rank1)
     torch.testing.assert_close(rank0, single)
     assert torch.equal(rank0.view(12, 8)[5], prototypes.view(12, 8)[5])
