@@ -81,6 +81,24 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--results", type=Path, help="results.jsonl to append to (default outputs/<grid name>/results.jsonl)")
     grid.add_argument("--max-concurrent", type=int, help="at most this many cells training at once")
     grid.add_argument("--dry-run", action="store_true", help="list the cells and their resources, run nothing")
+    grid.add_argument("--no-tracking", action="store_true",
+                      help="write results.jsonl only (log them later with `segheads import-results`)")
+    grid.add_argument("--validate-data", action="store_true",
+                      help="scan every image and label map of the grid's datasets before running (validate-data)")
+
+    importing = commands.add_parser("import-results", help="log a grid's results.jsonl lines missing from MLflow")
+    importing.add_argument("results", type=Path, help="the grid's results.jsonl")
+    importing.add_argument("--experiment", help="MLflow experiment (default: the grid name the results carry)")
+    importing.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+
+    validating = commands.add_parser("validate-data", help="check every image and label map of a dataset")
+    validating.add_argument("name", nargs="?", help="a registered dataset (both splits) or split, e.g. digits_sem_seg")
+    validating.add_argument("--image-root", type=Path, help="folder of images (instead of NAME)")
+    validating.add_argument("--gt-root", type=Path, help="folder of label maps, same relative paths and stems")
+    validating.add_argument("--num-classes", type=int, help="with --image-root: class ids are 0..N-1")
+    validating.add_argument("--ignore-label", type=int, default=255, help="with --image-root: unlabelled value (255)")
+    validating.add_argument("--image-ext", default="jpg", help="with --image-root: image extension (jpg)")
+    validating.add_argument("--gt-ext", default="png", help="with --image-root: label map extension (png)")
 
     checking = commands.add_parser("check", help="compare finished cells with reference numbers; exit 1 on regression")
     checking.add_argument("reference", type=Path, help="reference YAML, e.g. jobs/reference/quickstart.yaml")
@@ -125,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg.tracking_uri = resolve_tracking_uri(args.tracking_uri)
     if args.json is not None and not args.json.parent.is_dir():
         raise InputError(f"--json {args.json}: folder {args.json.parent} does not exist")
-    result = run_cell(cfg, resume=args.resume, log=lambda msg: print(msg, file=sys.stderr))
+    result = run_cell(cfg, resume=args.resume, log=_stderr)
     if args.json is not None:
         args.json.write_text(to_json(result))
     if not args.no_tracking:
@@ -183,7 +201,10 @@ def _format_measurement(cfg, num_classes: int, metrics: dict, record: dict) -> s
         f"{'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'std ms':>8} {'images/s':>9} "
         f"{'peak MB':>8} {'GFLOP/s':>8} {'of matmul':>9}",
     ]
-    for batch in settings["batch_sizes"]:
+    for requested in settings["batch_sizes"]:
+        batch = int(metrics.get(f"oom/bs{requested}/measured_batch", requested))
+        if batch != requested:
+            lines.append(f"{requested:>5} out of memory; measured at batch {batch} instead")
         lat = {q: metrics[f"latency/bs{batch}/{q}_ms"] for q in ("p50", "p90", "p99", "mean", "std")}
         lines.append(f"{batch:>5} {lat['p50']:>9.2f} {lat['p90']:>9.2f} {lat['p99']:>9.2f} {lat['mean']:>9.2f} "
                      f"{lat['std']:>8.2f} {metrics[f'throughput/bs{batch}/images_per_s']:>9.2f} "
@@ -211,17 +232,69 @@ def _grid(args: argparse.Namespace) -> int:
         for cfg in cells:
             print(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}")
         return 0
+    if args.validate_data:
+        from harness.data.validate import validate_registered
+
+        problems = [p for dataset in spec.datasets for p in validate_registered(dataset, log=_stderr)]
+        if problems:
+            raise InputError(f"{len(problems)} bad file(s) in the grid's datasets (listed above); "
+                             "fix them or drop them from the dataset")
     outcome = run_grid(spec, args.tracking_uri, args.address, args.max_concurrent, args.results,
-                       log=lambda msg: print(msg, file=sys.stderr))
+                       log=_stderr, tracking=not args.no_tracking)
     print(comparison_table(outcome.results))
     cost = overhead(outcome)
     if cost:
         print(f"ran {outcome.ran} cells in {outcome.wall_seconds:.0f} s on {outcome.slots} slots: wall time / "
               f"(sum of cell times / slots) = {cost['wall_over_ideal']:.2f}, "
               f"{cost['idle_seconds_per_cell']:.1f} idle slot-seconds per cell")
+    status = 0
+    if outcome.unlogged:
+        print(f"segheads: {outcome.unlogged} result(s) are only in {outcome.results_path}; log them with "
+              f"`segheads import-results {outcome.results_path}` once the tracking store is back", file=sys.stderr)
+        status = 1
     if outcome.failed:
         print(f"segheads: {len(outcome.failed)} of {len(outcome.results)} cells FAILED", file=sys.stderr)
-        return 1
+        status = 1
+    return status
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _import_results(args: argparse.Namespace) -> int:
+    from harness.gridstore import GridStore, read_results
+
+    if not args.results.is_file():
+        raise InputError(f"{args.results}: no such file; expected a grid's results.jsonl")
+    lines = read_results(args.results)
+    names = sorted({r.get("config", {}).get("experiment", "") for r in lines.values()})
+    if args.experiment is None and len(names) != 1:
+        raise InputError(f"{args.results}: lines name experiments {names}; pass --experiment")
+    name = args.experiment or names[0]
+    store = GridStore(name, args.tracking_uri, args.results, log=_stderr)
+    store.sync()
+    if store.offline:
+        raise InputError(f"tracking store {store.tracking_uri} failed while importing ({store.offline})")
+    print(f"imported {store.imported} of {len(lines)} cell result(s) into experiment {name!r} at {store.tracking_uri}")
+    return 0
+
+
+def _validate_data(args: argparse.Namespace) -> int:
+    from harness.data.validate import validate_folders, validate_registered
+
+    if (args.name is None) == (args.image_root is None):
+        raise InputError("validate-data: give a dataset NAME or --image-root/--gt-root/--num-classes, not both")
+    if args.name is not None:
+        problems = validate_registered(args.name, log=_stderr)
+    else:
+        if args.gt_root is None or args.num_classes is None or args.num_classes < 1:
+            raise InputError("validate-data --image-root: also needs --gt-root and --num-classes N (N >= 1)")
+        problems = validate_folders(args.image_root, args.gt_root, args.num_classes, args.ignore_label,
+                                    args.image_ext, args.gt_ext, log=_stderr)
+    if problems:
+        print(f"segheads: error: {len(problems)} bad file(s), listed above", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -300,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per result, not bars
     try:
         commands = {"run": _run, "measure": _measure, "grid": _grid, "check": _check, "report": _report,
-                    "ui": _ui, "list": _list}
+                    "ui": _ui, "list": _list, "import-results": _import_results, "validate-data": _validate_data}
         return commands[args.command](args)
     except InputError as exc:
         print(f"segheads: error: {exc}", file=sys.stderr)

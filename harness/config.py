@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,12 +20,21 @@ import yaml
 from harness.errors import InputError
 
 
+def _bounded(default: Any, **limits: Any) -> Any:
+    """A dataclass field whose value ``from_dict`` checks against ``limits``: ``min``/``max``
+    (inclusive), ``above`` (exclusive lower bound), ``choices``, ``length`` (lists); for a
+    list the bounds apply to each item. Floats must also be finite."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=limits)
+    return field(default=default, metadata=limits)
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "resnet10t"
     neck: str = "mlp"
     classifier: str = "softmax"
-    embed_dim: int = 256
+    embed_dim: int = _bounded(256, min=1)
     backbone_kwargs: dict = field(default_factory=dict)
     classifier_kwargs: dict = field(default_factory=dict)
 
@@ -34,29 +44,29 @@ class DataConfig:
     """``dataset`` names a pair ``<dataset>_train`` / ``<dataset>_val`` in the catalog."""
 
     dataset: str = "digits_sem_seg"
-    image_size: int = 48
-    batch_size: int = 8
-    eval_batch_size: int = 8
-    num_workers: int = 2
-    scale_range: list[float] = field(default_factory=lambda: [0.8, 1.25])
-    hflip_prob: float = 0.5
-    color_jitter: float = 0.2
+    image_size: int = _bounded(48, min=16)
+    batch_size: int = _bounded(8, min=1)
+    eval_batch_size: int = _bounded(8, min=1)
+    num_workers: int = _bounded(2, min=0)
+    scale_range: list[float] = _bounded([0.8, 1.25], above=0, length=2)
+    hflip_prob: float = _bounded(0.5, min=0, max=1)
+    color_jitter: float = _bounded(0.2, min=0, max=1)
 
 
 @dataclass
 class TrainConfig:
-    iters: int = 2000
-    optimizer: str = "adamw"
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    momentum: float = 0.9
-    warmup_iters: int = 50
-    poly_power: float = 0.9
-    grad_clip: float | None = None
+    iters: int = _bounded(2000, min=1)
+    optimizer: str = _bounded("adamw", choices=("adamw", "sgd"))
+    lr: float = _bounded(3e-3, above=0)
+    weight_decay: float = _bounded(0.01, min=0)
+    momentum: float = _bounded(0.9, min=0, max=1)
+    warmup_iters: int = _bounded(50, min=0)
+    poly_power: float = _bounded(0.9, min=0)
+    grad_clip: float | None = _bounded(None, above=0)
     seed: int = 0
-    threads: int = 0
-    log_period: int = 20
-    checkpoint_period: int = 0
+    threads: int = _bounded(0, min=0)
+    log_period: int = _bounded(20, min=1)
+    checkpoint_period: int = _bounded(0, min=0)
 
 
 @dataclass
@@ -67,11 +77,11 @@ class MeasureConfig:
     (autocast when not float32); threads are the run's ``train.threads``."""
 
     enabled: bool = True
-    image_size: int = 512
-    batch_sizes: list[int] = field(default_factory=lambda: [1])
-    warmup: int = 5
-    iters: int = 20
-    dtype: str = "float32"
+    image_size: int = _bounded(512, min=1)
+    batch_sizes: list[int] = _bounded([1], min=1)
+    warmup: int = _bounded(5, min=0)
+    iters: int = _bounded(20, min=1)
+    dtype: str = _bounded("float32", choices=("float32", "bfloat16", "float16"))
     channels_last: bool = False
     compile: bool = False
 
@@ -156,7 +166,37 @@ def from_dict(cls: type, data: dict, section: str = "") -> Any:
             kwargs[key] = from_dict(annotation, value, path)
         else:
             kwargs[key] = _coerce(value, annotation, path)
-    return cls(**kwargs)
+    return check_fields(cls(**kwargs), section)
+
+
+def check_fields(config: Any, section: str = "") -> Any:
+    """Check every ``_bounded`` field of dataclass ``config`` (``section``: its dotted path,
+    for messages); returns ``config``."""
+    for item in dataclasses.fields(config):
+        _check_limits(getattr(config, item.name), item.metadata, f"{section}.{item.name}" if section else item.name)
+    return config
+
+
+def _check_limits(value: Any, limits: dict, key: str) -> None:
+    """``InputError`` naming ``key`` when ``value`` breaks a ``_bounded`` field's limits."""
+    if value is None or not limits:
+        return
+    if isinstance(value, list):
+        if "length" in limits and len(value) != limits["length"]:
+            raise InputError(f"{key}={value!r}: expected a list of {limits['length']} values")
+        if not value:
+            raise InputError(f"{key}=[]; expected a non-empty list")
+        for index, item in enumerate(value):
+            _check_limits(item, {k: v for k, v in limits.items() if k != "length"}, f"{key}[{index}]")
+        return
+    if "choices" in limits and value not in limits["choices"]:
+        raise InputError(f"{key}={value!r}; expected one of: {', '.join(limits['choices'])}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{key}={value!r}; expected a finite number")
+    for name, broken, text in (("min", lambda b: value < b, ">="), ("max", lambda b: value > b, "<="),
+                               ("above", lambda b: value <= b, ">")):
+        if name in limits and broken(limits[name]):
+            raise InputError(f"{key}={value!r}; expected {text} {limits[name]}")
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:

@@ -21,3 +21,14 @@ def unknown_name_error(kind: str, name: str, known: list[str]) -> InputError:
     """The error for a name that is not registered, listing the registered ones."""
     listed = ", ".join(sorted(known)) or "(none registered)"
     return InputError(f"unknown {kind} {name!r}; known {kind}s: {listed}")
+
+
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's ``torch.OutOfMemoryError``, Python's ``MemoryError`` or the CPU allocator's
+    "can't allocate memory" ``RuntimeError``."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _OOM_MESSAGES)

@@ -15,10 +15,12 @@ that Ray retries (``resources.retries`` times) before the cell counts as FAILED.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import math
 import os
+import re
+import resource
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from harness.config import RunConfig, config_hash, from_dict, read_yaml, to_dict
-from harness.errors import InputError
+from harness.config import RunConfig, _bounded, config_hash, from_dict, read_yaml, to_dict
+from harness.errors import InputError, is_out_of_memory
 
 _SECTIONS = ("model", "data", "train", "measure")  # RunConfig sections a spec may set
 
@@ -37,13 +39,18 @@ class Resources:
     """Per task. ``cpus`` also sets the cell's torch threads; ``gpus`` may be a fraction
     (0.5 packs two training cells on one GPU); ``measure_*`` are for the cost measurement
     task (``measure_gpus: 1`` gives latency a whole GPU); ``retries`` re-runs a task after
-    a lost worker or node (never after an exception in the cell)."""
+    a lost worker or node (never after an exception in the cell); ``memory_gb`` (0: none)
+    reserves host memory for each task in Ray's scheduler and caps the task's process at
+    it (its data segment, ``RLIMIT_DATA``, the Ray worker's own ~1 GB included), so a cell
+    that needs more fails with an out-of-memory error instead of the kernel's OOM killer
+    taking the node, and the cells beside it, down."""
 
-    cpus: float = 1
-    gpus: float = 0
-    measure_cpus: float = 1
-    measure_gpus: float = 0
-    retries: int = 3
+    cpus: float = _bounded(1, above=0)
+    gpus: float = _bounded(0, min=0)
+    measure_cpus: float = _bounded(1, above=0)
+    measure_gpus: float = _bounded(0, min=0)
+    retries: int = _bounded(3, min=0)
+    memory_gb: float = _bounded(0, min=0)
 
 
 @dataclass
@@ -68,20 +75,72 @@ class GridSpec:
     resources: Resources = field(default_factory=Resources)
 
 
+_AXES = ("backbones", "classifiers", "datasets", "seeds", "necks")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
 def load_grid(path: str | Path) -> GridSpec:
-    """Read and validate a grid spec; ``InputError`` naming the file and key otherwise."""
+    """Read and validate a grid spec before anything runs: keys, types and value ranges,
+    axes (non-empty, no repeats, registered names), override sections and resources.
+    ``InputError`` naming the file, the key path and what was expected otherwise."""
     path = Path(path)
     data = read_yaml(path, "grid spec")
     try:
-        spec = from_dict(GridSpec, data if data is not None else {})
+        return _check_spec(from_dict(GridSpec, data if data is not None else {}))
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
+
+
+def _check_spec(spec: GridSpec) -> GridSpec:
     if not spec.name:
-        raise InputError(f"{path}: 'name' is required (the MLflow experiment the grid logs to)")
-    for axis in ("backbones", "classifiers", "datasets", "seeds", "necks"):
-        if not getattr(spec, axis):
-            raise InputError(f"{path}: {axis}: empty axis; list at least one value")
+        raise InputError("name: required (the MLflow experiment the grid logs to)")
+    if not _NAME.fullmatch(spec.name):
+        raise InputError(f"name={spec.name!r}; expected 1-100 letters, digits, '_', '.' or '-' "
+                         "(it names an MLflow experiment and the folder outputs/<name>)")
+    for axis in _AXES:
+        values = getattr(spec, axis)
+        if not values:
+            raise InputError(f"{axis}: empty axis; list at least one value")
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise InputError(f"{axis}: {', '.join(repeated)} listed more than once")
+    _check_names(spec)
+    from_dict(RunConfig, {section: getattr(spec, section) for section in _SECTIONS})
+    for kind, axis in (("backbone_overrides", spec.backbones), ("classifier_overrides", spec.classifiers)):
+        overrides = getattr(spec, kind)
+        stray = sorted(set(overrides) - set(axis))
+        if stray:
+            raise InputError(f"{kind}: {', '.join(stray)} not on the grid's axis; axis values: {', '.join(axis)}")
+        for name, sections in overrides.items():
+            from_dict(RunConfig, _sections(sections, f"{kind}.{name}"), f"{kind}.{name}")
+    gpus = spec.resources.gpus
+    if gpus > 1 and gpus != int(gpus):
+        raise InputError(f"resources.gpus={gpus:g}; a task can share one GPU (a fraction) or take whole GPUs, "
+                         "not a fraction above 1")
     return spec
+
+
+def _check_names(spec: GridSpec) -> None:
+    """Every axis value is registered; the error names the axis entry and lists what is."""
+    from backbones import check_backbone, list_necks
+    from classifiers import list_classifiers
+    from harness.errors import unknown_name_error
+    from harness.run import dataset_splits
+
+    def registered(kind: str, known: list[str]):
+        def check(name: str) -> None:
+            if name not in known:
+                raise unknown_name_error(kind, name, known)
+        return check
+
+    checks = {"backbones": check_backbone, "datasets": dataset_splits,
+              "necks": registered("neck", list_necks()), "classifiers": registered("classifier", list_classifiers())}
+    for axis, check in checks.items():
+        for index, name in enumerate(getattr(spec, axis)):
+            try:
+                check(name)
+            except InputError as exc:
+                raise InputError(f"{axis}[{index}]: {exc}") from None
 
 
 def _merge(base: dict, update: dict) -> None:
@@ -104,11 +163,6 @@ def _sections(update: dict, where: str) -> dict:
 def expand(spec: GridSpec) -> list[RunConfig]:
     """One ``RunConfig`` per cell, in axis order (dataset, backbone, neck, classifier, seed):
     defaults <- shared sections <- backbone overrides <- classifier overrides <- axis values."""
-    for kind, overrides, axis in (("backbone_overrides", spec.backbone_overrides, spec.backbones),
-                                  ("classifier_overrides", spec.classifier_overrides, spec.classifiers)):
-        stray = sorted(set(overrides) - set(axis))
-        if stray:
-            raise InputError(f"{kind}: {', '.join(stray)} not on the grid's axis; axis values: {', '.join(map(str, axis))}")
     threads = max(1, int(spec.resources.cpus))
     cells = []
     for dataset in spec.datasets:
@@ -133,28 +187,24 @@ def expand(spec: GridSpec) -> list[RunConfig]:
 
 
 def validate_cells(cells: list[RunConfig]) -> None:
-    """Everything that can be checked without training, for every cell, before any runs:
-    dataset, backbone, neck and classifier names, classifier hyper-parameters, measure settings."""
-    from backbones import check_backbone, list_necks
+    """What needs a whole cell's config, for every cell, before any runs: the classifier's
+    hyper-parameters and the measure settings (names are checked by ``load_grid``)."""
     from classifiers import build_classifier
-    from harness.errors import unknown_name_error
     from harness.measure import check_settings
-    from harness.run import dataset_splits
 
     seen = set()
     for cfg in cells:
         m = cfg.model
-        key = (cfg.data.dataset, m.backbone, m.neck, m.classifier, json.dumps(m.classifier_kwargs, sort_keys=True))
+        key = (m.classifier, json.dumps(m.classifier_kwargs, sort_keys=True))
         if key in seen:
             continue
         seen.add(key)
-        dataset_splits(cfg.data.dataset)
-        check_backbone(m.backbone)
-        if m.neck not in list_necks():
-            raise unknown_name_error("neck", m.neck, list_necks())
-        build_classifier(m.classifier, num_classes=2, in_channels=8, **m.classifier_kwargs)
-        if cfg.measure.enabled:
-            check_settings(cfg.measure)
+        try:
+            build_classifier(m.classifier, num_classes=2, in_channels=8, **m.classifier_kwargs)
+            if cfg.measure.enabled:
+                check_settings(cfg.measure)
+        except InputError as exc:
+            raise InputError(f"cell {describe(cfg)}: {exc}") from None
 
 
 def describe(cfg: RunConfig) -> str:
@@ -173,6 +223,14 @@ def _placement(started: float) -> dict:
             "started": started, "ended": time.time()}
 
 
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line``; an out-of-memory error outside a training step says so first."""
+    text = f"{type(exc).__name__}: {str(exc).strip()}".splitlines()[0]
+    if is_out_of_memory(exc) and "out of memory" not in text:
+        text = f"out of memory ({text})"
+    return text
+
+
 def failed_result(cfg: RunConfig, exc: BaseException) -> dict:
     """A CellResult for a cell that raised: status FAILED, the error, its traceback and,
     for a non-finite loss, the iteration it happened at."""
@@ -181,13 +239,29 @@ def failed_result(cfg: RunConfig, exc: BaseException) -> dict:
     return {
         "status": "FAILED", "config": to_dict(cfg), "config_hash": config_hash(cfg), "tags": cell_tags(cfg),
         "metrics": {}, "per_class": None, "history": [], "environment": {}, "measurement": None,
-        "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+        "error": _one_line(exc),
         "traceback": "".join(traceback.format_exception(exc)),
         "failed_at_iteration": getattr(exc, "iteration", None),
     }
 
 
-def _train_task(cfg_dict: dict) -> tuple[dict, bytes | None]:
+@contextlib.contextmanager
+def _memory_cap(gigabytes: float):
+    """Lower this process's RLIMIT_DATA soft limit to ``gigabytes`` while inside (0: no cap);
+    the previous limit comes back after, since Ray reuses the worker for other tasks."""
+    if not gigabytes:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = int(gigabytes * 2**30)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def _train_task(cfg_dict: dict, memory_gb: float = 0) -> tuple[dict, bytes | None]:
     """Train and evaluate one cell in a worker: (CellResult, trained weights or None)."""
     from harness.run import train_and_evaluate
 
@@ -195,11 +269,13 @@ def _train_task(cfg_dict: dict) -> tuple[dict, bytes | None]:
     cfg = from_dict(RunConfig, cfg_dict)
     weights = None
     try:
-        result, model, _ = train_and_evaluate(cfg, log=lambda msg: None)
+        with _memory_cap(memory_gb):
+            result, model, _ = train_and_evaluate(cfg, log=lambda msg: None)
         if cfg.measure.enabled:
             buffer = io.BytesIO()
             torch.save(model.state_dict(), buffer)
             weights = buffer.getvalue()
+        del model
     except Exception as exc:  # the cell fails, the grid goes on
         result = failed_result(cfg, exc)
     result["environment"]["ray"] = _placement(started)
@@ -207,7 +283,7 @@ def _train_task(cfg_dict: dict) -> tuple[dict, bytes | None]:
     return result, weights
 
 
-def _measure_task(cfg_dict: dict, weights: bytes) -> dict:
+def _measure_task(cfg_dict: dict, weights: bytes, memory_gb: float = 0) -> dict:
     """Measure a trained cell's cost: {"metrics", "record", "seconds"}, or {"error", "seconds"}."""
     from harness.measure import measure_model
     from harness.run import build_segmentor, label_space, resolve_device
@@ -219,10 +295,11 @@ def _measure_task(cfg_dict: dict, weights: bytes) -> dict:
         device = resolve_device(cfg.device)
         model = build_segmentor(cfg, len(classes), ignore)
         model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
-        metrics, record = measure_model(model.to(device), cfg.measure, device, max(1, int(cfg.train.threads)))
+        with _memory_cap(memory_gb):
+            metrics, record = measure_model(model.to(device), cfg.measure, device, max(1, int(cfg.train.threads)))
         return {"metrics": metrics, "record": record, "seconds": time.time() - started}
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0], "seconds": time.time() - started}
+        return {"error": _one_line(exc), "seconds": time.time() - started}
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,6 +313,8 @@ class GridOutcome:
     wall_seconds: float          # of this invocation's running phase
     slots: int                   # cells that could run at once
     parent_run_id: str | None
+    unlogged: int = 0            # results written to results.jsonl only (tracking store off or failed)
+    results_path: Path | None = None
 
     @property
     def ran(self) -> int:
@@ -260,20 +339,44 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
+def _demands(r: Resources) -> dict[str, dict[str, float]]:
+    memory = {"memory": r.memory_gb * 2**30} if r.memory_gb else {}
+    return {"training": {"CPU": r.cpus, "GPU": r.gpus, **memory},
+            "measurement": {"CPU": r.measure_cpus, "GPU": r.measure_gpus, **memory}}
+
+
+def _check_feasible(r: Resources, autoscaling: bool, log) -> None:
+    """A task no node can hold would wait forever: an ``InputError`` naming the resource
+    (on a cluster given by ``--address`` only a warning: an autoscaler may add the node)."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    for task, demand in _demands(r).items():
+        if any(all(node.get(k, 0) >= v for k, v in demand.items()) for node in nodes):
+            continue
+        largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in demand}
+        message = (f"resources: no node can run a {task} task needing "
+                   + ", ".join(f"{k} {v:g}" for k, v in demand.items() if v)
+                   + " (largest node: " + ", ".join(f"{k} {v:g}" for k, v in largest.items()) + ")")
+        if not autoscaling:
+            raise InputError(message)
+        log(f"[segheads] warning: {message}; waiting for the autoscaler")
+
+
 def _slots(spec: GridSpec, max_concurrent: int | None, cells: int) -> int:
     import ray
 
     total = ray.cluster_resources()
-    fits = [total.get("CPU", 0) / spec.resources.cpus if spec.resources.cpus else math.inf]
-    if spec.resources.gpus:
-        fits.append(total.get("GPU", 0) / spec.resources.gpus)
-    slots = int(min(fits)) if all(math.isfinite(f) for f in fits) else cells
+    fits = [total.get(k, 0) / v for k, v in _demands(spec.resources)["training"].items() if v]
+    slots = int(min(fits)) if fits else cells
     return max(1, min(slots, max_concurrent or cells, cells))
 
 
 def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | None = None,
-             max_concurrent: int | None = None, results_path: str | Path | None = None, log=print) -> GridOutcome:
-    """Run every cell of ``spec`` not already FINISHED in MLflow; returns all cells' results."""
+             max_concurrent: int | None = None, results_path: str | Path | None = None, log=print,
+             tracking: bool = True) -> GridOutcome:
+    """Run every cell of ``spec`` not already FINISHED (in MLflow, or in ``results.jsonl``
+    with ``tracking=False``); returns all cells' results."""
     import ray
 
     from harness.data import DatasetCatalog
@@ -283,24 +386,33 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
 
     cells = expand(spec)
     validate_cells(cells)
-    store = GridStore(spec.name, tracking_uri, results_path or Path("outputs") / spec.name / "results.jsonl")
+    store = GridStore(spec.name, tracking_uri, results_path or Path("outputs") / spec.name / "results.jsonl",
+                      tracking=tracking, log=log)
     done = store.finished()
     todo = [cfg for cfg in cells if config_hash(cfg) not in done]
     log(f"[segheads] grid {spec.name!r}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED, "
-        f"{len(todo)} to run; MLflow {store.tracking_uri}, results {store.results_path}")
+        f"{len(todo)} to run; MLflow {'off' if store.offline else store.tracking_uri}, results {store.results_path}")
     if not todo:
-        return GridOutcome([done[config_hash(c)] for c in cells], [], 0.0, 0, store.parent_run_id)
+        return GridOutcome([done[config_hash(c)] for c in cells], [], 0.0, 0, store.parent_run_id,
+                           store.unlogged, store.results_path)
 
     for dataset in {cfg.data.dataset for cfg in todo}:  # materialise built-in data once, here, not in every worker
         for split in dataset_splits(dataset).values():
             DatasetCatalog.get(split)
     started_ray = _init_ray(address)
+    try:
+        _check_feasible(spec.resources, autoscaling=bool(address), log=log)
+    except InputError:
+        if started_ray:
+            ray.shutdown()
+        raise
     parent = store.open_parent(len(cells))
     r = spec.resources
+    memory = {"memory": int(r.memory_gb * 2**30)} if r.memory_gb else {}
     train_task = ray.remote(_train_task).options(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=r.retries,
-                                                 retry_exceptions=False)
+                                                 retry_exceptions=False, **memory)
     measure_task = ray.remote(_measure_task).options(num_cpus=r.measure_cpus, num_gpus=r.measure_gpus,
-                                                     max_retries=r.retries, retry_exceptions=False)
+                                                     max_retries=r.retries, retry_exceptions=False, **memory)
     slots = _slots(spec, max_concurrent, len(todo))
     queue, pending, began = list(todo), {}, time.time()
     results = dict(done)
@@ -309,7 +421,7 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
         while queue or pending:
             while queue and sum(1 for kind, _ in pending.values() if kind == "train") < slots:
                 cfg = queue.pop(0)
-                pending[train_task.remote(to_dict(cfg))] = ("train", cfg)
+                pending[train_task.remote(to_dict(cfg), r.memory_gb)] = ("train", cfg)
                 progress.started()
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
@@ -321,14 +433,14 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
                     except Exception as exc:  # retries exhausted: a lost node, a killed worker
                         result, weights = failed_result(cfg, exc), None
                     if weights is not None:
-                        pending[measure_task.remote(to_dict(cfg), weights)] = ("measure", result)
+                        pending[measure_task.remote(to_dict(cfg), weights, r.memory_gb)] = ("measure", result)
                         continue
                 else:
                     result = payload
                     try:
                         measured = ray.get(ref)
                     except Exception as exc:  # retries exhausted
-                        measured = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+                        measured = {"error": _one_line(exc)}
                     result["measure_seconds"] = measured.get("seconds", 0.0)
                     if "error" in measured:  # the cell trained fine; its cost is missing, and says why
                         result["measure_error"] = measured["error"]
@@ -345,7 +457,7 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
         if started_ray:
             ray.shutdown()
     return GridOutcome([results[config_hash(c)] for c in cells], [config_hash(c) for c in todo],
-                       time.time() - began, slots, parent)
+                       time.time() - began, slots, parent, store.unlogged, store.results_path)
 
 
 def overhead(outcome: GridOutcome) -> dict[str, float]:
@@ -376,7 +488,8 @@ def comparison_table(results: list[dict]) -> str:
         t, m = r["tags"], r["metrics"]
         miou, base = m.get("mIoU"), softmax.get(key(r))
         delta = f"{miou - base:+.2f}" if miou is not None and base is not None and t["classifier"] != "softmax" else ""
-        batch = ((r.get("measurement") or {}).get("settings") or {}).get("batch_sizes", [1])[0]
+        measurement = r.get("measurement") or {}
+        batch = (measurement.get("measured_batch_sizes") or measurement.get("settings", {}).get("batch_sizes") or [1])[0]
         p50 = m.get(f"latency/bs{batch}/p50_ms")
         lines.append(
             f"{t['dataset']:<16}{t['backbone']:<18}{t['neck']:<6}{t['classifier']:<11}{t['seed']:>5} {r['status']:<9}"

@@ -3,11 +3,18 @@ append-only ``results.jsonl``, kept consistent so that each cell has exactly one
 child run and one FINISHED line, whenever the driver was stopped.
 
 Write order per cell: MLflow child run first, then the ``results.jsonl`` line. On start,
-``finished()`` repairs what a killed driver can leave behind: a child run left RUNNING is
-marked KILLED (its cell runs again); a FINISHED run without a line gets its line back
-from the run's ``cell_result.json``; a FINISHED line without a run is logged to MLflow.
-``results.jsonl`` may hold several lines for one cell (a FAILED attempt, then a FINISHED
-one); the last line of a cell wins.
+``sync()`` repairs what a killed driver or a tracking outage can leave behind: a child run
+left RUNNING is marked KILLED (its cell runs again); a FINISHED run without a line gets its
+line back from the run's ``cell_result.json``; a line without its run is logged to MLflow
+(``segheads import-results`` runs the same repair without a grid). ``results.jsonl`` may
+hold several lines for one cell (a FAILED attempt, then a FINISHED one); the last line of a
+cell wins.
+
+The tracking store is probed when the store opens (an ``InputError`` if it cannot be
+reached, within seconds, not after MLflow's minutes of retries). If logging fails later,
+the store goes offline for the rest of the grid: results still go to ``results.jsonl``
+and ``unlogged`` counts what ``segheads import-results`` has to log. ``tracking=False``
+keeps ``results.jsonl`` only from the start.
 """
 
 from __future__ import annotations
@@ -49,18 +56,47 @@ def read_results(path: str | Path) -> dict[str, dict]:
     return results
 
 
+@contextlib.contextmanager
+def _quick_http_failures(retries: int = 0):
+    """MLflow retries an HTTP store for minutes by default; a probe should fail in seconds and
+    a cell's logging after a few (settings the user made in the environment are kept)."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    added = [key for key in quick if key not in os.environ]
+    os.environ.update({key: quick[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
 class GridStore:
-    def __init__(self, name: str, tracking_uri: str | None, results_path: str | Path) -> None:
+    def __init__(self, name: str, tracking_uri: str | None, results_path: str | Path, tracking: bool = True,
+                 log=print) -> None:
         from mlflow.tracking import MlflowClient
 
         self.name, self.tracking_uri = name, resolve_tracking_uri(tracking_uri)
         self.results_path = Path(results_path)
+        self.log = log
+        self.offline: str | None = None if tracking else "--no-tracking"
+        self.unlogged = self.imported = 0
+        self.parent_run_id = None
+        if not tracking:
+            return
         self.client = MlflowClient(self.tracking_uri)
         try:
-            found = self.client.get_experiment_by_name(name)
+            with _quick_http_failures():
+                found = self.client.get_experiment_by_name(name)
+                self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
         except Exception as exc:  # checked before anything runs
-            raise InputError(f"tracking store {self.tracking_uri} is not reachable: {str(exc).splitlines()[0]}") from None
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
+            raise InputError(
+                f"tracking store {self.tracking_uri} is not reachable ({_first_line(exc)}); start it or pass "
+                "--tracking-uri, or run with --no-tracking (results.jsonl only; `segheads import-results` logs "
+                "them later)") from None
         parents = self._runs(f"tags.`{_PARENT_TAG}` = '{name}'")
         self.parent_run_id = parents[0].info.run_id if parents else None
 
@@ -68,21 +104,31 @@ class GridStore:
         return search_all_runs(self.client, [self.experiment_id], filter_string, ["attributes.start_time DESC"])
 
     def finished(self) -> dict[str, dict]:
-        """FINISHED results by ``config_hash``, after repairing MLflow and ``results.jsonl`` (module docstring)."""
+        """FINISHED results by ``config_hash``, after ``sync()``."""
+        if self.offline:
+            return {h: r for h, r in read_results(self.results_path).items() if r["status"] == "FINISHED"}
+        return {h: r for h, r in self.sync().items() if r["status"] == "FINISHED"}
+
+    def sync(self) -> dict[str, dict]:
+        """Repair MLflow and ``results.jsonl`` (module docstring); every cell's last result."""
         for run in self._runs("attributes.status = 'RUNNING' and tags.config_hash != ''"):
             self.client.set_terminated(run.info.run_id, "KILLED")
-        logged = {run.data.tags["config_hash"]: run.info.run_id
-                  for run in self._runs("attributes.status = 'FINISHED' and tags.config_hash != ''")}
-        lines = {h: r for h, r in read_results(self.results_path).items() if r["status"] == "FINISHED"}
-        for digest in sorted(set(lines) - set(logged)):
+        runs = self._runs("tags.config_hash != ''")
+        logged = {run.data.tags["config_hash"]: run.info.run_id for run in runs if run.info.status == "FINISHED"}
+        any_status = {run.data.tags["config_hash"] for run in runs}
+        lines = read_results(self.results_path)
+        missing = [h for h, r in lines.items()
+                   if (h not in logged if r["status"] == "FINISHED" else h not in any_status)]
+        for digest in sorted(missing):
             self.record(lines[digest], self.open_parent(), append=False)
-        for digest in sorted(set(logged) - set(lines)):
+        for digest in sorted(set(logged) - {h for h, r in lines.items() if r["status"] == "FINISHED"}):
             with tempfile.TemporaryDirectory() as folder:
                 lines[digest] = json.loads(self._artifact(logged[digest], "cell_result.json", folder))
                 with contextlib.suppress(OSError, mlflow.exceptions.MlflowException):  # runs logged before it existed
                     lines[digest]["per_image"] = json.loads(self._artifact(logged[digest], "per_image_counts.json",
                                                                            folder))
             self._append(lines[digest])
+        self.imported = len(missing)
         return lines
 
     def _artifact(self, run_id: str, name: str, folder: str) -> str:
@@ -90,8 +136,10 @@ class GridStore:
                                                     tracking_uri=self.tracking_uri)
         return Path(local).read_text()
 
-    def open_parent(self, cells: int | None = None) -> str:
-        """The grid's parent run (re-opened when the grid ran before), status RUNNING."""
+    def open_parent(self, cells: int | None = None) -> str | None:
+        """The grid's parent run (re-opened when the grid ran before), status RUNNING; None offline."""
+        if self.offline:
+            return None
         if self.parent_run_id is None:
             tags = {_PARENT_TAG: self.name, "mlflow.runName": self.name}
             self.parent_run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
@@ -101,8 +149,19 @@ class GridStore:
             self.client.set_tag(self.parent_run_id, "cells", str(cells))
         return self.parent_run_id
 
-    def record(self, result: dict, parent_run_id: str, append: bool = True) -> None:
-        log_cell(result, self.tracking_uri, self.name, parent_run_id)
+    def record(self, result: dict, parent_run_id: str | None, append: bool = True) -> None:
+        """Log ``result`` to MLflow, then append its line; if MLflow fails, go offline and
+        append the line anyway (``unlogged`` counts those)."""
+        if not self.offline:
+            try:
+                with _quick_http_failures(retries=2):
+                    log_cell(result, self.tracking_uri, self.name, parent_run_id)
+            except Exception as exc:
+                self.offline = _first_line(exc)
+                self.log(f"[segheads] warning: tracking store {self.tracking_uri} failed ({self.offline}); "
+                         f"results go to {self.results_path} only from now on")
+        if self.offline:
+            self.unlogged += 1
         if append:
             self._append(result)
 
@@ -113,8 +172,14 @@ class GridStore:
             out.flush()
             os.fsync(out.fileno())
 
-    def close_parent(self, parent_run_id: str, results: list[dict]) -> None:
+    def close_parent(self, parent_run_id: str | None, results: list[dict]) -> None:
+        if self.offline or parent_run_id is None:
+            return
         finished = sum(r["status"] == "FINISHED" for r in results)
-        self.client.log_metric(parent_run_id, "cells_finished", finished)
-        self.client.log_metric(parent_run_id, "cells_failed", len(results) - finished)
-        self.client.set_terminated(parent_run_id, "FINISHED")
+        try:
+            with _quick_http_failures():
+                self.client.log_metric(parent_run_id, "cells_finished", finished)
+                self.client.log_metric(parent_run_id, "cells_failed", len(results) - finished)
+                self.client.set_terminated(parent_run_id, "FINISHED")
+        except Exception as exc:  # the cells' results are safe in results.jsonl
+            self.log(f"[segheads] warning: could not close the grid's parent run ({_first_line(exc)})")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import gc
 import functools
 import os
 import platform
@@ -32,8 +33,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from classifiers.base import PixelClassifier
-from harness.config import MeasureConfig
-from harness.errors import InputError
+from harness.config import MeasureConfig, check_fields
+from harness.errors import InputError, is_out_of_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _PART_NAMES = {"classifier": "head"}  # a Segmentor's children, named as in the parameter counts
@@ -223,15 +224,7 @@ class _PeakMemory:
 
 def check_settings(settings: MeasureConfig) -> None:
     """``InputError`` naming the ``measure.*`` key that is out of range."""
-    if settings.dtype not in DTYPES:
-        raise InputError(f"measure.dtype={settings.dtype!r}; expected one of: {', '.join(DTYPES)}")
-    if settings.image_size < 1:
-        raise InputError(f"measure.image_size={settings.image_size}; expected >= 1")
-    if not settings.batch_sizes or min(settings.batch_sizes) < 1:
-        raise InputError(f"measure.batch_sizes={settings.batch_sizes}; expected a non-empty list of sizes >= 1")
-    if settings.iters < 1 or settings.warmup < 0:
-        raise InputError(f"measure.iters={settings.iters}, measure.warmup={settings.warmup}; "
-                         "expected iters >= 1 and warmup >= 0")
+    check_fields(settings, "measure")
 
 
 def _images(batch: int, size: int, device: torch.device, channels_last: bool) -> Tensor:
@@ -263,7 +256,10 @@ def measure_latency(model: nn.Module, settings: MeasureConfig, device: torch.dev
 
     Keys per batch size b: ``latency/bs{b}/{p50,p90,p99,mean,std}_ms``,
     ``throughput/bs{b}/images_per_s`` (b / median latency) and ``memory/bs{b}/peak_mb``.
-    The caller pins the threads (``pinned_threads``).
+    A batch size that runs out of memory is halved until one fits; its numbers are then
+    under the batch size measured and ``oom/bs{b}/measured_batch`` records the swap (if
+    even batch 1 does not fit, the out-of-memory error is raised). The caller pins the
+    threads (``pinned_threads``).
     """
     check_settings(settings)
     was_training = model.training
@@ -271,24 +267,52 @@ def measure_latency(model: nn.Module, settings: MeasureConfig, device: torch.dev
     infer = getattr(timed, "predict", timed)
     out: dict[str, float] = {}
     try:
-        for batch in settings.batch_sizes:
-            images = _images(batch, settings.image_size, device, settings.channels_last)
-            with torch.inference_mode(), _autocast(device, settings.dtype):
-                for _ in range(settings.warmup):
-                    infer(images)
-                with _PeakMemory(device) as memory:
-                    seconds = _time_calls(lambda: infer(images), device, warmup=0, iters=settings.iters)
-            ms = sorted(s * 1e3 for s in seconds)
-            quantiles = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
-            prefix = f"latency/bs{batch}"
-            out.update({f"{prefix}/p50_ms": statistics.median(ms), f"{prefix}/p90_ms": quantiles[89],
-                        f"{prefix}/p99_ms": quantiles[98], f"{prefix}/mean_ms": statistics.fmean(ms),
-                        f"{prefix}/std_ms": statistics.pstdev(ms)})
-            out[f"throughput/bs{batch}/images_per_s"] = batch / (statistics.median(ms) / 1e3)
-            out[f"memory/bs{batch}/peak_mb"] = memory.peak_mb
+        for requested in settings.batch_sizes:
+            batch = requested
+            while True:
+                try:
+                    out.update(_time_batch(infer, batch, settings, device))
+                    break
+                except Exception as exc:
+                    if not is_out_of_memory(exc) or batch == 1:
+                        raise
+                batch //= 2
+                _release_memory(device)
+            if batch != requested:
+                out[f"oom/bs{requested}/measured_batch"] = batch
     finally:
         model.train(was_training)
     return out
+
+
+def _time_batch(infer, batch: int, settings: MeasureConfig, device: torch.device) -> dict[str, float]:
+    images = _images(batch, settings.image_size, device, settings.channels_last)
+    with torch.inference_mode(), _autocast(device, settings.dtype):
+        for _ in range(settings.warmup):
+            infer(images)
+        with _PeakMemory(device) as memory:
+            seconds = _time_calls(lambda: infer(images), device, warmup=0, iters=settings.iters)
+    ms = sorted(s * 1e3 for s in seconds)
+    quantiles = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
+    prefix = f"latency/bs{batch}"
+    return {f"{prefix}/p50_ms": statistics.median(ms), f"{prefix}/p90_ms": quantiles[89],
+            f"{prefix}/p99_ms": quantiles[98], f"{prefix}/mean_ms": statistics.fmean(ms),
+            f"{prefix}/std_ms": statistics.pstdev(ms),
+            f"throughput/bs{batch}/images_per_s": batch / (statistics.median(ms) / 1e3),
+            f"memory/bs{batch}/peak_mb": memory.peak_mb}
+
+
+def _release_memory(device: torch.device) -> None:
+    """Give back what a failed (out-of-memory) attempt left allocated."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measured_batches(metrics: dict[str, float], settings: MeasureConfig) -> list[int]:
+    """The batch sizes ``measure_latency`` ended up timing, in ``settings`` order."""
+    sizes = [int(metrics.get(f"oom/bs{b}/measured_batch", b)) for b in settings.batch_sizes]
+    return list(dict.fromkeys(sizes))
 
 
 def measure_model(model: nn.Module, settings: MeasureConfig, device: torch.device,
@@ -307,12 +331,14 @@ def measure_model(model: nn.Module, settings: MeasureConfig, device: torch.devic
         metrics.update(measure_latency(model, settings, device))
         peak = machine_matmul_gflops(device, DTYPES[settings.dtype])
         metrics["efficiency/machine_matmul_gflops_per_s"] = peak
-        for batch in settings.batch_sizes:
+        batches = measured_batches(metrics, settings)
+        for batch in batches:
             achieved = metrics["gflops/total"] * metrics[f"throughput/bs{batch}/images_per_s"]
             metrics[f"efficiency/bs{batch}/achieved_gflops_per_s"] = achieved
             metrics[f"efficiency/bs{batch}/fraction_of_matmul"] = achieved / peak
         record = {
             "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+            "measured_batch_sizes": batches,  # differs from settings' after an out-of-memory retry
             "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
             "memory": memory_method(device),
             "flop_counter": "torch.utils.flop_counter (gflops = 2 x gmacs)",

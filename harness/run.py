@@ -139,6 +139,6 @@ def add_measurement(result: dict, model: Segmentor, cfg: RunConfig, device: torc
     began = time.perf_counter()
     measured, result["measurement"] = measure_model(model, cfg.measure, device, cfg.train.threads)
     result["metrics"].update(measured)
-    batch = cfg.measure.batch_sizes[0]
+    batch = result["measurement"]["measured_batch_sizes"][0]
     log(f"[segheads] measured at {cfg.measure.image_size}px in {time.perf_counter() - began:.1f} s: "
         f"{measured['gflops/total']:.2f} GFLOPs, p50 {measured[f'latency/bs{batch}/p50_ms']:.1f} ms at batch {batch}")

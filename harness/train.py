@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from harness.config import TrainConfig
-from harness.errors import InputError
+from harness.errors import InputError, is_out_of_memory
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _WARMUP_START = 1e-3
@@ -25,6 +25,16 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, iteration: int, losses: dict[str, float]) -> None:
         super().__init__(f"non-finite loss at iteration {iteration}: {losses}")
         self.iteration, self.losses = iteration, losses
+
+
+class TrainingOutOfMemoryError(RuntimeError):
+    """The device ran out of memory during a training step; ``iteration`` says which."""
+
+    def __init__(self, iteration: int, batch_shape: tuple, device: torch.device, cause: BaseException) -> None:
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"out of memory at iteration {iteration} (batch {list(batch_shape)} on {device}): {first}; "
+                         "lower data.batch_size or data.image_size, or give the cell more memory")
+        self.iteration = iteration
 
 
 @dataclass
@@ -69,6 +79,24 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, iteration: int, hi
     os.replace(tmp, path)
 
 
+def _step(model, batch, optimizer, scheduler, cfg: TrainConfig, device, iteration: int) -> dict[str, float]:
+    """One optimisation step; the loss terms' values."""
+    images = batch["image"].to(device, non_blocking=True)
+    targets = batch["sem_seg"].to(device, non_blocking=True)
+    losses = model(images, targets).losses
+    total = sum(losses.values())
+    values = {name: float(v.detach()) for name, v in losses.items()}
+    if not math.isfinite(float(total.detach())):
+        raise NonFiniteLossError(iteration, values)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return values
+
+
 def train(
     model: nn.Module,
     batches: Iterator[dict],
@@ -83,7 +111,8 @@ def train(
     loss term, their sum and the learning rate, averaged over the period. With a
     ``checkpoint_dir`` a checkpoint is written every ``checkpoint_period`` iterations
     (if > 0) and at the end; ``resume=True`` continues from it. Raises
-    ``NonFiniteLossError`` at the first iteration whose loss is NaN or inf.
+    ``NonFiniteLossError`` at the first iteration whose loss is NaN or inf and
+    ``TrainingOutOfMemoryError`` (with the iteration and batch shape) when a step runs out of memory.
     """
     model.train()
     optimizer = build_optimizer(model, cfg)
@@ -105,19 +134,12 @@ def train(
     began = time.perf_counter()
     for iteration in range(start, cfg.iters):
         batch = next(batches)
-        images = batch["image"].to(device, non_blocking=True)
-        targets = batch["sem_seg"].to(device, non_blocking=True)
-        losses = model(images, targets).losses
-        total = sum(losses.values())
-        values = {name: float(v.detach()) for name, v in losses.items()}
-        if not math.isfinite(float(total.detach())):
-            raise NonFiniteLossError(iteration, values)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        try:
+            values = _step(model, batch, optimizer, scheduler, cfg, device, iteration)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise TrainingOutOfMemoryError(iteration, tuple(batch["image"].shape), device, exc) from exc
+            raise
         for name, value in {**values, "total": sum(values.values())}.items():
             sums[name] = sums.get(name, 0.0) + value
         done = iteration + 1

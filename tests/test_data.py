@@ -24,7 +24,7 @@ def test_missing_folder_names_path_and_layout(tmp_path):
 def test_unpaired_file_is_named(folder_dataset):
     image_root, gt_root = folder_dataset
     (gt_root / "img3.png").unlink()
-    with pytest.raises(InputError, match=r"img3\.jpg has no counterpart .*img3\.png"):
+    with pytest.raises(InputError, match=r"img3\.jpg: no label map .*img3\.png \(1 unpaired"):
         load_sem_seg(gt_root, image_root)
 
 

@@ -22,8 +22,8 @@ def register_sem_seg(
     """Register a generic folder pair, as detectron2's ``load_sem_seg`` datasets are."""
     DatasetCatalog.register(name, lambda: load_sem_seg(gt_root, image_root, gt_ext=gt_ext, image_ext=image_ext))
     MetadataCatalog.get(name).set(
-        image_root=str(image_root), sem_seg_root=str(gt_root), stuff_classes=list(stuff_classes),
-        ignore_label=ignore_label, evaluator_type="sem_seg", **metadata,
+        image_root=str(image_root), sem_seg_root=str(gt_root), image_ext=image_ext, gt_ext=gt_ext,
+        stuff_classes=list(stuff_classes), ignore_label=ignore_label, evaluator_type="sem_seg", **metadata,
     )
 
 

@@ -1,0 +1,84 @@
+"""Whole-dataset checks (``segheads validate-data``): every file of a dataset is opened and
+decoded, and every problem is reported, not only the first.
+
+Per pair: the image decodes; the label map decodes, is single-channel and holds only class
+ids in [0, num_classes) or the ignore label; both have the same size. Folder pairs also
+report every unpaired file. Files are checked on a thread pool (decoding releases the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from harness.data.catalog import DatasetCatalog, MetadataCatalog
+from harness.data.sem_seg import pair_files, read_image, read_sem_seg
+from harness.errors import InputError
+
+_PROGRESS_EVERY = 1000
+
+
+def _check_pair(image_path: str, label_path: str, num_classes: int, ignore_label: int) -> list[str]:
+    problems, image, label = [], None, None
+    try:
+        image = read_image(image_path)
+    except InputError as exc:
+        problems.append(str(exc))
+    try:
+        label = read_sem_seg(label_path, num_classes, ignore_label)
+    except InputError as exc:
+        problems.append(str(exc))
+    if image is not None and label is not None and image.size != label.size:
+        problems.append(f"image {image_path} is {image.size[0]}x{image.size[1]} but label map {label_path} is "
+                        f"{label.size[0]}x{label.size[1]}; expected equal sizes")
+    return problems
+
+
+def validate_records(records: list[dict], num_classes: int, ignore_label: int, log=print) -> list[str]:
+    """Every problem of detectron2-style dataset dicts (``file_name``, ``sem_seg_file_name``),
+    one message per problem naming the file; logs a line per 1,000 pairs and a summary."""
+    problems: list[str] = []
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        checks = pool.map(lambda r: _check_pair(r["file_name"], r["sem_seg_file_name"], num_classes, ignore_label),
+                          records)
+        for done, found in enumerate(checks, 1):
+            for problem in found:
+                log(problem)
+            problems += found
+            if done % _PROGRESS_EVERY == 0:
+                log(f"[segheads] checked {done}/{len(records)} pairs, {len(problems)} problem(s) so far")
+    return problems
+
+
+def validate_folders(image_root: str | Path, gt_root: str | Path, num_classes: int, ignore_label: int = 255,
+                     image_ext: str = "jpg", gt_ext: str = "png", log=print) -> list[str]:
+    """Every problem of a folder pair: unpaired files, then each pair's (``validate_records``)."""
+    pairs, unpaired = pair_files(gt_root, image_root, gt_ext, image_ext)
+    for problem in unpaired:
+        log(problem)
+    records = [{"file_name": str(image), "sem_seg_file_name": str(label)} for image, label in pairs]
+    problems = unpaired + validate_records(records, num_classes, ignore_label, log)
+    log(f"[segheads] {image_root} + {gt_root}: {len(pairs)} pairs, {len(problems)} problem(s)")
+    return problems
+
+
+def validate_registered(name: str, log=print) -> list[str]:
+    """Every problem of a registered split, or of both splits of a dataset (``<name>_train``, ``<name>_val``)."""
+    from harness.run import dataset_splits
+
+    splits = [name] if name in DatasetCatalog else list(dataset_splits(name).values())
+    problems = []
+    for split in splits:
+        meta = MetadataCatalog.get(split)
+        num_classes, ignore = len(meta.stuff_classes), meta.get("ignore_label", 255)
+        if meta.get("image_root") and meta.get("sem_seg_root"):
+            problems += validate_folders(meta.image_root, meta.sem_seg_root, num_classes, ignore,
+                                         meta.get("image_ext", "jpg"), meta.get("gt_ext", "png"), log)
+            continue
+        records = DatasetCatalog.get(split)
+        found = validate_records(records, num_classes, ignore, log)
+        log(f"[segheads] {split}: {len(records)} pairs, {len(found)} problem(s)")
+        problems += found
+    return problems
