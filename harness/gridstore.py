@@ -87,9 +87,9 @@ class GridStore:
         self.parent_run_id = None
         if not tracking:
             return
-        self.client = MlflowClient(self.tracking_uri)
         try:
             with _quick_http_failures():
+                self.client = MlflowClient(self.tracking_uri)
                 found = self.client.get_experiment_by_name(name)
                 self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
         except Exception as exc:  # checked before anything runs

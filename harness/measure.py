@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from classifiers.base import PixelClassifier
 from harness.config import MeasureConfig, check_fields
-from harness.errors import InputError, is_out_of_memory
+from harness.errors import is_out_of_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _PART_NAMES = {"classifier": "head"}  # a Segmentor's children, named as in the parameter counts

@@ -34,6 +34,22 @@ def folder_dataset(tmp_path):
     return image_root, gt_root
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray cluster on loopback, shared by the grid tests and the fault suite: a head
+    without task CPUs and node A (2 CPUs, 1 logical GPU); tests may add and remove nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    cluster.add_node(num_cpus=2, num_gpus=1, node_ip_address="127.0.0.1")
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
 def pytest_ignore_collect(collection_path, config):
     """Benchmarks run only when asked for by path (``python -m pytest tests/benchmarks``)."""
     if collection_path.name == "benchmarks" and collection_path.is_dir():

@@ -1,0 +1,104 @@
+"""Lost processes during a grid: the driver killed, a worker killed, a node lost. Real Ray
+(``ray_cluster``: loopback, logical GPU) and a real MLflow SQLite store; nothing is lost
+and nothing is counted twice."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ray
+
+from gridtools import assert_finished_once, write_spec
+from harness.config import config_hash
+from harness.grid import expand, load_grid, run_grid
+from harness.gridstore import read_results
+
+_FOUR = ["softmax", "query", "protoseg", "ssa"]
+
+
+def _processes_titled(title: str) -> list[int]:
+    """PIDs whose command line starts with ``title`` (Ray retitles a worker ``ray::<task>`` while it runs one)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title.encode()):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_per_cell(ray_cluster, tmp_path):
+    uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
+    path = write_spec(tmp_path, "killed", classifiers=_FOUR, train={"iters": 60})
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would be
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "harness", "grid", str(path), "--tracking-uri", uri, "--results", str(results),
+         "--max-concurrent", "1"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    deadline = time.time() + 300
+
+    def finished_lines():
+        return sum(r["status"] == "FINISHED" for r in read_results(results).values())
+
+    while time.time() < deadline and driver.poll() is None and finished_lines() < 1:
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    killed_after = finished_lines()
+    assert 1 <= killed_after < 4
+    spec = load_grid(path)
+    outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
+    assert outcome.ran == 4 - killed_after
+    assert_finished_once(uri, "killed", expand(spec), results)
+    lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    assert sorted(r["config_hash"] for r in lines if r["status"] == "FINISHED") == sorted(
+        config_hash(c) for c in expand(spec))
+
+
+def test_a_worker_killed_mid_cell_is_retried(ray_cluster, tmp_path):
+    uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
+    spec = load_grid(write_spec(tmp_path, "worker", classifiers=["softmax", "query"], train={"iters": 150}))
+    box = {}
+    driver = threading.Thread(target=lambda: box.update(outcome=run_grid(spec, uri, results_path=results,
+                                                                         log=lambda m: None)))
+    driver.start()
+    deadline, killed = time.time() + 120, None
+    while time.time() < deadline and killed is None:
+        running = _processes_titled("ray::_train_task")
+        if running:
+            killed = running[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    driver.join(timeout=600)
+    assert killed is not None
+    outcome = box["outcome"]
+    assert [r["status"] for r in outcome.results] == ["FINISHED"] * 2
+    assert killed not in {r["environment"]["ray"]["worker_pid"] for r in outcome.results}
+    assert_finished_once(uri, "worker", expand(spec), results)
+
+
+def test_a_node_lost_mid_grid_loses_no_cell(ray_cluster, tmp_path):
+    doomed = ray_cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+    ray_cluster.wait_for_nodes()
+    uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
+    spec = load_grid(write_spec(tmp_path, "lost", classifiers=_FOUR, train={"iters": 150}))
+    box = {}
+    driver = threading.Thread(target=lambda: box.update(outcome=run_grid(spec, uri, results_path=results,
+                                                                         log=lambda m: None)))
+    driver.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and ray.available_resources().get("CPU", 0) > 0:  # all 4 CPUs busy
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) == 0
+    ray_cluster.remove_node(doomed, allow_graceful=False)
+    driver.join(timeout=600)
+    outcome = box["outcome"]
+    assert [r["status"] for r in outcome.results] == ["FINISHED"] * 4
+    assert all(r["environment"]["ray"]["node_id"] != doomed.node_id for r in outcome.results)
+    assert_finished_once(uri, "lost", expand(spec), results)

@@ -1,0 +1,50 @@
+"""Helpers shared by the grid tests and the fault suite: tiny grid specs and MLflow checks."""
+
+from mlflow.tracking import MlflowClient
+import yaml
+
+from harness.config import config_hash
+from harness.gridstore import read_results
+
+TINY = {
+    "backbones": ["test_convnext"],
+    "model": {"embed_dim": 16},
+    "data": {"num_workers": 0, "image_size": 32, "batch_size": 4, "eval_batch_size": 16},
+    "train": {"iters": 20},
+    "measure": {"image_size": 32, "iters": 2, "warmup": 1},
+}
+
+
+def write_spec(tmp_path, name, **fields):
+    """A grid spec file: the tiny settings above, then ``fields``."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **TINY, **fields}))
+    return path
+
+
+def children(uri, name):
+    """(child runs, parent runs) of experiment ``name``."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    return [r for r in runs if "config_hash" in r.data.tags], [r for r in runs if "config_hash" not in r.data.tags]
+
+
+def assert_finished_once(uri, name, cells, results_path=None):
+    """Each cell has exactly one FINISHED child run under the one parent run and, with
+    ``results_path``, exactly one FINISHED line in ``results.jsonl``."""
+    runs, parents = children(uri, name)
+    finished = [r.data.tags["config_hash"] for r in runs if r.info.status == "FINISHED"]
+    expected = sorted(config_hash(c) for c in cells)
+    assert sorted(finished) == expected
+    assert len(parents) == 1 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs)
+    if results_path is not None:
+        lines = [r for r in _lines(results_path) if r["status"] == "FINISHED"]
+        assert sorted(r["config_hash"] for r in lines) == expected
+        assert set(read_results(results_path)) == set(expected)
+
+
+def _lines(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
