@@ -7,7 +7,6 @@ import json
 
 from gridtools import children, write_spec
 from harness.cli import main
-from harness.grid import load_grid
 
 
 def test_each_cell_fault_is_recorded_and_the_grid_goes_on(ray_cluster, tmp_path, capsys):
