@@ -228,7 +228,8 @@ def _grid(args: argparse.Namespace) -> int:
         validate_cells(cells)
         r = spec.resources
         print(f"grid {spec.name!r}: {len(cells)} cells; per cell {r.cpus:g} CPU, {r.gpus:g} GPU (training), "
-              f"{r.measure_cpus:g} CPU, {r.measure_gpus:g} GPU (measurement); {r.retries} retries on lost workers")
+              f"{r.measure_cpus:g} CPU, {r.measure_gpus:g} GPU (measurement); {r.retries} retries on lost workers"
+              + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else ""))
         for cfg in cells:
             print(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}")
         return 0
