@@ -86,3 +86,27 @@ class FPNNeck(nn.Module):
         size = _stride4_size(image_size)
         summed = sum(F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid)
         return Features(pixel=self.fuse(summed), pyramid=pyramid, image_size=tuple(image_size))
+
+
+@register_neck("hrnet_concat")
+class HRNetConcatNeck(nn.Module):
+    """HRNetV2's representation head (Wang et al. 2020, §3, "HRNetV2"): every stage, raw,
+    upsampled to stride 4 and concatenated (48+96+192+384 = 720 channels on HRNetV2-W48),
+    then mixed by a 1x1 conv + BN + ReLU to D (``pixel``), as the papers' HRNet rows.
+
+    ``pyramid`` (for heads that read one map per stage, e.g. ECENet) is ``pixel``
+    average-pooled to each stage's stride: the head adds no parameters per stage. This is
+    our choice; the HRNet papers have no per-stage D maps.
+    """
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 256) -> None:
+        super().__init__()
+        self.strides = list(strides)
+        self.fuse = _conv_norm_act(sum(in_channels), embed_dim, 1)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        size = _stride4_size(image_size)
+        upsampled = [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats]
+        pixel = self.fuse(torch.cat(upsampled, dim=1))
+        pyramid = [F.adaptive_avg_pool2d(pixel, f.shape[-2:]) for f in feats]
+        return Features(pixel=pixel, pyramid=pyramid, image_size=tuple(image_size))

@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     importing.add_argument("--experiment", help="MLflow experiment (default: the grid name the results carry)")
     importing.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
+    preparing = commands.add_parser("prepare-data", help="convert a downloaded dataset to the layout segheads reads")
+    preparing.add_argument("name", help="ade20k, cityscapes, coco_stuff_164k, coco_stuff_10k or pascal_context_59")
+    preparing.add_argument("--root", type=Path, help="datasets folder (default $DETECTRON2_DATASETS or ./datasets)")
+
     validating = commands.add_parser("validate-data", help="check every image and label map of a dataset")
     validating.add_argument("name", nargs="?", help="a registered dataset (both splits) or split, e.g. digits_sem_seg")
     validating.add_argument("--image-root", type=Path, help="folder of images (instead of NAME)")
@@ -281,6 +285,13 @@ def _import_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_data(args: argparse.Namespace) -> int:
+    from harness.data.prepare import prepare
+
+    prepare(args.name, args.root, log=_stderr)
+    return 0
+
+
 def _validate_data(args: argparse.Namespace) -> int:
     from harness.data.validate import validate_folders, validate_registered
 
@@ -292,7 +303,7 @@ def _validate_data(args: argparse.Namespace) -> int:
         if args.gt_root is None or args.num_classes is None or args.num_classes < 1:
             raise InputError("validate-data --image-root: also needs --gt-root and --num-classes N (N >= 1)")
         problems = validate_folders(args.image_root, args.gt_root, args.num_classes, args.ignore_label,
-                                    args.image_ext, args.gt_ext, log=_stderr)
+                                    f".{args.image_ext.lstrip('.')}", f".{args.gt_ext.lstrip('.')}", log=_stderr)
     if problems:
         print(f"segheads: error: {len(problems)} bad file(s), listed above", file=sys.stderr)
         return 2
@@ -374,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per result, not bars
     try:
         commands = {"run": _run, "measure": _measure, "grid": _grid, "check": _check, "report": _report,
-                    "ui": _ui, "list": _list, "import-results": _import_results, "validate-data": _validate_data}
+                    "ui": _ui, "list": _list, "import-results": _import_results, "validate-data": _validate_data,
+                    "prepare-data": _prepare_data}
         return commands[args.command](args)
     except InputError as exc:
         print(f"segheads: error: {exc}", file=sys.stderr)

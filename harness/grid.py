@@ -113,11 +113,23 @@ def _check_spec(spec: GridSpec) -> GridSpec:
             raise InputError(f"{kind}: {', '.join(stray)} not on the grid's axis; axis values: {', '.join(axis)}")
         for name, sections in overrides.items():
             from_dict(RunConfig, _sections(sections, f"{kind}.{name}"), f"{kind}.{name}")
+            if "neck" in sections.get("model", {}) and (kind == "classifier_overrides" or len(spec.necks) > 1):
+                raise InputError(f"{kind}.{name}.model.neck: a neck can be set per backbone, and only when the "
+                                 f"necks axis has one value (it has {spec.necks})")
+            _check_override_neck(sections.get("model", {}).get("neck"), f"{kind}.{name}.model.neck")
     gpus = spec.resources.gpus
     if gpus > 1 and gpus != int(gpus):
         raise InputError(f"resources.gpus={gpus:g}; a task can share one GPU (a fraction) or take whole GPUs, "
                          "not a fraction above 1")
     return spec
+
+
+def _check_override_neck(neck: str | None, where: str) -> None:
+    from backbones import list_necks
+    from harness.errors import unknown_name_error
+
+    if neck is not None and neck not in list_necks():
+        raise InputError(f"{where}: {unknown_name_error('neck', neck, list_necks())}")
 
 
 def _check_names(spec: GridSpec) -> None:
@@ -162,7 +174,9 @@ def _sections(update: dict, where: str) -> dict:
 
 def expand(spec: GridSpec) -> list[RunConfig]:
     """One ``RunConfig`` per cell, in axis order (dataset, backbone, neck, classifier, seed):
-    defaults <- shared sections <- backbone overrides <- classifier overrides <- axis values."""
+    defaults <- shared sections <- backbone overrides <- classifier overrides <- axis values,
+    except that a backbone override's ``model.neck`` replaces the (single) necks axis value
+    for that backbone (e.g. ``hrnetv2_w48: {model: {neck: hrnet_concat}}``)."""
     threads = max(1, int(spec.resources.cpus))
     cells = []
     for dataset in spec.datasets:
@@ -176,7 +190,8 @@ def expand(spec: GridSpec) -> list[RunConfig]:
                                                f"backbone_overrides.{backbone}"))
                         _merge(data, _sections(spec.classifier_overrides.get(classifier, {}),
                                                f"classifier_overrides.{classifier}"))
-                        _merge(data, {"model": {"backbone": backbone, "classifier": classifier, "neck": neck},
+                        own_neck = spec.backbone_overrides.get(backbone, {}).get("model", {}).get("neck", neck)
+                        _merge(data, {"model": {"backbone": backbone, "classifier": classifier, "neck": own_neck},
                                       "data": {"dataset": dataset}, "train": {"seed": seed, "threads": threads}})
                         data["experiment"] = spec.name
                         try:

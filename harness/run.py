@@ -14,6 +14,7 @@ from backbones import build_backbone, build_neck
 from classifiers import build_classifier
 from harness.config import RunConfig, config_hash, to_dict
 from harness.data import AugmentConfig, DatasetCatalog, MetadataCatalog, SemSegMapper, build_test_loader, build_train_loader
+from harness.data.builtin import SPLIT_NAMES
 from harness.errors import InputError
 from harness.evaluate import evaluate
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
@@ -33,11 +34,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def dataset_splits(name: str) -> dict[str, str]:
-    """Catalog names of ``name``'s train and val splits; ``InputError`` listing the datasets that have both."""
-    splits = {split: f"{name}_{split}" for split in SPLITS}
+    """Catalog names of ``name``'s train and val splits (``<name>_train``/``<name>_val``, or
+    ``SPLIT_NAMES``); ``InputError`` listing the datasets that have both."""
+    splits = SPLIT_NAMES.get(name) or {split: f"{name}_{split}" for split in SPLITS}
     if not all(s in DatasetCatalog for s in splits.values()):
         bases = {n.removesuffix("_train") for n in DatasetCatalog.list() if n.endswith("_train")}
-        known = sorted(b for b in bases if f"{b}_val" in DatasetCatalog)
+        known = sorted({b for b in bases if f"{b}_val" in DatasetCatalog} | set(SPLIT_NAMES))
         raise InputError(f"unknown dataset {name!r}: needs {splits['train']!r} and {splits['val']!r} registered; "
                          f"known datasets: {', '.join(known)}")
     return splits

@@ -55,7 +55,7 @@ def test_run_end_to_end_writes_the_mlflow_run(tmp_path):
     [
         (["--backbone", "resnet181"], "unknown backbone 'resnet181'"),
         (["--classifier", "linear"], "unknown classifier 'linear'; known classifiers: "),
-        (["--dataset", "ade"], "unknown dataset 'ade'.*known datasets: digits_sem_seg"),
+        (["--dataset", "ade"], "unknown dataset 'ade'.*known datasets: ade20k_sem_seg, cityscapes_fine_sem_seg, coco_stuff_10k_sem_seg, coco_stuff_164k_sem_seg, digits_sem_seg, pascal_context_59_sem_seg"),
         (["--set", "train.iters=abc"], "train.iters: expected int, got 'abc'"),
         (["--set", "measure.dtype=fp8"], "measure.dtype='fp8'; expected one of: float32, bfloat16, float16"),
     ],

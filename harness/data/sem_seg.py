@@ -9,27 +9,29 @@ from PIL import Image, UnidentifiedImageError
 
 from harness.errors import InputError
 
-_LAYOUT = "IMAGE_ROOT/<stem>.{image_ext} paired with GT_ROOT/<stem>.{gt_ext} (same relative path and stem)"
+_LAYOUT = "IMAGE_ROOT/<stem>{image_suffix} paired with GT_ROOT/<stem>{gt_suffix} (same relative path and stem)"
 
 
-def _files(root: Path, ext: str) -> dict[str, Path]:
-    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob(f"*.{ext}"))}
+def _files(root: Path, suffix: str) -> dict[str, Path]:
+    """Files under ``root`` ending in ``suffix``, by relative path without it."""
+    return {str(p.relative_to(root))[: -len(suffix)]: p for p in sorted(root.rglob(f"*{suffix}"))}
 
 
-def pair_files(gt_root: str | Path, image_root: str | Path, gt_ext: str = "png",
-               image_ext: str = "jpg") -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(image, label map) pairs by relative path without extension, and one message per
+def pair_files(gt_root: str | Path, image_root: str | Path, gt_suffix: str = ".png",
+               image_suffix: str = ".jpg") -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, label map) pairs by relative path without the suffix (an extension such as
+    ``.jpg``, or a whole ending such as Cityscapes' ``_leftImg8bit.png``), and one message per
     unpaired file. A missing or image-less folder raises ``InputError`` naming the layout."""
     gt_root, image_root = Path(gt_root), Path(image_root)
-    layout = _LAYOUT.format(image_ext=image_ext, gt_ext=gt_ext)
+    layout = _LAYOUT.format(image_suffix=image_suffix, gt_suffix=gt_suffix)
     for kind, root in (("image", image_root), ("ground-truth", gt_root)):
         if not root.is_dir():
             raise InputError(f"{kind} folder {root} does not exist; expected layout: {layout}")
-    images, labels = _files(image_root, image_ext), _files(gt_root, gt_ext)
+    images, labels = _files(image_root, image_suffix), _files(gt_root, gt_suffix)
     if not images:
-        raise InputError(f"no *.{image_ext} images under {image_root}; expected layout: {layout}")
-    unpaired = [f"{images[key]}: no label map {gt_root / key}.{gt_ext}" for key in sorted(set(images) - set(labels))]
-    unpaired += [f"{labels[key]}: no image {image_root / key}.{image_ext}" for key in sorted(set(labels) - set(images))]
+        raise InputError(f"no *{image_suffix} images under {image_root}; expected layout: {layout}")
+    unpaired = [f"{images[key]}: no label map {gt_root / key}{gt_suffix}" for key in sorted(set(images) - set(labels))]
+    unpaired += [f"{labels[key]}: no image {image_root / key}{image_suffix}" for key in sorted(set(labels) - set(images))]
     return [(images[key], labels[key]) for key in sorted(set(images) & set(labels))], unpaired
 
 
@@ -41,9 +43,14 @@ def load_sem_seg(gt_root: str | Path, image_root: str | Path, gt_ext: str = "png
     image header). A missing folder, an empty folder or an unpaired file raises
     ``InputError`` naming the path and the expected layout.
     """
-    pairs, unpaired = pair_files(gt_root, image_root, gt_ext, image_ext)
+    return load_pairs(gt_root, image_root, f".{gt_ext}", f".{image_ext}")
+
+
+def load_pairs(gt_root: str | Path, image_root: str | Path, gt_suffix: str, image_suffix: str) -> list[dict]:
+    """``load_sem_seg`` for files paired by a whole ending (``pair_files``)."""
+    pairs, unpaired = pair_files(gt_root, image_root, gt_suffix, image_suffix)
     if unpaired:
-        layout = _LAYOUT.format(image_ext=image_ext, gt_ext=gt_ext)
+        layout = _LAYOUT.format(image_suffix=image_suffix, gt_suffix=gt_suffix)
         raise InputError(f"{unpaired[0]} ({len(unpaired)} unpaired file(s); `segheads validate-data` lists them); "
                          f"expected layout: {layout}")
     dicts = []

@@ -133,6 +133,11 @@ def test_empty_and_repeated_axes(axis):
     ({**_VALID, "train": {"lr": 0}}, ["train.lr=0.0; expected > 0"]),
     ({**_VALID, "data": {"scale_range": [1.0]}}, ["data.scale_range=[1.0]: expected a list of 2 values"]),
     ({**_VALID, "train": {"optimizer": "adam"}}, ["train.optimizer='adam'; expected one of: adamw, sgd"]),
+    ({**_VALID, "necks": ["mlp", "fpn"], "backbone_overrides": {"resnet10t": {"model": {"neck": "fpn"}}}},
+     ["backbone_overrides.resnet10t.model.neck: a neck can be set per backbone, and only when"]),
+    ({**_VALID, "classifier_overrides": {"query": {"model": {"neck": "fpn"}}}}, ["classifier_overrides.query.model.neck"]),
+    ({**_VALID, "backbone_overrides": {"resnet10t": {"model": {"neck": "unet"}}}},
+     ["backbone_overrides.resnet10t.model.neck: unknown neck 'unet'; known necks: fpn, hrnet_concat, mlp"]),
 ])
 def test_named_bad_specs(data, fragments):
     _rejected(data, *fragments)
@@ -178,7 +183,7 @@ def test_the_validator_reports_every_bad_file_once_and_nothing_else(faults, seed
         gt_root.mkdir()
         for index, fault in enumerate(faults):
             _write_pair(image_root, gt_root, f"s{index:02d}", fault, rng)
-        problems = validate_folders(image_root, gt_root, num_classes=3, image_ext="png", log=lambda m: None)
+        problems = validate_folders(image_root, gt_root, num_classes=3, image_suffix=".png", log=lambda m: None)
     named = sorted(f"s{index:02d}" for index, fault in enumerate(faults) if fault != "clean")
     stems = [set(re.findall(r"/(s\d\d)\.png", problem)) for problem in problems]
     assert all(len(found) == 1 for found in stems) and all("\n" not in problem for problem in problems)

@@ -1,0 +1,37 @@
+"""The papers' grid specs: each dry-runs (cells and resources listed, nothing run) and every
+case of its reference file selects cells the spec has."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.grid import expand, load_grid
+from harness.reference import load_reference
+from harness.run import cell_tags
+
+ROOT = Path(__file__).resolve().parents[1]
+_SPECS = sorted((ROOT / "jobs" / "papers").glob("*.yaml"))
+
+
+def test_there_is_a_spec_per_paper_table():
+    assert [p.stem for p in _SPECS] == ["ecenet_table1_ade20k", "protoseg_table1_ade20k", "protoseg_table2_cityscapes",
+                                        "ssa_table2"]
+
+
+@pytest.mark.parametrize("spec", _SPECS, ids=lambda p: p.stem)
+def test_dry_run_lists_every_cell_and_the_reference_selects_them(spec, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["grid", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    cells = expand(load_grid(spec))
+    assert f"{len(cells)} cells; per cell 8 CPU, 1 GPU (training)" in out
+    assert all(f"{c.model.classifier}@{c.model.backbone}/{c.model.neck}" in out for c in cells)
+    assert not (tmp_path / "mlflow.db").exists()  # a dry run touches no store
+    hrnet = [c for c in cells if c.model.backbone == "hrnetv2_w48"]
+    assert all(c.model.neck == "hrnet_concat" for c in hrnet)
+    tags = [cell_tags(c) for c in cells]
+    reference = load_reference(ROOT / "jobs" / "reference" / "papers" / spec.name)
+    assert reference.cases
+    for case in reference.cases:
+        assert any(all(t.get(k) == str(v) for k, v in case.select.items()) for t in tags), case.select
