@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=["backbones", "classifiers", "datasets", "necks"])
     listing.add_argument("--pattern", help="shell-style filter, e.g. 'resnet*'")
+    listing.add_argument("--details", action="store_true",
+                         help="backbones: build each match (pretrained=False) and show its channels and strides")
     return parser
 
 
@@ -365,6 +367,11 @@ def _list(args: argparse.Namespace) -> int:
         from backbones import list_backbones
 
         names = list_backbones(args.pattern)
+        if args.details:
+            if args.pattern is None:
+                raise InputError("list backbones --details builds every match; narrow it with --pattern, e.g. 'mit_*'")
+            print("\n".join(_backbone_details(name) for name in names))
+            return 0
     else:
         if args.what == "classifiers":
             from classifiers import list_classifiers as lister
@@ -378,6 +385,14 @@ def _list(args: argparse.Namespace) -> int:
         names = fnmatch.filter(names, args.pattern) if args.pattern else names
     print("\n".join(names))
     return 0
+
+
+def _backbone_details(name: str) -> str:
+    from backbones import build_backbone
+
+    backbone = build_backbone(name)
+    millions = sum(p.numel() for p in backbone.parameters()) / 1e6
+    return f"{name:<24} channels {backbone.channels}  strides {backbone.strides}  {millions:.1f} M params"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,3 +49,13 @@ def test_mit_refuses_to_download():
 
     with pytest.raises(InputError, match="pretrained=True would download"):
         build_backbone("mit_b0", pretrained=True)
+
+
+def test_list_backbones_details_shows_channels_and_strides(capsys):
+    from harness.cli import main
+
+    assert main(["list", "backbones", "--pattern", "mit_b[01]", "--details"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("mit_b0") and "channels [32, 64, 160, 256]  strides [4, 8, 16, 32]  3.3 M params" in lines[0]
+    assert lines[1].startswith("mit_b1") and "channels [64, 128, 320, 512]" in lines[1]
+    assert main(["list", "backbones", "--details"]) == 2
