@@ -23,6 +23,11 @@ def unknown_name_error(kind: str, name: str, known: list[str]) -> InputError:
     return InputError(f"unknown {kind} {name!r}; known {kind}s: {listed}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 

@@ -116,7 +116,10 @@ def _check_spec(spec: GridSpec) -> GridSpec:
             if "neck" in sections.get("model", {}) and (kind == "classifier_overrides" or len(spec.necks) > 1):
                 raise InputError(f"{kind}.{name}.model.neck: a neck can be set per backbone, and only when the "
                                  f"necks axis has one value (it has {spec.necks})")
-            _check_override_neck(sections.get("model", {}).get("neck"), f"{kind}.{name}.model.neck")
+            if "neck" in sections.get("model", {}):
+                from backbones import list_necks
+
+                _check_named(f"{kind}.{name}.model.neck", _registered("neck", list_necks()), sections["model"]["neck"])
     gpus = spec.resources.gpus
     if gpus > 1 and gpus != int(gpus):
         raise InputError(f"resources.gpus={gpus:g}; a task can share one GPU (a fraction) or take whole GPUs, "
@@ -124,35 +127,34 @@ def _check_spec(spec: GridSpec) -> GridSpec:
     return spec
 
 
-def _check_override_neck(neck: str | None, where: str) -> None:
-    from backbones import list_necks
+def _registered(kind: str, known: list[str]):
+    """A check that ``name`` is one of ``known``, raising ``unknown_name_error`` otherwise."""
     from harness.errors import unknown_name_error
 
-    if neck is not None and neck not in list_necks():
-        raise InputError(f"{where}: {unknown_name_error('neck', neck, list_necks())}")
+    def check(name: str) -> None:
+        if name not in known:
+            raise unknown_name_error(kind, name, known)
+    return check
+
+
+def _check_named(where: str, check, name: str) -> None:
+    try:
+        check(name)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 def _check_names(spec: GridSpec) -> None:
     """Every axis value is registered; the error names the axis entry and lists what is."""
     from backbones import check_backbone, list_necks
     from classifiers import list_classifiers
-    from harness.errors import unknown_name_error
     from harness.run import dataset_splits
 
-    def registered(kind: str, known: list[str]):
-        def check(name: str) -> None:
-            if name not in known:
-                raise unknown_name_error(kind, name, known)
-        return check
-
     checks = {"backbones": check_backbone, "datasets": dataset_splits,
-              "necks": registered("neck", list_necks()), "classifiers": registered("classifier", list_classifiers())}
+              "necks": _registered("neck", list_necks()), "classifiers": _registered("classifier", list_classifiers())}
     for axis, check in checks.items():
         for index, name in enumerate(getattr(spec, axis)):
-            try:
-                check(name)
-            except InputError as exc:
-                raise InputError(f"{axis}[{index}]: {exc}") from None
+            _check_named(f"{axis}[{index}]", check, name)
 
 
 def _merge(base: dict, update: dict) -> None:
@@ -203,9 +205,9 @@ def expand(spec: GridSpec) -> list[RunConfig]:
 
 def validate_cells(cells: list[RunConfig]) -> None:
     """What needs a whole cell's config, for every cell, before any runs: the classifier's
-    hyper-parameters and the measure settings (names are checked by ``load_grid``)."""
+    hyper-parameters (names are checked by ``load_grid``; value ranges, the measure settings'
+    included, by ``from_dict`` as ``expand`` builds each cell)."""
     from classifiers import build_classifier
-    from harness.measure import check_settings
 
     seen = set()
     for cfg in cells:
@@ -216,8 +218,6 @@ def validate_cells(cells: list[RunConfig]) -> None:
         seen.add(key)
         try:
             build_classifier(m.classifier, num_classes=2, in_channels=8, **m.classifier_kwargs)
-            if cfg.measure.enabled:
-                check_settings(cfg.measure)
         except InputError as exc:
             raise InputError(f"cell {describe(cfg)}: {exc}") from None
 
@@ -354,8 +354,13 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
+def _memory_request(r: Resources) -> dict[str, int]:
+    """Ray's ``memory`` resource (bytes) for each task, when ``memory_gb`` asks for one."""
+    return {"memory": int(r.memory_gb * 2**30)} if r.memory_gb else {}
+
+
 def _demands(r: Resources) -> dict[str, dict[str, float]]:
-    memory = {"memory": r.memory_gb * 2**30} if r.memory_gb else {}
+    memory = _memory_request(r)
     return {"training": {"CPU": r.cpus, "GPU": r.gpus, **memory},
             "measurement": {"CPU": r.measure_cpus, "GPU": r.measure_gpus, **memory}}
 
@@ -423,7 +428,7 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
         raise
     parent = store.open_parent(len(cells))
     r = spec.resources
-    memory = {"memory": int(r.memory_gb * 2**30)} if r.memory_gb else {}
+    memory = _memory_request(r)
     train_task = ray.remote(_train_task).options(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=r.retries,
                                                  retry_exceptions=False, **memory)
     measure_task = ray.remote(_measure_task).options(num_cpus=r.measure_cpus, num_gpus=r.measure_gpus,

@@ -28,7 +28,7 @@ from pathlib import Path
 import mlflow.artifacts
 import mlflow.exceptions
 
-from harness.errors import InputError
+from harness.errors import InputError, first_line
 from harness.results import to_json
 from harness.tracking import log_cell, resolve_tracking_uri, search_all_runs
 
@@ -70,10 +70,6 @@ def _quick_http_failures(retries: int = 0):
             os.environ.pop(key, None)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
 class GridStore:
     def __init__(self, name: str, tracking_uri: str | None, results_path: str | Path, tracking: bool = True,
                  log=print) -> None:
@@ -94,7 +90,7 @@ class GridStore:
                 self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
         except Exception as exc:  # checked before anything runs
             raise InputError(
-                f"tracking store {self.tracking_uri} is not reachable ({_first_line(exc)}); start it or pass "
+                f"tracking store {self.tracking_uri} is not reachable ({first_line(exc)[:300]}); start it or pass "
                 "--tracking-uri, or run with --no-tracking (results.jsonl only; `segheads import-results` logs "
                 "them later)") from None
         parents = self._runs(f"tags.`{_PARENT_TAG}` = '{name}'")
@@ -157,7 +153,7 @@ class GridStore:
                 with _quick_http_failures(retries=2):
                     log_cell(result, self.tracking_uri, self.name, parent_run_id)
             except Exception as exc:
-                self.offline = _first_line(exc)
+                self.offline = first_line(exc)[:300]
                 self.log(f"[segheads] warning: tracking store {self.tracking_uri} failed ({self.offline}); "
                          f"results go to {self.results_path} only from now on")
         if self.offline:
@@ -182,4 +178,4 @@ class GridStore:
                 self.client.log_metric(parent_run_id, "cells_failed", len(results) - finished)
                 self.client.set_terminated(parent_run_id, "FINISHED")
         except Exception as exc:  # the cells' results are safe in results.jsonl
-            self.log(f"[segheads] warning: could not close the grid's parent run ({_first_line(exc)})")
+            self.log(f"[segheads] warning: could not close the grid's parent run ({first_line(exc)[:300]})")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from harness.config import TrainConfig
-from harness.errors import InputError, is_out_of_memory
+from harness.errors import InputError, first_line, is_out_of_memory
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _WARMUP_START = 1e-3
@@ -31,8 +31,8 @@ class TrainingOutOfMemoryError(RuntimeError):
     """The device ran out of memory during a training step; ``iteration`` says which."""
 
     def __init__(self, iteration: int, batch_shape: tuple, device: torch.device, cause: BaseException) -> None:
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        super().__init__(f"out of memory at iteration {iteration} (batch {list(batch_shape)} on {device}): {first}; "
+        super().__init__(f"out of memory at iteration {iteration} (batch {list(batch_shape)} on {device}): "
+                         f"{first_line(cause)}; "
                          "lower data.batch_size or data.image_size, or give the cell more memory")
         self.iteration = iteration
 
