@@ -11,7 +11,6 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from harness.errors import InputError
 from harness.reference import Expectation, Reference
 
 
@@ -36,15 +35,11 @@ def cells_from_mlflow(experiment: str, tracking_uri: str | None = None) -> list[
     """FINISHED child runs (cells) of an MLflow experiment."""
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import resolve_tracking_uri, search_all_runs
+    from harness.tracking import FINISHED_CELLS, experiment_id, resolve_tracking_uri, run_cells, search_all_runs
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise InputError(f"--experiment {experiment!r}: no such experiment in {uri}")
-    runs = search_all_runs(client, [found.experiment_id], "attributes.status = 'FINISHED' and tags.config_hash != ''")
-    return [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics)} for run in runs]
+    return run_cells(search_all_runs(client, [experiment_id(client, experiment, uri)], FINISHED_CELLS))
 
 
 def _selected(cells: list[dict], select: dict) -> list[dict]:

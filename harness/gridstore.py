@@ -22,15 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
-
-import mlflow.artifacts
-import mlflow.exceptions
 
 from harness.errors import InputError, first_line
 from harness.results import to_json
-from harness.tracking import log_cell, resolve_tracking_uri, search_all_runs
+from harness.tracking import log_cell, read_artifact, read_per_image_counts, resolve_tracking_uri, search_all_runs
 
 _PARENT_TAG = "segheads.grid"
 
@@ -118,19 +114,13 @@ class GridStore:
         for digest in sorted(missing):
             self.record(lines[digest], self.open_parent(), append=False)
         for digest in sorted(set(logged) - {h for h, r in lines.items() if r["status"] == "FINISHED"}):
-            with tempfile.TemporaryDirectory() as folder:
-                lines[digest] = json.loads(self._artifact(logged[digest], "cell_result.json", folder))
-                with contextlib.suppress(OSError, mlflow.exceptions.MlflowException):  # runs logged before it existed
-                    lines[digest]["per_image"] = json.loads(self._artifact(logged[digest], "per_image_counts.json",
-                                                                           folder))
+            lines[digest] = json.loads(read_artifact(logged[digest], "cell_result.json", self.tracking_uri))
+            per_image = read_per_image_counts(logged[digest], self.tracking_uri)
+            if per_image is not None:
+                lines[digest]["per_image"] = per_image
             self._append(lines[digest])
         self.imported = len(missing)
         return lines
-
-    def _artifact(self, run_id: str, name: str, folder: str) -> str:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=folder,
-                                                    tracking_uri=self.tracking_uri)
-        return Path(local).read_text()
 
     def open_parent(self, cells: int | None = None) -> str | None:
         """The grid's parent run (re-opened when the grid ran before), status RUNNING; None offline."""

@@ -87,7 +87,8 @@ def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None =
     """(report name, FINISHED cells with tags and metrics) of an experiment or of one parent run."""
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import resolve_tracking_uri, search_all_runs
+    from harness.tracking import (FINISHED_CELLS, experiment_id, read_per_image_counts, resolve_tracking_uri,
+                                  run_cells, search_all_runs)
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
@@ -99,35 +100,14 @@ def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None =
         experiment_ids, name = [parent.info.experiment_id], parent.data.tags.get("mlflow.runName", parent_run_id)
         query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'"
     else:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise InputError(f"--experiment {experiment!r}: no such experiment in {uri}")
-        experiment_ids, name = [found.experiment_id], experiment
-        query = "attributes.status = 'FINISHED' and tags.config_hash != ''"
-    cells = [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "run_id": run.info.run_id}
-             for run in search_all_runs(client, experiment_ids, query)]
+        experiment_ids, name, query = [experiment_id(client, experiment, uri)], experiment, FINISHED_CELLS
+    cells = run_cells(search_all_runs(client, experiment_ids, query))
     for cell in cells:
-        cell["per_image"] = _per_image_counts(cell["run_id"], uri)
+        cell["per_image"] = read_per_image_counts(cell["run_id"], uri)
     if not cells:
         raise InputError(f"{'run ' + parent_run_id if parent_run_id else 'experiment ' + repr(experiment)}: "
                          "no FINISHED cells to report")
     return name, cells
-
-
-def _per_image_counts(run_id: str, tracking_uri: str) -> list | None:
-    import json
-    import tempfile
-
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="per_image_counts.json",
-                                                        dst_path=folder, tracking_uri=tracking_uri)
-        except (OSError, MlflowException):
-            return None  # a run logged before per-image counts existed: no interval for it
-        return json.loads(Path(local).read_text())
 
 
 def _smallest_batch(metrics: dict) -> int | None:

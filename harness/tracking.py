@@ -49,6 +49,46 @@ def search_all_runs(client, experiment_ids: list[str], filter_string: str, order
             return runs
 
 
+FINISHED_CELLS = "attributes.status = 'FINISHED' and tags.config_hash != ''"  # a grid's finished child runs
+
+
+def experiment_id(client, experiment: str, uri: str) -> str:
+    """The id of MLflow experiment ``experiment``; ``InputError`` naming it and the store if there is none."""
+    from harness.errors import InputError
+
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise InputError(f"--experiment {experiment!r}: no such experiment in {uri}")
+    return found.experiment_id
+
+
+def run_cells(runs: list) -> list[dict]:
+    """Cells (``tags``, ``metrics``, ``run_id``) of MLflow runs."""
+    return [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "run_id": run.info.run_id} for run in runs]
+
+
+def read_artifact(run_id: str, name: str, tracking_uri: str) -> str:
+    """The text of a run's artifact ``name`` (raises ``OSError``/``MlflowException`` if it is missing)."""
+    import tempfile
+
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory() as folder:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=folder,
+                                                    tracking_uri=tracking_uri)
+        return Path(local).read_text()
+
+
+def read_per_image_counts(run_id: str, tracking_uri: str) -> list | None:
+    """A cell's ``per_image_counts.json``, or None for runs logged before it existed."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return json.loads(read_artifact(run_id, "per_image_counts.json", tracking_uri))
+    except (OSError, MlflowException):
+        return None
+
+
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]

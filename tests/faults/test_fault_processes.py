@@ -102,3 +102,18 @@ def test_a_node_lost_mid_grid_loses_no_cell(ray_cluster, tmp_path):
     assert [r["status"] for r in outcome.results] == ["FINISHED"] * 4
     assert all(r["environment"]["ray"]["node_id"] != doomed.node_id for r in outcome.results)
     assert_finished_once(uri, "lost", expand(spec), results)
+
+
+def test_a_lost_results_file_is_rebuilt_from_mlflow_without_rerunning(ray_cluster, tmp_path):
+    uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
+    spec = load_grid(write_spec(tmp_path, "rebuilt", classifiers=["softmax", "query"]))
+    first = {r["config_hash"]: r for r in run_grid(spec, uri, results_path=results, log=lambda m: None).results}
+    results.unlink()
+    again = run_grid(spec, uri, results_path=results, log=lambda m: None)
+    assert again.ran == 0
+    rebuilt = read_results(results)
+    assert set(rebuilt) == set(first)
+    for digest, result in rebuilt.items():
+        assert result["metrics"]["mIoU"] == first[digest]["metrics"]["mIoU"]
+        assert result["per_image"] == first[digest]["per_image"]
+    assert_finished_once(uri, "rebuilt", expand(spec), results)
