@@ -12,7 +12,8 @@ class Features:
     """Pixel features handed to a classifier head.
 
     pixel:      [B, D, ceil(H/4), ceil(W/4)], the fused map most heads classify.
-    pyramid:    one [B, D, Hi, Wi] map per backbone stage, finest first.
+    pyramid:    one [B, D, Hi, Wi] map per backbone stage, finest first (the ``stages``
+                neck passes the backbone's maps at their own widths instead).
     image_size: (H, W) of the network input, so heads can resample targets.
     """
 

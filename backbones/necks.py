@@ -3,7 +3,9 @@
 Registry contract: ``@register_neck(name)`` on a class built as
 ``cls(in_channels: list[int], strides: list[int], embed_dim: int, **kw)`` whose
 ``forward(feats: list[Tensor], image_size) -> Features`` returns ``pixel`` at
-stride 4 and one D-channel map per backbone stage in ``pyramid``.
+stride 4 and one D-channel map per backbone stage in ``pyramid``. The one exception is
+``stages``, which passes the backbone's maps through at their own widths
+(``pyramid_channels``) for heads that reconstruct the stages themselves (ECENet).
 """
 
 from __future__ import annotations
@@ -110,3 +112,19 @@ class HRNetConcatNeck(nn.Module):
         pixel = self.fuse(torch.cat(upsampled, dim=1))
         pyramid = [F.adaptive_avg_pool2d(pixel, f.shape[-2:]) for f in feats]
         return Features(pixel=pixel, pyramid=pyramid, image_size=tuple(image_size))
+
+
+@register_neck("stages")
+class StagesNeck(nn.Module):
+    """No decoder: ``pyramid`` is the backbone's own stage maps, unchanged and at their own
+    widths (``pyramid_channels``), and ``pixel`` the finest of them. For heads that are
+    whole decoders and take ``stage_channels`` (ECENet's code runs its Feature
+    Reconstruction on the raw stages); ``embed_dim`` is then the head's width alone."""
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 256) -> None:
+        super().__init__()
+        self.strides = list(strides)
+        self.pyramid_channels = list(in_channels)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        return Features(pixel=feats[0], pyramid=list(feats), image_size=tuple(image_size))

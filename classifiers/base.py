@@ -20,6 +20,23 @@ def check_choice(head: str, key: str, value: str, allowed: tuple[str, ...]) -> N
         raise InputError(f"{head}: {key}={value!r}; expected one of: {', '.join(allowed)}")
 
 
+def resolve_preset(head: str, presets: dict[str, dict], hparams: dict) -> dict:
+    """A paper head's settings: ``presets[hparams["preset"]]`` (default ``"code"``), then every
+    option of ``hparams`` that is not ``None``. Returns ``{"preset": name, **settings}``, the
+    resolved form the harness logs and hashes (DESIGN.md, "Fidelity")."""
+    preset = hparams.get("preset") or "code"
+    check_choice(head, "preset", preset, tuple(presets))
+    given = {key: value for key, value in hparams.items() if value is not None and key != "preset"}
+    return {"preset": preset, **presets[preset], **given}
+
+
+def upsample(logits: Tensor, size, align_corners: bool = False) -> Tensor:
+    """``logits`` resized bilinearly to ``size`` (returned as they are when already that size)."""
+    if logits.shape[-2:] == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
 @dataclass
 class ClassifierOutput:
     """logits: [B, C, h, w] at the head's own resolution; losses: named, already weighted."""
@@ -41,7 +58,13 @@ class PixelClassifier(nn.Module):
     - ``nonlearnable_state()``: persistent buffers that are part of the model but not
       learned by gradient (e.g. prototypes), excluding normalisation statistics;
     - ``training_only_modules()``: sub-modules that never run at inference (e.g. a teacher).
+
+    A paper head sets ``PRESETS`` (``{"code": {...}, "paper": {...}}``, option -> value):
+    each of those options is a keyword defaulting to ``None`` ("from the preset"), and the
+    head reads its settings through ``resolve_preset``.
     """
+
+    PRESETS: dict[str, dict] = {}
 
     def __init__(self, num_classes: int, in_channels: int, ignore_index: int = 255) -> None:
         super().__init__()
@@ -81,11 +104,10 @@ class PixelClassifier(nn.Module):
         onehot = F.one_hot(labels * labelled, self.num_classes).permute(0, 3, 1, 2).to(dtype)
         return onehot * valid, valid
 
-    def cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def cross_entropy(self, logits: Tensor, targets: Tensor, align_corners: bool = False) -> Tensor:
         """Pixel-wise CE averaged over labelled pixels, after bilinear upsampling of
         ``logits`` to the target resolution; 0 (not NaN) when every pixel is ignored."""
-        if logits.shape[-2:] != targets.shape[-2:]:
-            logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        logits = upsample(logits, targets.shape[-2:], align_corners)
         targets = targets.long()
         summed = F.cross_entropy(logits, targets, ignore_index=self.ignore_index, reduction="sum")
         return summed / (targets != self.ignore_index).sum().clamp(min=1)

@@ -7,27 +7,49 @@ online clustering by Sinkhorn-Knopp (Eq. 8-10, Algorithm 1), the pixel-prototype
 contrastive loss (Eq. 11), the compactness loss (Eq. 12) and a momentum update of
 the prototypes from the clustering (Eq. 14).
 
-Where the paper is open, and what this file does:
-- Eq. 6 has no temperature: class scores are plain cosines in [-1, 1]. The public
-  code passes them through a LayerNorm over the C classes (learnable affine)
-  before the CE and at inference: ``class_score_norm="layernorm"``.
+Presets (DESIGN.md, "Fidelity"). ``preset="code"`` (default) is what tfzhou/ProtoSeg runs
+(``lib/models/nets/hrnet.py`` HRNet_W48_Proto, ``lib/models/modules/sinkhorn.py``,
+``lib/models/modules/contrast.py``, ``lib/loss/loss_proto.py``), which produced the
+paper's numbers; ``preset="paper"`` is the text. Each row is an option that overrides
+the preset:
+
+============================ ============================ ================================= ====================
+setting                      paper                        code                              option
+============================ ============================ ================================= ====================
+class scores (CE, argmax)    cosine in [-1, 1] (Eq. 6)    max over K, LayerNorm(C) affine   ``class_score_norm``
+projection of the pixels     none                         conv1x1-ReLU-conv1x1, no BN       ``projection``
+l2 after the projection      (no projection)              along the width (dim -1 of NCHW)  ``projection_l2``
+embedding normalisation      l2                           LayerNorm(D), then l2             ``feat_norm``
+PPC temperature (Eq. 11)     0.1                          1                                 ``tau``
+PPD weight (Eq. 13)          0.01                         0.001                             ``ppd_weight``
+assignment for the update    argmax of Q (Eq. 14)         hard Gumbel sample of Q, tau 0.5  ``assignment``
+pixels that update           all                          correctly classified only         ``update_on``
+CE upsampling                (not said: the code's)       bilinear, align_corners=True      ``align_corners``
+============================ ============================ ================================= ====================
+
+Both: K=10, mu=0.999, 3 Sinkhorn iterations, kappa 0.05, PPC weight 0.01, prototypes
+re-normalised every forward and after each update, updates from iteration 0.
+The code's ``ProjectionHead`` ends in ``l2_normalize(x) = F.normalize(x, dim=-1)`` on the
+NCHW map, so it normalises each channel's row along the width, not each pixel; the
+LayerNorm over D and the final l2 over D come after it. ``projection_l2="channels"``
+is the per-pixel l2 the text's Eq. 5 implies.
+Why the printed Eq. 6 does not train: with logits in [-1, 1] the best reachable
+p(correct) over C=11 classes is 0.43, so the CE never falls below 0.86 nats; the
+LayerNorm divides by the scores' spread (about 0.15), a temperature of about 1/7.
+
+Choices where both are open:
 - Targets are brought to the feature resolution by nearest-neighbour sampling for
   clustering, PPC, PPD and the update; Eq. 7's CE is computed on logits upsampled
   to the label resolution, like every other head here.
 - Eq. 14's mean i_{c,k} is over the pixels of the current batch assigned to
   p_{c,k}; prototypes that got no pixel keep their value; updated ones are re-normalised.
 - Under ``torch.distributed`` the per-prototype sums and counts are all-reduced
-  before the update, so every rank applies the same global centres.
-- Initial prototypes: truncated-normal (std 0.02) vectors, l2-normalised (as in
-  the public code; the paper does not say).
-
-Named options reproducing the public code: ``assignment="gumbel"`` (the update
-uses a hard Gumbel-softmax sample drawn with the Sinkhorn probabilities taken as
-logits at temperature 0.5, while PPC/PPD targets stay the argmax; since those
-probabilities lie in [0, 1] the sample is close to uniform, which is why that
-code's prototypes of a class collapse onto the class mean), ``update_on="correct"``
-(only pixels the head already classifies correctly update the prototypes), and
-``tau=1.0`` (its PPC temperature).
+  before the update, so every rank applies the same global centres (Eq. 14 over the
+  global batch; the code averages each rank's updated prototypes instead).
+- Initial prototypes: truncated-normal (std 0.02) vectors, l2-normalised (the code).
+- The Gumbel sample takes the Sinkhorn probabilities as logits; since they lie in
+  [0, 1] it is close to uniform, which is why the code's prototypes of a class
+  collapse onto the class mean (``test_public_code_gumbel_assignment_collapses_prototypes``).
 """
 
 from __future__ import annotations
@@ -40,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier, check_choice
+from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, resolve_preset
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -124,53 +146,71 @@ class ProtoSegClassifier(PixelClassifier):
     """ProtoSeg head. Losses: ``ce`` (Eq. 7), ``ppc`` (``ppc_weight`` x Eq. 11) and
     ``ppd`` (``ppd_weight`` x Eq. 12), i.e. Eq. 13 term by term.
 
-    Hyper-parameters (paper defaults): ``num_prototypes`` K=10, ``momentum`` mu=0.999,
-    ``tau`` 0.1, ``kappa`` 0.05, ``sinkhorn_iters`` 3, ``ppc_weight`` 0.01,
-    ``ppd_weight`` 0.01; ``projection`` adds the public code's 1x1 conv-BN-ReLU-1x1
-    conv embedding head; ``assignment`` argmax|gumbel, ``update_on`` all|correct,
-    ``class_score_norm`` none|layernorm (see the module docstring).
+    Hyper-parameters: ``preset`` code|paper and the options of its table (module
+    docstring), ``num_prototypes`` K=10, ``momentum`` mu=0.999, ``kappa`` 0.05,
+    ``sinkhorn_iters`` 3, ``ppc_weight`` 0.01.
     """
+
+    PRESETS = {
+        "code": {"class_score_norm": "layernorm", "projection": True, "projection_l2": "width", "feat_norm": True,
+                 "tau": 1.0, "ppd_weight": 0.001, "assignment": "gumbel", "update_on": "correct", "align_corners": True},
+        "paper": {"class_score_norm": "none", "projection": False, "projection_l2": "channels", "feat_norm": False,
+                  "tau": 0.1, "ppd_weight": 0.01, "assignment": "argmax", "update_on": "all", "align_corners": True},
+    }
 
     def __init__(
         self,
         num_classes: int,
         in_channels: int,
         ignore_index: int = 255,
+        preset: str = "code",
         num_prototypes: int = 10,
         momentum: float = 0.999,
-        tau: float = 0.1,
         kappa: float = 0.05,
         sinkhorn_iters: int = 3,
         ppc_weight: float = 0.01,
-        ppd_weight: float = 0.01,
-        projection: bool = False,
-        assignment: str = "argmax",
-        update_on: str = "all",
-        class_score_norm: str = "none",
+        class_score_norm: str | None = None,
+        projection: bool | None = None,
+        projection_l2: str | None = None,
+        feat_norm: bool | None = None,
+        tau: float | None = None,
+        ppd_weight: float | None = None,
+        assignment: str | None = None,
+        update_on: str | None = None,
+        align_corners: bool | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels, ignore_index)
-        check_choice("protoseg", "assignment", assignment, ("argmax", "gumbel"))
-        check_choice("protoseg", "update_on", update_on, ("all", "correct"))
-        check_choice("protoseg", "class_score_norm", class_score_norm, ("none", "layernorm"))
+        given = locals()
+        o = resolve_preset("protoseg", self.PRESETS, {key: given[key] for key in ("preset", *self.PRESETS["code"])})
+        check_choice("protoseg", "assignment", o["assignment"], ("argmax", "gumbel"))
+        check_choice("protoseg", "update_on", o["update_on"], ("all", "correct"))
+        check_choice("protoseg", "class_score_norm", o["class_score_norm"], ("none", "layernorm"))
+        check_choice("protoseg", "projection_l2", o["projection_l2"], ("width", "channels"))
         if num_prototypes < 1:
             raise InputError(f"protoseg: num_prototypes={num_prototypes}; expected >= 1")
-        self.num_prototypes, self.momentum, self.tau, self.kappa = num_prototypes, momentum, tau, kappa
-        self.sinkhorn_iters, self.ppc_weight, self.ppd_weight = sinkhorn_iters, ppc_weight, ppd_weight
-        self.assignment, self.update_on = assignment, update_on
-        self.projection = None
-        if projection:
-            self.projection = nn.Sequential(
-                nn.Conv2d(in_channels, in_channels, 1), nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
-                nn.Conv2d(in_channels, in_channels, 1),
-            )
-        self.class_norm = nn.LayerNorm(num_classes) if class_score_norm == "layernorm" else None
+        self.preset = o["preset"]
+        self.num_prototypes, self.momentum, self.tau, self.kappa = num_prototypes, momentum, o["tau"], kappa
+        self.sinkhorn_iters, self.ppc_weight, self.ppd_weight = sinkhorn_iters, ppc_weight, o["ppd_weight"]
+        self.assignment, self.update_on, self.align_corners = o["assignment"], o["update_on"], o["align_corners"]
+        self.projection, self.projection_l2_dim = None, 3 if o["projection_l2"] == "width" else 1
+        if o["projection"]:
+            self.projection = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True),
+                                            nn.Conv2d(in_channels, in_channels, 1))
+        self.feat_norm = nn.LayerNorm(in_channels) if o["feat_norm"] else None
+        self.class_norm = nn.LayerNorm(num_classes) if o["class_score_norm"] == "layernorm" else None
         prototypes = torch.empty(num_classes, num_prototypes, in_channels)
         nn.init.trunc_normal_(prototypes, std=0.02)
         self.register_buffer("prototypes", F.normalize(prototypes, dim=-1))
 
     def _embed(self, pixel: Tensor) -> Tensor:
+        """Unit-length embeddings [B, D, H, W], as the code's ``proj_head`` + ``feat_norm``:
+        projected and l2-normalised along ``projection_l2`` (the code's ``l2_normalize`` takes
+        dim -1 of the NCHW map: each channel's row along the width), then (``feat_norm``)
+        LayerNorm over D, then l2 over D."""
         if self.projection is not None:
-            pixel = self.projection(pixel)
+            pixel = F.normalize(self.projection(pixel), dim=self.projection_l2_dim)
+        if self.feat_norm is not None:
+            pixel = self.feat_norm(pixel.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return F.normalize(pixel, dim=1)
 
     def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
@@ -204,7 +244,7 @@ class ProtoSegClassifier(PixelClassifier):
         with torch.no_grad():
             probabilities = class_sinkhorn(own.detach(), labels, self.num_classes, self.sinkhorn_iters, self.kappa)
             assigned = probabilities.max(dim=0).indices  # k_i
-        losses = {"ce": self.cross_entropy(logits, targets)}
+        losses = {"ce": self.cross_entropy(logits, targets, self.align_corners)}
         if labels.numel():
             target_map = torch.full_like(label_map, -1)  # PPC targets c*K + k_i; -1 = ignored pixel
             target_map.view(-1)[valid] = labels * self.num_prototypes + assigned

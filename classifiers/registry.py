@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 
-from classifiers.base import PixelClassifier
+from classifiers.base import PixelClassifier, resolve_preset
 from harness.errors import InputError
 from harness.registry import Registry
 
@@ -27,12 +27,37 @@ def list_classifiers() -> list[str]:
     return _CLASSIFIERS.names()
 
 
+def _accepted(cls: type[PixelClassifier]) -> list[str]:
+    fixed = ("self", "num_classes", "in_channels", "ignore_index")
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in fixed]
+
+
+def classifier_accepts(name: str, hparam: str) -> bool:
+    """Whether head ``name`` takes the keyword ``hparam``."""
+    return hparam in _accepted(_CLASSIFIERS.get(name))
+
+
+def _checked(name: str, hparams: dict) -> type[PixelClassifier]:
+    """The class registered as ``name``; ``InputError`` naming any hyper-parameter it does not accept."""
+    cls = _CLASSIFIERS.get(name)
+    accepted = _accepted(cls)
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        raise InputError(f"classifier {name!r}: unknown hyper-parameter(s) {', '.join(unknown)}; "
+                         f"accepted: {', '.join(accepted)}")
+    return cls
+
+
 def build_classifier(
     name: str, *, num_classes: int, in_channels: int, ignore_index: int = 255, **hparams
 ) -> PixelClassifier:
-    cls = _CLASSIFIERS.get(name)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes", "in_channels", "ignore_index")]
-    unknown = sorted(set(hparams) - set(accepted))
-    if unknown:
-        raise InputError(f"classifier {name!r}: unknown hyper-parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
-    return cls(num_classes, in_channels, ignore_index=ignore_index, **hparams)
+    return _checked(name, hparams)(num_classes, in_channels, ignore_index=ignore_index, **hparams)
+
+
+def resolve_classifier_kwargs(name: str, hparams: dict) -> dict:
+    """The settings head ``name`` runs with when built from ``hparams``: a paper head's preset
+    (``code`` unless ``preset`` says otherwise) overridden by the options given, each named
+    (``{"preset": "code", "tau": 1.0, ...}``); a head without presets keeps ``hparams`` as given.
+    Building from the result gives the same head, so resolving is idempotent."""
+    cls = _checked(name, hparams)
+    return resolve_preset(name, cls.PRESETS, hparams) if cls.PRESETS else dict(hparams)

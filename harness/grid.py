@@ -178,7 +178,10 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     """One ``RunConfig`` per cell, in axis order (dataset, backbone, neck, classifier, seed):
     defaults <- shared sections <- backbone overrides <- classifier overrides <- axis values,
     except that a backbone override's ``model.neck`` replaces the (single) necks axis value
-    for that backbone (e.g. ``hrnetv2_w48: {model: {neck: hrnet_concat}}``)."""
+    for that backbone (e.g. ``hrnetv2_w48: {model: {neck: hrnet_concat}}``). Each cell's
+    classifier kwargs are resolved (``harness.run.resolve_classifier``)."""
+    from harness.run import resolve_classifier
+
     threads = max(1, int(spec.resources.cpus))
     cells = []
     for dataset in spec.datasets:
@@ -197,7 +200,7 @@ def expand(spec: GridSpec) -> list[RunConfig]:
                                       "data": {"dataset": dataset}, "train": {"seed": seed, "threads": threads}})
                         data["experiment"] = spec.name
                         try:
-                            cells.append(from_dict(RunConfig, data))
+                            cells.append(resolve_classifier(from_dict(RunConfig, data)))
                         except InputError as exc:
                             raise InputError(f"cell {classifier}@{backbone}/{neck} {dataset} s{seed}: {exc}") from None
     return cells

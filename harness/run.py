@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from backbones import build_backbone, build_neck
-from classifiers import build_classifier
+from classifiers import build_classifier, classifier_accepts, resolve_classifier_kwargs
 from harness.config import RunConfig, config_hash, to_dict
 from harness.data import AugmentConfig, DatasetCatalog, MetadataCatalog, SemSegMapper, build_test_loader, build_train_loader
 from harness.data.builtin import SPLIT_NAMES
@@ -45,12 +46,26 @@ def dataset_splits(name: str) -> dict[str, str]:
     return splits
 
 
+def resolve_classifier(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``model.classifier_kwargs`` resolved: a paper head's preset spelled out
+    option by option, so the settings a cell runs with are its logged params and change
+    its ``config_hash``. Idempotent; heads without presets keep their kwargs as given."""
+    kwargs = resolve_classifier_kwargs(cfg.model.classifier, cfg.model.classifier_kwargs)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, classifier_kwargs=kwargs))
+
+
 def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segmentor:
     m = cfg.model
     backbone = build_backbone(m.backbone, **m.backbone_kwargs)
     neck = build_neck(m.neck, backbone.channels, backbone.strides, m.embed_dim)
+    kwargs = dict(m.classifier_kwargs)
+    if classifier_accepts(m.classifier, "stage_channels"):  # a head that reads every stage learns their widths
+        kwargs.setdefault("stage_channels", getattr(neck, "pyramid_channels", [m.embed_dim] * len(backbone.channels)))
+    elif hasattr(neck, "pyramid_channels"):
+        raise InputError(f"neck {m.neck!r} passes the backbone's stages through unchanged; classifier "
+                         f"{m.classifier!r} needs a D-wide neck (mlp, fpn, ...)")
     classifier = build_classifier(m.classifier, num_classes=num_classes, in_channels=m.embed_dim,
-                                  ignore_index=ignore_label, **m.classifier_kwargs)
+                                  ignore_index=ignore_label, **kwargs)
     return Segmentor(backbone, neck, classifier)
 
 
@@ -82,6 +97,7 @@ def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> dict:
 
 def train_and_evaluate(cfg: RunConfig, resume: bool = False, log=print) -> tuple[dict, Segmentor, torch.device]:
     """Train and evaluate one cell: (CellResult without cost measurement, trained model, device)."""
+    cfg = resolve_classifier(cfg)
     splits = dataset_splits(cfg.data.dataset)
     if cfg.measure.enabled:
         check_settings(cfg.measure)  # before training, not after

@@ -7,7 +7,8 @@ import pytest
 
 from gridtools import assert_finished_once, children, write_spec
 from harness.cli import main
-from harness.config import config_hash
+from classifiers.protoseg import ProtoSegClassifier
+from harness.config import config_hash, flatten, to_dict
 from harness.errors import InputError
 from harness.grid import expand, load_grid, run_grid
 
@@ -22,9 +23,25 @@ def test_spec_expands_with_overrides_in_order(tmp_path):
     assert [(c.model.classifier, c.train.seed) for c in cells] == [
         ("softmax", 0), ("softmax", 1), ("protoseg", 0), ("protoseg", 1)]
     assert all(c.train.lr == 0.02 and c.train.threads == 2 and c.experiment == "expand" for c in cells)
-    assert cells[2].model.classifier_kwargs == {"num_prototypes": 3} and cells[0].model.classifier_kwargs == {}
+    resolved = {"preset": "code", **ProtoSegClassifier.PRESETS["code"], "num_prototypes": 3}
+    assert cells[2].model.classifier_kwargs == resolved and cells[0].model.classifier_kwargs == {}
     assert len({config_hash(c) for c in cells}) == 4
     assert [config_hash(c) for c in cells] == [config_hash(c) for c in expand(load_grid(path))]
+
+
+def test_a_cell_is_hashed_and_logged_by_the_settings_its_preset_resolves_to(tmp_path):
+    def protoseg_cell(**kwargs):
+        path = write_spec(tmp_path, "presets", classifiers=["protoseg"],
+                          classifier_overrides={"protoseg": {"model": {"classifier_kwargs": kwargs}}})
+        (cell,) = expand(load_grid(path))
+        return cell
+
+    default, paper = protoseg_cell(), protoseg_cell(preset="paper")
+    assert default.model.classifier_kwargs["tau"] == 1.0 and paper.model.classifier_kwargs["tau"] == 0.1
+    assert config_hash(default) == config_hash(protoseg_cell(preset="code")) != config_hash(paper)
+    assert config_hash(paper) == config_hash(protoseg_cell(preset="paper", tau=0.1))  # the same settings, spelled out
+    assert config_hash(paper) != config_hash(protoseg_cell(preset="paper", tau=0.2))
+    assert flatten(to_dict(paper))["model.classifier_kwargs.assignment"] == "argmax"  # what MLflow's params hold
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from backbones import Features
-from classifiers import build_classifier
-from classifiers.protoseg import class_sinkhorn, momentum_update, sinkhorn
+from classifiers import build_classifier, resolve_classifier_kwargs
+from classifiers.protoseg import ProtoSegClassifier, class_sinkhorn, momentum_update, sinkhorn
 from harness.errors import InputError
 from reference_protoseg import algorithm1, per_class_cluster_and_update
 
@@ -80,7 +80,7 @@ def _train_prototypes(assignment, sub, steps=300, side=24):
     """Online clustering of synthetic embeddings with ``sub`` known sub-centres per class."""
     centres, batch = _synthetic(sub=sub)
     head = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=sub, momentum=0.9,
-                            assignment=assignment).train()
+                            preset="paper", assignment=assignment).train()
     torch.manual_seed(0)
     for _ in range(steps):
         head(*batch(side))
@@ -106,7 +106,7 @@ def test_public_code_gumbel_assignment_collapses_prototypes():
 
 def test_losses_named_weighted_and_prototypes_only_move_in_training():
     _, batch = _synthetic()
-    head = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4)
+    head = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4, preset="paper")
     features, labels = batch()
     before = head.prototypes.clone()
     head.eval()
@@ -116,7 +116,7 @@ def test_losses_named_weighted_and_prototypes_only_move_in_training():
     head.train()
     logits = head(features).logits  # no targets: inference only, no clustering
     assert logits.shape == (1, 3, 16, 16) and torch.equal(head.prototypes, before)
-    unweighted = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4,
+    unweighted = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4, preset="paper",
                                   ppc_weight=1.0, ppd_weight=1.0)
     unweighted.prototypes.copy_(before)
     ref = unweighted.eval()(features, labels).losses
@@ -136,18 +136,36 @@ def test_training_step_backpropagates_to_the_embeddings_after_the_update():
     assert pixel.grad is not None and torch.isfinite(pixel.grad).all() and pixel.grad.abs().sum() > 0
 
 
-def test_losses_and_update_equal_a_pixel_major_computation():
-    """The head works on the [B, C*K, HW] map; the equations written pixel by pixel give the same."""
+def _embed_by_hand(head, pixel):
+    """The pixel embedding written out from the module docstring's table: conv-ReLU-conv
+    (``projection``) and the code's l2 along the width, then (``feat_norm``) LayerNorm over
+    D, then l2 over D."""
+    x = pixel
+    if head.projection is not None:
+        first, relu, second = head.projection
+        x = F.conv2d(F.conv2d(x, first.weight, first.bias).clamp(min=0), second.weight, second.bias)
+        x = x / x.pow(2).sum(dim=3, keepdim=True).sqrt()  # each (image, channel, row) along W
+    if head.feat_norm is not None:
+        norm = head.feat_norm
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), norm.weight, norm.bias).permute(0, 3, 1, 2)
+    return F.normalize(x, dim=1)
+
+
+@pytest.mark.parametrize("preset, tau, ppd_weight", [("paper", 0.1, 0.01), ("code", 1.0, 0.001)])
+def test_losses_and_update_equal_a_pixel_major_computation(preset, tau, ppd_weight):
+    """The head works on the [B, C*K, HW] map; the equations written pixel by pixel give the
+    same, with each preset's PPC temperature and PPD weight (argmax update from all pixels)."""
     torch.manual_seed(5)
     c, k, d = 4, 3, 8
-    head = build_classifier("protoseg", num_classes=c, in_channels=d, num_prototypes=k, momentum=0.9).train()
+    head = build_classifier("protoseg", num_classes=c, in_channels=d, num_prototypes=k, momentum=0.9, preset=preset,
+                            assignment="argmax", update_on="all").train()
     before = head.prototypes.clone()
     pixel = torch.randn(2, d, 5, 6)
     labels = torch.randint(0, c, (2, 5, 6))
     labels[0, :2] = 255
     losses = head(Features(pixel, [pixel], (5, 6)), labels).losses
 
-    x = F.normalize(pixel, dim=1).permute(0, 2, 3, 1).reshape(-1, d)
+    x = _embed_by_hand(head, pixel).detach().permute(0, 2, 3, 1).reshape(-1, d)
     y = labels.flatten()
     x, y = x[y != 255], y[y != 255]
     cosines = x @ before.reshape(-1, d).t()  # [N, C*K]
@@ -156,13 +174,74 @@ def test_losses_and_update_equal_a_pixel_major_computation():
     for cls in y.unique():
         assigned[y == cls] = sinkhorn(own[y == cls]).argmax(1)
     target = y * k + assigned
-    torch.testing.assert_close(losses["ppc"], 0.01 * F.cross_entropy(cosines / 0.1, target))
-    torch.testing.assert_close(losses["ppd"], 0.01 * (1 - own.gather(1, assigned[:, None])).pow(2).mean())
+    torch.testing.assert_close(losses["ppc"], 0.01 * F.cross_entropy(cosines / tau, target))
+    torch.testing.assert_close(losses["ppd"], ppd_weight * (1 - own.gather(1, assigned[:, None])).pow(2).mean())
     torch.testing.assert_close(head.prototypes, per_class_cluster_and_update(before, x, own, y, 0.9)[1])
 
 
+def test_code_preset_logits_are_a_layernorm_of_max_cosines_of_projected_normalised_embeddings():
+    torch.manual_seed(6)
+    head = build_classifier("protoseg", num_classes=5, in_channels=8, num_prototypes=3).eval()
+    for param in head.parameters():  # move the affine maps off their identity initialisation
+        param.data.add_(0.3 * torch.randn_like(param))
+    pixel = torch.randn(2, 8, 4, 4)
+    logits = head(Features(pixel, [], (16, 16))).logits
+    embeddings = _embed_by_hand(head, pixel).flatten(2)  # [B, D, HW]
+    best = torch.einsum("bdn,ckd->bckn", embeddings, head.prototypes).amax(2)  # [B, C, HW]
+    expected = F.layer_norm(best.transpose(1, 2), (5,), head.class_norm.weight, head.class_norm.bias).transpose(1, 2)
+    torch.testing.assert_close(logits.flatten(2), expected)
+    per_pixel = build_classifier("protoseg", num_classes=5, in_channels=8, num_prototypes=3, projection_l2="channels")
+    per_pixel.load_state_dict(head.state_dict())
+    assert not torch.allclose(per_pixel.eval()(Features(pixel, [], (16, 16))).logits, logits)  # the width axis matters
+    # the code's own pieces: projection without BatchNorm, LayerNorm over D, LayerNorm over C
+    assert [type(m) for m in head.projection] == [torch.nn.Conv2d, torch.nn.ReLU, torch.nn.Conv2d]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in head.modules())
+    assert head.feat_norm.normalized_shape == (8,) and head.class_norm.normalized_shape == (5,)
+    paper = build_classifier("protoseg", num_classes=5, in_channels=8, num_prototypes=3, preset="paper").eval()
+    assert paper.projection is None and paper.feat_norm is None and paper.class_norm is None
+    assert paper(Features(pixel, [], (16, 16))).logits.abs().max() <= 1  # plain cosines (Eq. 6)
+
+
+def test_code_preset_updates_by_gumbel_sample_from_correct_pixels_only():
+    code = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4)
+    assert (code.assignment, code.update_on) == ("gumbel", "correct")
+    _, batch = _synthetic()
+    features, _ = batch()
+    before = code.prototypes.clone()
+    wrong = (code.eval()(features).logits.argmax(1) + 1) % 3  # every pixel labelled with a class it is not predicted as
+    code.train()(features, wrong)
+    assert torch.equal(code.prototypes, before)
+    paper = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4, preset="paper").train()
+    paper.prototypes.copy_(before)
+    paper(features, wrong)
+    assert not torch.equal(paper.prototypes, before)
+
+
+def test_code_preset_ce_upsamples_with_aligned_corners():
+    torch.manual_seed(7)
+    head = build_classifier("protoseg", num_classes=4, in_channels=8, num_prototypes=2).eval()
+    pixel, labels = torch.randn(1, 8, 5, 5), torch.randint(0, 4, (1, 20, 20))
+    ce = head(Features(pixel, [], (20, 20)), labels).losses["ce"]
+    logits = head(Features(pixel, [], (20, 20))).logits
+    aligned = F.cross_entropy(F.interpolate(logits, size=(20, 20), mode="bilinear", align_corners=True), labels)
+    unaligned = F.cross_entropy(F.interpolate(logits, size=(20, 20), mode="bilinear", align_corners=False), labels)
+    torch.testing.assert_close(ce, aligned)
+    assert not torch.allclose(ce, unaligned)
+
+
+def test_presets_resolve_to_named_options_that_override_them():
+    assert resolve_classifier_kwargs("protoseg", {}) == {"preset": "code", **ProtoSegClassifier.PRESETS["code"]}
+    resolved = resolve_classifier_kwargs("protoseg", {"preset": "paper", "tau": 0.5, "num_prototypes": 4})
+    assert resolved["tau"] == 0.5 and resolved["ppd_weight"] == 0.01 and resolved["num_prototypes"] == 4
+    assert resolve_classifier_kwargs("protoseg", resolved) == resolved  # idempotent
+    head = build_classifier("protoseg", num_classes=3, in_channels=8, **resolved)
+    assert (head.preset, head.tau, head.num_prototypes) == ("paper", 0.5, 4)
+    with pytest.raises(InputError, match="protoseg: preset='text'; expected one of: code, paper"):
+        build_classifier("protoseg", num_classes=3, in_channels=8, preset="text")
+
+
 def test_inference_is_max_cosine_over_each_class_prototypes():
-    head = build_classifier("protoseg", num_classes=2, in_channels=8, num_prototypes=3).eval()
+    head = build_classifier("protoseg", num_classes=2, in_channels=8, num_prototypes=3, preset="paper").eval()
     pixel = torch.randn(1, 8, 4, 4)
     logits = head(Features(pixel, [], (16, 16))).logits
     expected = torch.einsum("dn,ckd->ckn", F.normalize(pixel.flatten(2)[0], dim=0), head.prototypes).amax(1)
@@ -172,12 +251,13 @@ def test_inference_is_max_cosine_over_each_class_prototypes():
 def test_ignored_pixels_are_excluded_and_update_on_correct_filters():
     _, batch = _synthetic()
     features, labels = batch()
-    head = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4).train()
+    head = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4, preset="paper").train()
     before = head.prototypes.clone()
     out = head(features, torch.full_like(labels, 255))
     assert all(v.item() == 0 for v in out.losses.values())
     assert torch.equal(head.prototypes, before)
-    picky = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4, update_on="correct").train()
+    picky = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4, preset="paper",
+                             update_on="correct").train()
     picky.prototypes.copy_(before)
     wrong = (head(features).logits.argmax(1) + 1) % 3  # every pixel labelled with a class it is not predicted as
     picky(features, wrong)
@@ -186,7 +266,7 @@ def test_ignored_pixels_are_excluded_and_update_on_correct_filters():
 
 def test_accounting_prototypes_are_state_not_parameters():
     c, d = 150, 64
-    proto = build_classifier("protoseg", num_classes=c, in_channels=d)
+    proto = build_classifier("protoseg", num_classes=c, in_channels=d, preset="paper")
     softmax = build_classifier("softmax", num_classes=c, in_channels=d)
     assert not any(p is proto.prototypes for p in proto.learnable_parameters())
     assert set(proto.nonlearnable_state()) == {"prototypes"}
@@ -194,13 +274,14 @@ def test_accounting_prototypes_are_state_not_parameters():
     assert "prototypes" in proto.state_dict()
     count = lambda head: sum(p.numel() for p in head.learnable_parameters())  # noqa: E731
     assert count(softmax) - count(proto) == c * d + c
-    projected = build_classifier("protoseg", num_classes=c, in_channels=d, projection=True)
-    assert set(projected.nonlearnable_state()) == {"prototypes"}  # BN statistics are not prototypes
-    assert count(projected) == 2 * (d * d + d) + 2 * d
+    code = build_classifier("protoseg", num_classes=c, in_channels=d)
+    assert set(code.nonlearnable_state()) == {"prototypes"}
+    assert count(code) == 2 * (d * d + d) + 2 * d + 2 * c  # projection, LayerNorm(D), LayerNorm(C)
 
 
 def test_public_code_class_score_layernorm_is_learnable_and_applied_at_inference():
-    head = build_classifier("protoseg", num_classes=5, in_channels=8, num_prototypes=2, class_score_norm="layernorm")
+    head = build_classifier("protoseg", num_classes=5, in_channels=8, num_prototypes=2, preset="paper",
+                            class_score_norm="layernorm")
     assert sum(p.numel() for p in head.learnable_parameters()) == 2 * 5
     logits = head.eval()(Features(torch.randn(2, 8, 3, 3), [], (12, 12))).logits
     torch.testing.assert_close(logits.mean(1), torch.zeros(2, 3, 3), atol=1e-5, rtol=0)  # normalised over classes

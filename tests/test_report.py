@@ -110,7 +110,7 @@ def test_bootstrap_interval_of_a_clearly_better_head_excludes_zero():
     assert mixed_low < 0 < mixed_high  # two heads of the same quality: the interval straddles zero
 
 
-def test_vocabulary_scaling_costs_grow_with_classes_and_protoseg_has_no_head_params(tmp_path, capsys):
+def test_vocabulary_scaling_costs_grow_with_classes_and_protoseg_has_no_class_weights(tmp_path, capsys):
     out = tmp_path / "scaling"
     assert main(["report", "--scaling", "--backbone", "test_convnext", "--classes", "10,40", "--image-size", "32",
                  "--out", str(out), "--set", "model.embed_dim=16", "train.threads=1"]) == 0
@@ -118,7 +118,8 @@ def test_vocabulary_scaling_costs_grow_with_classes_and_protoseg_has_no_head_par
     by = {(r["classifier"], int(r["classes"])): r for r in rows}
     assert {c for c, _ in by} >= {"softmax", "query", "protoseg", "ece", "ssa"}  # every registered head
     assert int(by["softmax", 40]["head_params"]) - int(by["softmax", 10]["head_params"]) == 30 * (16 + 1)  # D*C + C
-    assert int(by["protoseg", 40]["head_params"]) == 0
+    # protoseg (preset code): projection 2 x (D^2 + D), LayerNorm(D), LayerNorm(C); no D x C class weights
+    assert int(by["protoseg", 40]["head_params"]) == 2 * (16 * 16 + 16) + 2 * 16 + 2 * 40
     assert int(by["protoseg", 40]["head_nonlearnable"]) == 40 * 10 * 16  # C x K x D prototypes
     for classifier in ("softmax", "protoseg", "ece"):
         assert float(by[classifier, 40]["head_gflops"]) > float(by[classifier, 10]["head_gflops"])
