@@ -61,10 +61,12 @@ class PixelClassifier(nn.Module):
 
     A paper head sets ``PRESETS`` (``{"code": {...}, "paper": {...}}``, option -> value):
     each of those options is a keyword defaulting to ``None`` ("from the preset"), and the
-    head reads its settings through ``resolve_preset``.
+    head reads its settings through ``preset_options``; ``PRESET_CHOICES`` lists the allowed
+    values of the options that take names.
     """
 
     PRESETS: dict[str, dict] = {}
+    PRESET_CHOICES: dict[str, tuple[str, ...]] = {}
 
     def __init__(self, num_classes: int, in_channels: int, ignore_index: int = 255) -> None:
         super().__init__()
@@ -76,6 +78,15 @@ class PixelClassifier(nn.Module):
 
     def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
         raise NotImplementedError
+
+    def preset_options(self, head: str, arguments: dict) -> dict:
+        """The settings of a paper head built with constructor ``arguments`` (its ``locals()``):
+        ``resolve_preset`` over ``preset`` and the options ``PRESETS`` names, each named value
+        checked against ``PRESET_CHOICES``."""
+        options = resolve_preset(head, self.PRESETS, {key: arguments[key] for key in ("preset", *self.PRESETS["code"])})
+        for key, allowed in self.PRESET_CHOICES.items():
+            check_choice(head, key, options[key], allowed)
+        return options
 
     def learnable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, resolve_preset, upsample
+from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, upsample
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -262,6 +262,9 @@ class ECEClassifier(PixelClassifier):
                   "class_probabilities": "mixed", "reconstruction": "paper", "mask_learner": "dense",
                   "updater_fc": False, "focal_weight": 1.0, "dice_weight": 1.0, "supervised_masks": "all"},
     }
+    PRESET_CHOICES = {"query_projection": ("separable", "linear"), "aggregation": ("conv3x3", "conv1x1"),
+                      "class_probabilities": ("own", "mixed"), "reconstruction": ("code", "paper"),
+                      "mask_learner": ("grouped", "dense"), "supervised_masks": ("coarse", "all")}
 
     def __init__(
         self,
@@ -289,12 +292,7 @@ class ECEClassifier(PixelClassifier):
         supervised_masks: str | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels, ignore_index)
-        given = locals()
-        o = resolve_preset("ece", self.PRESETS, {key: given[key] for key in ("preset", *self.PRESETS["code"])})
-        for key, allowed in (("query_projection", ("separable", "linear")), ("aggregation", ("conv3x3", "conv1x1")),
-                             ("class_probabilities", ("own", "mixed")), ("reconstruction", ("code", "paper")),
-                             ("mask_learner", ("grouped", "dense")), ("supervised_masks", ("coarse", "all"))):
-            check_choice("ece", key, o[key], allowed)
+        o = self.preset_options("ece", locals())
         check_choice("ece", "updater", updater, ("gated", "plus"))
         check_choice("ece", "upsampling", upsampling, ("ghost", "bilinear"))
         dim = in_channels

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, resolve_preset
+from classifiers.base import ClassifierOutput, PixelClassifier
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -157,6 +157,8 @@ class ProtoSegClassifier(PixelClassifier):
         "paper": {"class_score_norm": "none", "projection": False, "projection_l2": "channels", "feat_norm": False,
                   "tau": 0.1, "ppd_weight": 0.01, "assignment": "argmax", "update_on": "all", "align_corners": True},
     }
+    PRESET_CHOICES = {"class_score_norm": ("none", "layernorm"), "projection_l2": ("width", "channels"),
+                      "assignment": ("argmax", "gumbel"), "update_on": ("all", "correct")}
 
     def __init__(
         self,
@@ -180,12 +182,7 @@ class ProtoSegClassifier(PixelClassifier):
         align_corners: bool | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels, ignore_index)
-        given = locals()
-        o = resolve_preset("protoseg", self.PRESETS, {key: given[key] for key in ("preset", *self.PRESETS["code"])})
-        check_choice("protoseg", "assignment", o["assignment"], ("argmax", "gumbel"))
-        check_choice("protoseg", "update_on", o["update_on"], ("all", "correct"))
-        check_choice("protoseg", "class_score_norm", o["class_score_norm"], ("none", "layernorm"))
-        check_choice("protoseg", "projection_l2", o["projection_l2"], ("width", "channels"))
+        o = self.preset_options("protoseg", locals())
         if num_prototypes < 1:
             raise InputError(f"protoseg: num_prototypes={num_prototypes}; expected >= 1")
         self.preset = o["preset"]

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, resolve_preset, upsample
+from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, upsample
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -180,6 +180,8 @@ class SSAClassifier(PixelClassifier):
                   "sd_similarity": "dot", "pd_direction": "student_to_teacher", "rd_weight": 1.0,
                   "sd_weight": 1.0, "pd_weight": 1.0, "loss_resolution": "label"},
     }
+    PRESET_CHOICES = {"logit": ("dot", "cosine"), "adapter": ("mlp", "linear"), "sd_similarity": ("dot", "cosine"),
+                      "pd_direction": ("teacher_to_student", "student_to_teacher"), "loss_resolution": ("head", "label")}
 
     def __init__(
         self,
@@ -201,14 +203,8 @@ class SSAClassifier(PixelClassifier):
         loss_resolution: str | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels, ignore_index)
-        given = locals()
-        o = resolve_preset("ssa", self.PRESETS, {key: given[key] for key in ("preset", *self.PRESETS["code"])})
-        check_choice("ssa", "logit", o["logit"], ("dot", "cosine"))
-        check_choice("ssa", "adapter", o["adapter"], ("mlp", "linear"))
-        check_choice("ssa", "sd_similarity", o["sd_similarity"], ("dot", "cosine"))
-        check_choice("ssa", "pd_direction", o["pd_direction"], ("teacher_to_student", "student_to_teacher"))
+        o = self.preset_options("ssa", locals())
         check_choice("ssa", "position_encoding", position_encoding, ("cpvt", "sinusoidal", "learnable"))
-        check_choice("ssa", "loss_resolution", o["loss_resolution"], ("head", "label"))
         if not 0 <= o["rd_onehot"] <= 1:
             raise InputError(f"ssa: rd_onehot={o['rd_onehot']!r}; expected a value in [0, 1]")
         if o["edge_size"] < 1:
