@@ -4,4 +4,11 @@ Kept import-light on purpose: ``backbones`` and ``classifiers`` import
 ``harness.errors`` and must not pull in torch-heavy or MLflow modules through it.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# Ray reads this when it is first imported, and without it a local Ray listens on every
+# interface (GCS, raylet, workers, dashboard agent). Set here, before any segheads code
+# can import Ray, so local Ray stays on 127.0.0.1 whatever the caller exported.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

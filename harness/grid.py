@@ -351,8 +351,7 @@ def _init_ray(address: str | None) -> bool:
         return False
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    else:  # loopback: harness/__init__.py set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray was imported
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     return True
 

@@ -3,7 +3,12 @@
 the MLflow UI stay on 127.0.0.1. Checked on real files and, for every call site, in the source."""
 
 import ast
+import ipaddress
+import json
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +108,53 @@ def test_local_ray_and_the_mlflow_ui_bind_to_loopback():
 
     ui = _parser().parse_args(["ui"])
     assert ui.host == "127.0.0.1"
+
+
+_LISTENERS = """
+import ipaddress, json, os, re, subprocess, time
+from harness.grid import _init_ray
+
+def tree(pid):
+    pids = {pid}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if parent == pid:
+            pids |= tree(int(entry))
+    return pids
+
+_init_ray(None)
+import ray
+ray.get(ray.remote(lambda: 1).remote())  # a worker is up
+time.sleep(2)  # the dashboard agent and runtime-env agent bind after the raylet
+pids = tree(os.getpid())
+listening = []
+for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+    if {int(p) for p in re.findall(r"pid=(\\d+)", line)} & pids:
+        listening.append(line.split()[3].rsplit(":", 1)[0].strip("[]"))
+ray.shutdown()
+print(json.dumps(listening))
+"""
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # "*": every interface
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def test_local_ray_listens_only_on_loopback_when_the_caller_exported_nothing():
+    """The grid's local Ray in a process whose environment lacks RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:
+    every listening socket of every Ray process (GCS, raylet, workers, agents) is on loopback."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    out = subprocess.run([sys.executable, "-c", _LISTENERS], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=180, check=True).stdout
+    hosts = json.loads(out.strip().splitlines()[-1])
+    assert len(hosts) >= 3  # GCS, raylet, a worker at least: the listing did find Ray's sockets
+    assert [h for h in hosts if not _is_loopback(h)] == []
+    assert not _is_loopback("*") and not _is_loopback("0.0.0.0") and _is_loopback("::ffff:127.0.0.1")
