@@ -37,6 +37,13 @@ def upsample(logits: Tensor, size, align_corners: bool = False) -> Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (each pixel's D values)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 @dataclass
 class ClassifierOutput:
     """logits: [B, C, h, w] at the head's own resolution; losses: named, already weighted."""

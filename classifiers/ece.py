@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, upsample
+from classifiers.base import ChannelLayerNorm, ClassifierOutput, PixelClassifier, check_choice, upsample
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -92,13 +92,6 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, groups: int = 1) -> nn.Seque
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class _ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 class FeatureReconstruction(nn.Module):
     """Eq. 1-2 on a ``channels``-wide stage map: intrinsic Y' (1x1 conv + BN to half width),
     diverse Y'' = SE(Cheap(Y')) (depthwise 3x3 + BN), concat, then D wide.
@@ -118,7 +111,7 @@ class FeatureReconstruction(nn.Module):
         if style == "code":
             self.excite = nn.Sequential(nn.Linear(half, half // 2, bias=False), nn.ReLU(inplace=True),
                                         nn.Linear(half // 2, half, bias=False))
-            self.project = nn.Sequential(nn.Conv2d(2 * half, channels, 1, bias=False), _ChannelLayerNorm(channels),
+            self.project = nn.Sequential(nn.Conv2d(2 * half, channels, 1, bias=False), ChannelLayerNorm(channels),
                                          nn.Conv2d(channels, dim, 1, bias=False))
         else:
             hidden = max(half // 4, 8)

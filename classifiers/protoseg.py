@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier
+from classifiers.base import ChannelLayerNorm, ClassifierOutput, PixelClassifier
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -193,7 +193,7 @@ class ProtoSegClassifier(PixelClassifier):
         if o["projection"]:
             self.projection = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True),
                                             nn.Conv2d(in_channels, in_channels, 1))
-        self.feat_norm = nn.LayerNorm(in_channels) if o["feat_norm"] else None
+        self.feat_norm = ChannelLayerNorm(in_channels) if o["feat_norm"] else None
         self.class_norm = nn.LayerNorm(num_classes) if o["class_score_norm"] == "layernorm" else None
         prototypes = torch.empty(num_classes, num_prototypes, in_channels)
         nn.init.trunc_normal_(prototypes, std=0.02)
@@ -207,7 +207,7 @@ class ProtoSegClassifier(PixelClassifier):
         if self.projection is not None:
             pixel = F.normalize(self.projection(pixel), dim=self.projection_l2_dim)
         if self.feat_norm is not None:
-            pixel = self.feat_norm(pixel.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            pixel = self.feat_norm(pixel)
         return F.normalize(pixel, dim=1)
 
     def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
