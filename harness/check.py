@@ -33,12 +33,10 @@ def cells_from_results(path) -> list[dict]:
 
 def cells_from_mlflow(experiment: str, tracking_uri: str | None = None) -> list[dict]:
     """FINISHED child runs (cells) of an MLflow experiment."""
-    from mlflow.tracking import MlflowClient
-
-    from harness.tracking import FINISHED_CELLS, experiment_id, resolve_tracking_uri, run_cells, search_all_runs
+    from harness.tracking import FINISHED_CELLS, experiment_id, open_client, resolve_tracking_uri, run_cells, search_all_runs
 
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = open_client(uri)
     return run_cells(search_all_runs(client, [experiment_id(client, experiment, uri)], FINISHED_CELLS))
 
 

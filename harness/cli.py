@@ -70,9 +70,22 @@ def _parser() -> argparse.ArgumentParser:
     measure.add_argument("--compile", action="store_true", help="time the torch.compile'd model")
     measure.add_argument("--threads", type=int, help="CPU threads, pinned (default: all cores)")
     measure.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    measure.add_argument("--run", help="a logged cell's MLflow run id: its trained model, at its measure settings "
+                         "and threads (flags and --set override them)")
+    measure.add_argument("--tracking-uri", help="with --run: MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+                         "sqlite:///mlflow.db)")
     measure.add_argument("--json", type=Path, help="also write metrics and how they were taken to this file")
     measure.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                          help="config overrides, e.g. model.embed_dim=512 measure.iters=50")
+
+    predicting = commands.add_parser("predict", help="colour-coded predictions of a trained cell, with a legend")
+    predicting.add_argument("--run", required=True, help="MLflow run id of a FINISHED cell (it holds weights.pt)")
+    source = predicting.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="a registered split (digits_sem_seg_val) or a dataset (its val split)")
+    source.add_argument("--images", type=Path, help="a folder of images (jpg, png, ...; searched recursively)")
+    predicting.add_argument("--out", type=Path, required=True, help="output folder")
+    predicting.add_argument("--limit", type=int, help="at most this many images (default all)")
+    predicting.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
     grid = commands.add_parser("grid", help="run a classifier x backbone grid on Ray, logged to MLflow")
     grid.add_argument("spec", type=Path, help="grid spec YAML, e.g. jobs/quickstart.yaml")
@@ -141,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from harness.config import RunConfig, apply_overrides
     from harness.results import to_json
-    from harness.run import run_cell
+    from harness.run import add_measurement, state_dict_bytes, train_and_evaluate
     from harness.tracking import log_cell, resolve_tracking_uri
 
     flags = [f"{key}={getattr(args, flag)}" for flag, key in _RUN_FLAGS.items() if getattr(args, flag) is not None]
@@ -149,11 +162,13 @@ def _run(args: argparse.Namespace) -> int:
     cfg.tracking_uri = resolve_tracking_uri(args.tracking_uri)
     if args.json is not None and not args.json.parent.is_dir():
         raise InputError(f"--json {args.json}: folder {args.json.parent} does not exist")
-    result = run_cell(cfg, resume=args.resume, log=_stderr)
+    result, model, device = train_and_evaluate(cfg, resume=args.resume, log=_stderr)
+    if cfg.measure.enabled:
+        add_measurement(result, model, cfg, device, log=_stderr)
     if args.json is not None:
         args.json.write_text(to_json(result))
     if not args.no_tracking:
-        run_id = log_cell(result, cfg.tracking_uri, cfg.experiment)
+        run_id = log_cell(result, cfg.tracking_uri, cfg.experiment, weights=state_dict_bytes(model))
         print(f"[segheads] logged MLflow run {run_id} to {cfg.tracking_uri} (experiment {cfg.experiment!r})", file=sys.stderr)
     m = result["metrics"]
     print(f"{'classifier':<12}{'backbone':<24}{'mIoU':>8}{'fwIoU':>8}{'mACC':>8}{'pACC':>8}{'head params':>13}")
@@ -171,20 +186,75 @@ def _measure(args: argparse.Namespace) -> int:
 
     flags = [f"{key}={getattr(args, flag)}" for flag, key in _MEASURE_FLAGS.items() if getattr(args, flag) is not None]
     flags += [f"measure.{flag}=true" for flag in ("channels_last", "compile") if getattr(args, flag)]
-    cfg = apply_overrides(RunConfig(), flags + list(args.set))
-    if args.num_classes < 1:
-        raise InputError(f"--num-classes {args.num_classes}: expected >= 1")
     if args.json is not None and not args.json.parent.is_dir():
         raise InputError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    if args.run:
+        cfg, model, threads = _logged_model(args.run, args.tracking_uri, flags + list(args.set))
+        num_classes = model.classifier.num_classes
+    else:
+        cfg = apply_overrides(RunConfig(), flags + list(args.set))
+        if args.num_classes < 1:
+            raise InputError(f"--num-classes {args.num_classes}: expected >= 1")
+        num_classes, threads = args.num_classes, cfg.train.threads
+        model = build_segmentor(cfg, num_classes, 255)
     device = resolve_device(cfg.device)
-    model = build_segmentor(cfg, args.num_classes, 255).to(device)
-    metrics, record = measure_model(model, cfg.measure, device, cfg.train.threads)
+    metrics, record = measure_model(model.to(device), cfg.measure, device, threads)
     if args.json is not None:
         args.json.write_text(json.dumps({"model": {"backbone": cfg.model.backbone, "neck": cfg.model.neck,
-                                                   "classifier": cfg.model.classifier, "num_classes": args.num_classes,
-                                                   "embed_dim": cfg.model.embed_dim},
+                                                   "classifier": cfg.model.classifier, "num_classes": num_classes,
+                                                   "embed_dim": cfg.model.embed_dim, "run": args.run},
                                          "metrics": metrics, "measurement": record}, indent=2))
-    print(_format_measurement(cfg, args.num_classes, metrics, record))
+    print(_format_measurement(cfg, num_classes, metrics, record))
+    return 0
+
+
+def _logged_model(run_id: str, tracking_uri: str | None, overrides: list[str]):
+    """(config, trained model, threads) of a logged cell: its measure settings and the threads
+    its grid measured with (``measurement.json``), then ``overrides``."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from harness.config import apply_overrides
+    from harness.predict import load_run
+    from harness.tracking import read_artifact, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    cfg, model = load_run(run_id, uri)
+    try:
+        threads = json.loads(read_artifact(run_id, "measurement.json", uri))["machine"]["threads"]
+    except (OSError, MlflowException, KeyError):
+        threads = cfg.train.threads
+    cfg = apply_overrides(cfg, overrides)
+    return cfg, model, next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("train.threads=")), threads)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from harness.data import DatasetCatalog, SemSegMapper
+    from harness.predict import list_images, load_run, write_predictions
+    from harness.run import dataset_splits, label_space
+    from harness.tracking import resolve_tracking_uri
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit {args.limit}: expected >= 1")
+    cfg, model = load_run(args.run, resolve_tracking_uri(args.tracking_uri))
+    classes, ignore = label_space(cfg.data.dataset)
+    if args.images is not None:
+        import numpy as np
+        import torch
+
+        from harness.data.sem_seg import read_image
+
+        paths = list_images(args.images)[: args.limit]
+        sources = [(str(p.relative_to(args.images).with_suffix("")).replace("/", "__"),
+                    torch.from_numpy(np.asarray(read_image(p)).copy()).permute(2, 0, 1)) for p in paths]
+    else:
+        split = args.dataset if args.dataset in DatasetCatalog else dataset_splits(args.dataset)["val"]
+        mapper = SemSegMapper(len(classes), ignore)
+        sources = [(Path(r["file_name"]).stem, mapper(r)["image"]) for r in DatasetCatalog.get(split)[: args.limit]]
+    written = write_predictions(model, classes, sources, args.out)
+    print(f"[segheads] {len(sources)} predictions of {cfg.model.classifier}@{cfg.model.backbone} "
+          f"(run {args.run}) in {args.out}, legend {written[-1]}", file=sys.stderr)
     return 0
 
 
@@ -399,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per result, not bars
     try:
-        commands = {"run": _run, "measure": _measure, "grid": _grid, "check": _check, "report": _report,
+        commands = {"run": _run, "measure": _measure, "predict": _predict, "grid": _grid, "check": _check, "report": _report,
                     "ui": _ui, "list": _list, "import-results": _import_results, "validate-data": _validate_data,
                     "prepare-data": _prepare_data}
         return commands[args.command](args)

@@ -1,11 +1,13 @@
 """Classifier x backbone grids on Ray (DESIGN.md, "Grid").
 
 A grid spec (``jobs/*.yaml``, safe-loaded) expands to cells, one ``RunConfig`` each.
-Each cell trains and evaluates in one Ray task with the cell's resources; its cost
-is then measured in a second task with the measurement's resources (a whole GPU for
-latency on GPU clusters), from the trained weights. Only this driver writes MLflow: a
-parent run per grid, a child run per cell; each result is also appended to
-``results.jsonl`` as it arrives. Re-running a grid skips cells whose ``config_hash``
+Each cell trains and evaluates in one Ray task with the cell's resources. Its cost is
+then measured from the trained weights in a second task that times alone: measurements
+start once every training task has started, and each reserves all CPUs and GPUs of the
+node it is pinned to, so no training, data loading or other measurement shares its cores
+or GPU while it times (``measurement.json`` records the node and what was reserved). Only
+this driver writes MLflow: a parent run per grid, a child run per cell with the trained
+weights; each result is also appended to ``results.jsonl`` as it arrives. Re-running a grid skips cells whose ``config_hash``
 already has a FINISHED child run and runs the rest (new cells included).
 
 Failures: an exception or a non-finite loss inside a cell makes that cell FAILED (error
@@ -37,8 +39,10 @@ _SECTIONS = ("model", "data", "train", "measure")  # RunConfig sections a spec m
 @dataclass
 class Resources:
     """Per task. ``cpus`` also sets the cell's torch threads; ``gpus`` may be a fraction
-    (0.5 packs two training cells on one GPU); ``measure_*`` are for the cost measurement
-    task (``measure_gpus: 1`` gives latency a whole GPU); ``retries`` re-runs a task after
+    (0.5 packs two training cells on one GPU). The cost measurement runs alone on a node
+    with at least ``measure_cpus`` CPUs and ``measure_gpus`` GPUs, reserving the whole node,
+    and times with ``measure_cpus`` torch threads (``measure_gpus: 1``: latency on a GPU,
+    ``0``: on CPU); ``retries`` re-runs a task after
     a lost worker or node (never after an exception in the cell); ``memory_gb`` (0: none)
     reserves host memory for each task in Ray's scheduler and caps the task's process at
     it (its data segment, ``RLIMIT_DATA``, the Ray worker's own ~1 GB included), so a cell
@@ -280,8 +284,9 @@ def _memory_cap(gigabytes: float):
 
 
 def _train_task(cfg_dict: dict, memory_gb: float = 0) -> tuple[dict, bytes | None]:
-    """Train and evaluate one cell in a worker: (CellResult, trained weights or None)."""
-    from harness.run import train_and_evaluate
+    """Train and evaluate one cell in a worker: (CellResult, trained weights or None), as two
+    Ray objects, so that the driver fetches the weights only when it logs them."""
+    from harness.run import state_dict_bytes, train_and_evaluate
 
     started = time.time()
     cfg = from_dict(RunConfig, cfg_dict)
@@ -289,10 +294,7 @@ def _train_task(cfg_dict: dict, memory_gb: float = 0) -> tuple[dict, bytes | Non
     try:
         with _memory_cap(memory_gb):
             result, model, _ = train_and_evaluate(cfg, log=lambda msg: None)
-        if cfg.measure.enabled:
-            buffer = io.BytesIO()
-            torch.save(model.state_dict(), buffer)
-            weights = buffer.getvalue()
+        weights = state_dict_bytes(model)
         del model
     except Exception as exc:  # the cell fails, the grid goes on
         result = failed_result(cfg, exc)
@@ -301,20 +303,20 @@ def _train_task(cfg_dict: dict, memory_gb: float = 0) -> tuple[dict, bytes | Non
     return result, weights
 
 
-def _measure_task(cfg_dict: dict, weights: bytes, memory_gb: float = 0) -> dict:
-    """Measure a trained cell's cost: {"metrics", "record", "seconds"}, or {"error", "seconds"}."""
+def _measure_task(cfg_dict: dict, weights: bytes, threads: int, reserved: dict, memory_gb: float = 0) -> dict:
+    """Measure a trained cell's cost alone on its node: {"metrics", "record", "seconds"}, or
+    {"error", "seconds"}. ``reserved`` is what the task holds of its node (all of it)."""
     from harness.measure import measure_model
-    from harness.run import build_segmentor, label_space, resolve_device
+    from harness.run import load_segmentor, resolve_device
 
     started = time.time()
     try:
         cfg = from_dict(RunConfig, cfg_dict)
-        classes, ignore = label_space(cfg.data.dataset)
         device = resolve_device(cfg.device)
-        model = build_segmentor(cfg, len(classes), ignore)
-        model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+        model = load_segmentor(cfg, weights)
         with _memory_cap(memory_gb):
-            metrics, record = measure_model(model.to(device), cfg.measure, device, max(1, int(cfg.train.threads)))
+            metrics, record = measure_model(model.to(device), cfg.measure, device, threads)
+        record["node"] = {"exclusive": True, "reserved": reserved, **_placement(started)}
         return {"metrics": metrics, "record": record, "seconds": time.time() - started}
     except Exception as exc:
         return {"error": _one_line(exc), "seconds": time.time() - started}
@@ -333,6 +335,7 @@ class GridOutcome:
     parent_run_id: str | None
     unlogged: int = 0            # results written to results.jsonl only (tracking store off or failed)
     results_path: Path | None = None
+    measure_nodes: int = 1       # nodes measurements ran on, one at a time each
 
     @property
     def ran(self) -> int:
@@ -367,6 +370,16 @@ def _demands(r: Resources) -> dict[str, dict[str, float]]:
             "measurement": {"CPU": r.measure_cpus, "GPU": r.measure_gpus, **memory}}
 
 
+def _measurement_nodes(r: Resources) -> list[tuple[str, dict[str, float]]]:
+    """(node id, the whole node's CPUs and GPUs) of every alive node a measurement fits on."""
+    import ray
+
+    demand = _demands(r)["measurement"]
+    return [(node["NodeID"], {"CPU": node["Resources"].get("CPU", 0.0), "GPU": node["Resources"].get("GPU", 0.0)})
+            for node in ray.nodes()
+            if node["Alive"] and all(node["Resources"].get(k, 0) >= v for k, v in demand.items())]
+
+
 def _check_feasible(r: Resources, autoscaling: bool, log) -> None:
     """A task no node can hold would wait forever: an ``InputError`` naming the resource
     (on a cluster given by ``--address`` only a warning: an autoscaler may add the node)."""
@@ -398,18 +411,30 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
              max_concurrent: int | None = None, results_path: str | Path | None = None, log=print,
              tracking: bool = True) -> GridOutcome:
     """Run every cell of ``spec`` not already FINISHED (in MLflow, or in ``results.jsonl``
-    with ``tracking=False``); returns all cells' results."""
-    import ray
-
-    from harness.data import DatasetCatalog
+    with ``tracking=False``); returns all cells' results. One driver at a time: a second one
+    for a grid whose driver is alive raises ``harness.lease.GridBusy`` before touching anything."""
     from harness.gridstore import GridStore
-    from harness.progress import Progress
-    from harness.run import dataset_splits
 
     cells = expand(spec)
     validate_cells(cells)
     store = GridStore(spec.name, tracking_uri, results_path or Path("outputs") / spec.name / "results.jsonl",
                       tracking=tracking, log=log)
+    lease = store.lease()
+    lease.acquire()  # before sync(): a second driver would mark the first's running cells KILLED
+    try:
+        return _run_cells(spec, cells, store, lease, address, max_concurrent, log)
+    finally:
+        lease.release()
+
+
+def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: str | None,
+               max_concurrent: int | None, log) -> GridOutcome:
+    import ray
+
+    from harness.data import DatasetCatalog
+    from harness.progress import Progress
+    from harness.run import dataset_splits
+
     done = store.finished()
     todo = [cfg for cfg in cells if config_hash(cfg) not in done]
     log(f"[segheads] grid {spec.name!r}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED, "
@@ -432,33 +457,52 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
     r = spec.resources
     memory = _memory_request(r)
     train_task = ray.remote(_train_task).options(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=r.retries,
-                                                 retry_exceptions=False, **memory)
-    measure_task = ray.remote(_measure_task).options(num_cpus=r.measure_cpus, num_gpus=r.measure_gpus,
-                                                     max_retries=r.retries, retry_exceptions=False, **memory)
+                                                 retry_exceptions=False, num_returns=2, **memory)
+    measure_task, nodes = ray.remote(_measure_task), _measurement_nodes(r)
     slots = _slots(spec, max_concurrent, len(todo))
-    queue, pending, began = list(todo), {}, time.time()
+    queue, pending, unmeasured, began = list(todo), {}, [], time.time()
     results = dict(done)
     progress = Progress(len(todo), slots, log)
+
+    def measure(result: dict, cfg: RunConfig, weights_ref, index: int):
+        """A measurement pinned to a node and holding all of it, so that it starts when that
+        node is idle and nothing else starts there until it ends."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node_id, whole = nodes[index % len(nodes)]
+        task = measure_task.options(
+            num_cpus=whole["CPU"], num_gpus=whole["GPU"], max_retries=r.retries, retry_exceptions=False,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False), **memory)
+        ref = task.remote(to_dict(cfg), weights_ref, max(1, int(r.measure_cpus)), whole, r.memory_gb)
+        pending[ref] = ("measure", (result, weights_ref))
+
     try:
-        while queue or pending:
+        while queue or pending or unmeasured:
             while queue and sum(1 for kind, _ in pending.values() if kind == "train") < slots:
                 cfg = queue.pop(0)
-                pending[train_task.remote(to_dict(cfg), r.memory_gb)] = ("train", cfg)
+                result_ref, weights_ref = train_task.remote(to_dict(cfg), r.memory_gb)
+                pending[result_ref] = ("train", (cfg, weights_ref))
                 progress.started()
+            if not queue and unmeasured:  # every training task has started: measure, each cell alone
+                log(f"[segheads] measuring {len(unmeasured)} trained cell(s), each alone on one of {len(nodes)} node(s)")
+                for index, (result, cfg, weights_ref) in enumerate(unmeasured):
+                    measure(result, cfg, weights_ref, index)
+                unmeasured = []
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 kind, payload = pending.pop(ref)
                 if kind == "train":
-                    cfg = payload
+                    cfg, weights_ref = payload
                     try:
-                        result, weights = ray.get(ref)
+                        result = ray.get(ref)
                     except Exception as exc:  # retries exhausted: a lost node, a killed worker
-                        result, weights = failed_result(cfg, exc), None
-                    if weights is not None:
-                        pending[measure_task.remote(to_dict(cfg), weights, r.memory_gb)] = ("measure", result)
+                        result = failed_result(cfg, exc)
+                    if result["status"] == "FINISHED" and cfg.measure.enabled:
+                        unmeasured.append((result, cfg, weights_ref))
+                        progress.trained(result)
                         continue
                 else:
-                    result = payload
+                    result, weights_ref = payload
                     try:
                         measured = ray.get(ref)
                     except Exception as exc:  # retries exhausted
@@ -469,29 +513,44 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
                     else:
                         result["metrics"].update(measured["metrics"])
                         result["measurement"] = measured["record"]
-                store.record(result, parent)
+                weights = _fetch_weights(weights_ref) if result["status"] == "FINISHED" else None
+                store.record(result, parent, weights=weights)
                 results[result["config_hash"]] = result
                 progress.finished(result)
             progress.tick(running=len(pending))
+            lease.renew()
     finally:
         progress.close()
         store.close_parent(parent, [results[config_hash(c)] for c in cells if config_hash(c) in results])
         if started_ray:
             ray.shutdown()
     return GridOutcome([results[config_hash(c)] for c in cells], [config_hash(c) for c in todo],
-                       time.time() - began, slots, parent, store.unlogged, store.results_path)
+                       time.time() - began, slots, parent, store.unlogged, store.results_path, len(nodes))
+
+
+def _fetch_weights(ref) -> bytes | None:
+    """A FINISHED cell's trained weights from the object store (None if they were lost with a node)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except Exception:
+        return None
 
 
 def overhead(outcome: GridOutcome) -> dict[str, float]:
-    """How much of this invocation's wall time was not cell work: wall time over (sum of the
-    cells' own task seconds, training and measurement, / slots), and the idle slot-seconds
-    per cell (scheduling, worker start-up, result transfer, logging, waiting for the last cell)."""
+    """How much of this invocation's wall time was not cell work: wall time over the ideal
+    (the cells' training seconds / slots + their measurement seconds / measurement nodes,
+    since a measurement holds its whole node), and the idle slot-seconds per cell
+    (scheduling, worker start-up, result transfer, logging, waiting for the last cell)."""
     ran = [r for r in outcome.results if r["config_hash"] in set(outcome.ran_hashes)]
-    busy = sum(r.get("seconds", 0.0) + r.get("measure_seconds", 0.0) for r in ran)
-    if not ran or not busy:
+    training = sum(r.get("seconds", 0.0) for r in ran)
+    measuring = sum(r.get("measure_seconds", 0.0) for r in ran)
+    ideal = training / outcome.slots + measuring / max(1, outcome.measure_nodes)
+    if not ran or not ideal:
         return {}
-    return {"wall_over_ideal": outcome.wall_seconds / (busy / outcome.slots),
-            "idle_seconds_per_cell": (outcome.wall_seconds * outcome.slots - busy) / len(ran)}
+    return {"wall_over_ideal": outcome.wall_seconds / ideal, "measure_seconds": measuring,
+            "idle_seconds_per_cell": (outcome.wall_seconds - ideal) * outcome.slots / len(ran)}
 
 
 def comparison_table(results: list[dict]) -> str:

@@ -19,14 +19,14 @@ keeps ``results.jsonl`` only from the start.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
 
 from harness.errors import InputError, first_line
 from harness.results import to_json
-from harness.tracking import log_cell, read_artifact, read_per_image_counts, resolve_tracking_uri, search_all_runs
+from harness.tracking import (log_cell, open_client, quick_http_failures, read_artifact, read_per_image_counts,
+                              resolve_tracking_uri, search_all_runs, store_label)
 
 _PARENT_TAG = "segheads.grid"
 
@@ -52,25 +52,9 @@ def read_results(path: str | Path) -> dict[str, dict]:
     return results
 
 
-@contextlib.contextmanager
-def _quick_http_failures(retries: int = 0):
-    """MLflow retries an HTTP store for minutes by default; a probe should fail in seconds and
-    a cell's logging after a few (settings the user made in the environment are kept)."""
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    added = [key for key in quick if key not in os.environ]
-    os.environ.update({key: quick[key] for key in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
 class GridStore:
     def __init__(self, name: str, tracking_uri: str | None, results_path: str | Path, tracking: bool = True,
                  log=print) -> None:
-        from mlflow.tracking import MlflowClient
-
         self.name, self.tracking_uri = name, resolve_tracking_uri(tracking_uri)
         self.results_path = Path(results_path)
         self.log = log
@@ -79,18 +63,29 @@ class GridStore:
         self.parent_run_id = None
         if not tracking:
             return
+        self.client = open_client(self.tracking_uri, advice=(
+            "start it, move a damaged file aside or pass --tracking-uri, or run with --no-tracking (results.jsonl "
+            "only; `segheads import-results` logs them later)"))
         try:
-            with _quick_http_failures():
-                self.client = MlflowClient(self.tracking_uri)
+            with quick_http_failures():
                 found = self.client.get_experiment_by_name(name)
                 self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
-        except Exception as exc:  # checked before anything runs
-            raise InputError(
-                f"tracking store {self.tracking_uri} is not reachable ({first_line(exc)[:300]}); start it or pass "
-                "--tracking-uri, or run with --no-tracking (results.jsonl only; `segheads import-results` logs "
-                "them later)") from None
+        except Exception as exc:
+            if "already exists" not in str(exc):  # another driver created it a moment ago
+                raise InputError(f"tracking store {store_label(self.tracking_uri)}: cannot create experiment "
+                                 f"{name!r} ({first_line(exc)[:300]})") from None
+            self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
         parents = self._runs(f"tags.`{_PARENT_TAG}` = '{name}'")
         self.parent_run_id = parents[0].info.run_id if parents else None
+
+    def lease(self):
+        """The grid's driver lease (``harness.lease``): in the tracking store, or beside
+        ``results.jsonl`` without one."""
+        from harness.lease import FileLease, TrackingLease
+
+        if self.offline:
+            return FileLease(self.results_path, self.name)
+        return TrackingLease(self.client, self.experiment_id, self.name)
 
     def _runs(self, filter_string: str) -> list:
         return search_all_runs(self.client, [self.experiment_id], filter_string, ["attributes.start_time DESC"])
@@ -135,19 +130,24 @@ class GridStore:
             self.client.set_tag(self.parent_run_id, "cells", str(cells))
         return self.parent_run_id
 
-    def record(self, result: dict, parent_run_id: str | None, append: bool = True) -> None:
-        """Log ``result`` to MLflow, then append its line; if MLflow fails, go offline and
-        append the line anyway (``unlogged`` counts those)."""
+    def record(self, result: dict, parent_run_id: str | None, append: bool = True, weights: bytes | None = None) -> None:
+        """Log ``result`` (and the cell's trained ``weights``) to MLflow, then append its line;
+        if MLflow fails, go offline and append the line anyway (``unlogged`` counts those).
+        Offline, the weights go to ``weights/<config_hash>.pt`` beside ``results.jsonl``."""
         if not self.offline:
             try:
-                with _quick_http_failures(retries=2):
-                    log_cell(result, self.tracking_uri, self.name, parent_run_id)
+                with quick_http_failures(retries=2):
+                    log_cell(result, self.tracking_uri, self.name, parent_run_id, weights=weights)
             except Exception as exc:
                 self.offline = first_line(exc)[:300]
                 self.log(f"[segheads] warning: tracking store {self.tracking_uri} failed ({self.offline}); "
                          f"results go to {self.results_path} only from now on")
         if self.offline:
             self.unlogged += 1
+            if weights is not None:
+                path = self.results_path.parent / "weights" / f"{result['config_hash']}.pt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(weights)
         if append:
             self._append(result)
 
@@ -163,7 +163,7 @@ class GridStore:
             return
         finished = sum(r["status"] == "FINISHED" for r in results)
         try:
-            with _quick_http_failures():
+            with quick_http_failures():
                 self.client.log_metric(parent_run_id, "cells_finished", finished)
                 self.client.log_metric(parent_run_id, "cells_failed", len(results) - finished)
                 self.client.set_terminated(parent_run_id, "FINISHED")

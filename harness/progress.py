@@ -36,6 +36,13 @@ class Progress:
     def started(self) -> None:
         self.running += 1
 
+    def trained(self, result: dict) -> None:
+        """A cell trained; its cost is measured once no training is left to start."""
+        tags = result["tags"]
+        self._print(f"[trained] {tags['classifier']}@{tags['backbone']}/{tags['neck']} {tags['dataset']} s{tags['seed']} "
+                    f"mIoU {result['metrics']['mIoU']:.2f} ({result.get('seconds', 0):.0f} s); measured when it can "
+                    "time alone")
+
     def finished(self, result: dict) -> None:
         self.done += 1
         self.running = max(0, self.running - 1)
@@ -46,9 +53,13 @@ class Progress:
         outcome = f"mIoU {metrics['mIoU']:.2f}" if "mIoU" in metrics else result.get("error", "")
         line = (f"[{self.done}/{self.total}] {tags['classifier']}@{tags['backbone']}/{tags['neck']} {tags['dataset']} "
                 f"s{tags['seed']} {result['status']} {outcome} ({result.get('seconds', 0):.0f} s); {self._describe()}")
+        self._print(line)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, description=self._describe())
+
+    def _print(self, line: str) -> None:
         if self._bar is not None:
             self._bar.console.print(line)
-            self._bar.update(self._task, completed=self.done, description=self._describe())
         else:
             self.log(line)
 

@@ -85,13 +85,11 @@ def bootstrap_delta(head: list[list], base: list[list], resamples: int = RESAMPL
 def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None = None,
                       tracking_uri: str | None = None) -> tuple[str, list[dict]]:
     """(report name, FINISHED cells with tags and metrics) of an experiment or of one parent run."""
-    from mlflow.tracking import MlflowClient
-
-    from harness.tracking import (FINISHED_CELLS, experiment_id, read_per_image_counts, resolve_tracking_uri,
-                                  run_cells, search_all_runs)
+    from harness.tracking import (FINISHED_CELLS, experiment_id, open_client, read_per_image_counts,
+                                  resolve_tracking_uri, run_cells, search_all_runs)
 
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = open_client(uri)
     if parent_run_id:
         try:
             parent = client.get_run(parent_run_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import random
 import time
@@ -67,6 +68,32 @@ def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segm
     classifier = build_classifier(m.classifier, num_classes=num_classes, in_channels=m.embed_dim,
                                   ignore_index=ignore_label, **kwargs)
     return Segmentor(backbone, neck, classifier)
+
+
+def state_dict_bytes(model: torch.nn.Module) -> bytes:
+    """``model``'s state dict as ``torch.save`` writes it (what a FINISHED cell logs as ``weights.pt``)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def load_segmentor(cfg: RunConfig, weights: bytes | str | Path) -> Segmentor:
+    """``cfg``'s model with trained weights (a state dict as bytes or a file, read with
+    ``weights_only=True``), on the CPU, in eval mode. The label space is ``cfg``'s dataset's."""
+    source = io.BytesIO(weights) if isinstance(weights, bytes) else weights
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"weights {'(bytes)' if isinstance(weights, bytes) else weights}: not a state dict "
+                         f"torch.load can read ({type(exc).__name__})") from None
+    classes, ignore = label_space(cfg.data.dataset)
+    model = build_segmentor(resolve_classifier(cfg), len(classes), ignore)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(f"weights do not fit {cfg.model.classifier}@{cfg.model.backbone}/{cfg.model.neck} with "
+                         f"{len(classes)} classes: {str(exc).splitlines()[0]}") from None
+    return model.eval()
 
 
 def seed_everything(seed: int) -> None:

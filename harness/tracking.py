@@ -6,6 +6,7 @@ or an explicit URI overrides it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -26,6 +27,58 @@ _MAX_PARAM_LENGTH = 6000
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+@contextlib.contextmanager
+def quick_http_failures(retries: int = 0):
+    """MLflow retries an HTTP store for minutes by default; a probe should fail in seconds and
+    a cell's logging after a few (settings the user made in the environment are kept)."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    added = [key for key in quick if key not in os.environ]
+    os.environ.update({key: quick[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def store_label(uri: str) -> str:
+    """How errors name a tracking store: the database file for ``sqlite:///`` URIs, else the URI."""
+    return f"{uri.removeprefix('sqlite:///')} (MLflow SQLite store {uri})" if uri.startswith("sqlite:///") else uri
+
+
+@contextlib.contextmanager
+def _first_open_lock(uri: str):
+    """Serialise opening a SQLite store across processes: MLflow creates and migrates a new
+    database on first use, and two processes doing it at once fail ("duplicate column")."""
+    import fcntl
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or not path.parent.is_dir():
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def open_client(uri: str | None = None, advice: str = "pass --tracking-uri, or move a damaged file aside"):
+    """An ``MlflowClient`` for ``uri`` that has answered one query; ``InputError`` naming the
+    store (the file, for SQLite) when it cannot be read: unreachable, corrupt, not MLflow's."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.errors import InputError, first_line
+
+    uri = resolve_tracking_uri(uri)
+    try:
+        with quick_http_failures(), _first_open_lock(uri):
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)
+    except Exception as exc:
+        raise InputError(f"tracking store {store_label(uri)} is not reachable or not readable "
+                         f"({first_line(exc)[:300]}); {advice}") from None
+    return client
 
 
 def git_commit() -> str:
@@ -89,6 +142,33 @@ def read_per_image_counts(run_id: str, tracking_uri: str) -> list | None:
         return None
 
 
+WEIGHTS_ARTIFACT = "weights.pt"  # a FINISHED cell's trained state dict
+
+
+def _log_bytes(client, run_id: str, data: bytes, name: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(data)
+        client.log_artifact(run_id, str(path))
+
+
+def download_artifact(run_id: str, name: str, tracking_uri: str, folder: str | Path) -> Path:
+    """A run's artifact ``name`` copied into ``folder``; ``InputError`` naming the run if it has none."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from harness.errors import InputError
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder),
+                                                        tracking_uri=tracking_uri))
+    except (OSError, MlflowException) as exc:
+        raise InputError(f"run {run_id} in {tracking_uri}: no artifact {name!r} "
+                         f"({str(exc).splitlines()[0][:200]})") from None
+
+
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -108,14 +188,15 @@ def _finite(value) -> bool:
 
 
 def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "segheads",
-             parent_run_id: str | None = None) -> str:
+             parent_run_id: str | None = None, weights: bytes | None = None) -> str:
     """Write one CellResult as an MLflow run and return its run id.
 
     Tags: the cell's tags (backbone, classifier, dataset, seed, neck, config_hash) and
     ``git_commit``; params: the resolved config, flattened; metrics: every finite
     metric, plus the training curve as stepped ``loss/*`` and ``lr`` series;
     artifacts: ``per_class.csv``, ``config.yaml``, ``training_curve.json``, ``cell_result.json``
-    and, when the cell was measured, ``measurement.json`` (settings, timer, machine fingerprint).
+    and, when the cell was measured, ``measurement.json`` (settings, timer, machine fingerprint);
+    ``weights.pt``, the trained state dict (``torch.load(..., weights_only=True)``), when given.
     ``per_image_counts.json`` holds the evaluation's per-image counts (``per_image``) and is
     left out of ``cell_result.json``. A FAILED result gets the tag ``error`` and the artifact ``traceback.txt``; the run ends
     with the result's status.
@@ -155,6 +236,8 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
         client.set_tag(run_id, "environment", json.dumps(result.get("environment", {})))
         if result.get("measurement"):
             client.log_dict(run_id, result["measurement"], "measurement.json")
+        if weights is not None:
+            _log_bytes(client, run_id, weights, WEIGHTS_ARTIFACT)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -2,8 +2,10 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from gridtools import assert_finished_once, children, write_spec
 from harness.cli import main
@@ -83,6 +85,15 @@ def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_gr
     events = sorted([(p["started"], 1) for p in placements] + [(p["ended"], -1) for p in placements])
     running = [sum(step for _, step in events[: i + 1]) for i in range(len(events))]
     assert max(running) == 2  # two 0.5-GPU cells at once, never more
+    timed = {c: r["measurement"]["node"] for c, r in by_classifier.items()}
+    busy = [(p["node_id"], p["started"], p["ended"], ("train", r["tags"]["classifier"]))
+            for r, p in zip(outcome.results, placements)]
+    busy += [(m["node_id"], m["started"], m["ended"], ("measure", c)) for c, m in timed.items()]
+    for classifier, m in timed.items():  # each measurement held the whole node and nothing else ran there meanwhile
+        assert m["exclusive"] and m["reserved"] == {"CPU": 2.0, "GPU": 1.0}
+        overlapping = [what for node, start, end, what in busy
+                       if node == m["node_id"] and what != ("measure", classifier) and start < m["ended"] and m["started"] < end]
+        assert overlapping == []
     runs, _ = children(uri, "pack")
     statuses = sorted((r.data.tags["classifier"], r.info.status) for r in runs)
     assert statuses == [("protoseg", "FAILED"), ("query", "FINISHED"), ("softmax", "FINISHED"), ("ssa", "FINISHED")]
@@ -110,3 +121,43 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(ray_cluster, tmp_path):
     assert rows["query"]["delta_ci_low"] != "" and (tmp_path / "r" / "miou_vs_latency.png").stat().st_size > 2000
 
 
+
+
+def test_a_finished_cell_keeps_its_weights_and_predict_and_measure_use_them(ray_cluster, tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from harness.data import DatasetCatalog, SemSegMapper
+    from harness.predict import class_colors, colorize, load_run, predict_labels
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_grid(write_spec(tmp_path, "kept", classifiers=["protoseg"]))
+    outcome = run_grid(spec, uri, results_path=tmp_path / "results.jsonl", log=lambda m: None)
+    [run], _ = children(uri, "kept")
+    folder = tmp_path / "artifacts"
+    state = torch.load(MlflowClient(uri).download_artifacts(run.info.run_id, "weights.pt", str(folder)), weights_only=True)
+    assert "classifier.prototypes" in state  # non-learnable state is kept too
+    cfg, model = load_run(run.info.run_id, uri)
+    assert cfg == expand(spec)[0] and torch.equal(model.classifier.prototypes, state["classifier.prototypes"])
+
+    out = tmp_path / "predicted"
+    assert main(["predict", "--run", run.info.run_id, "--dataset", "digits_sem_seg", "--limit", "3", "--out", str(out),
+                 "--tracking-uri", uri]) == 0
+    records = DatasetCatalog.get("digits_sem_seg_val")[:3]
+    colors = class_colors(11)
+    for record in records:
+        image = SemSegMapper(11, 255)(record)["image"]
+        written = np.asarray(Image.open(out / f"{Path(record['file_name']).stem}.png"))
+        assert np.array_equal(written, colorize(predict_labels(model, image), colors))
+    assert (out / "legend.png").exists()
+    assert main(["predict", "--run", run.info.run_id, "--images", str(tmp_path / "nothing"), "--out", str(out),
+                 "--tracking-uri", uri]) == 2
+    assert "--images" in capsys.readouterr().err
+
+    assert main(["measure", "--run", run.info.run_id, "--tracking-uri", uri, "--json", str(tmp_path / "m.json")]) == 0
+    alone = json.loads((tmp_path / "m.json").read_text())
+    logged = outcome.results[0]["metrics"]
+    assert alone["metrics"]["params/total"] == logged["params/total"]
+    assert alone["metrics"]["gflops/total"] == pytest.approx(logged["gflops/total"])
+    assert alone["measurement"]["settings"] == outcome.results[0]["measurement"]["settings"]

@@ -35,7 +35,8 @@ def _processes_titled(title: str) -> list[int]:
 
 def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_per_cell(ray_cluster, tmp_path):
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
-    path = write_spec(tmp_path, "killed", classifiers=_FOUR, train={"iters": 60})
+    # unmeasured cells are recorded as they finish training (measured ones wait for every training task to start)
+    path = write_spec(tmp_path, "killed", classifiers=_FOUR, train={"iters": 60}, measure={"enabled": False})
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would be
     driver = subprocess.Popen(
         [sys.executable, "-m", "harness", "grid", str(path), "--tracking-uri", uri, "--results", str(results),
@@ -117,3 +118,19 @@ def test_a_lost_results_file_is_rebuilt_from_mlflow_without_rerunning(ray_cluste
         assert result["metrics"]["mIoU"] == first[digest]["metrics"]["mIoU"]
         assert result["per_image"] == first[digest]["per_image"]
     assert_finished_once(uri, "rebuilt", expand(spec), results)
+
+
+def test_two_drivers_started_at_once_on_one_spec_run_each_cell_once(tmp_path):
+    uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
+    path = write_spec(tmp_path, "twice", classifiers=["softmax", "query"])
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each its own local Ray, as a user's would be
+    command = [sys.executable, "-m", "harness", "grid", str(path), "--tracking-uri", uri, "--results", str(results)]
+    drivers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True) for _ in range(2)]
+    outcomes = sorted((d.wait(timeout=600), d.stderr.read(), d.pid) for d in drivers)
+    (ran, _, winner), (refused, message, _) = outcomes
+    assert (ran, refused) == (0, 2)
+    assert message.strip().startswith("segheads: error: grid 'twice' is being run by another driver (process "
+                                      f"{winner} on host ") and len(message.strip().splitlines()) == 1
+    assert_finished_once(uri, "twice", expand(load_grid(path)), results)
+    assert len(results.read_text().splitlines()) == 2

@@ -11,11 +11,15 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 from gridtools import assert_finished_once, write_spec
 from harness.cli import main
 from harness.grid import expand, load_grid
 from harness.gridstore import read_results
+
+
+_REFERENCE = str(Path(__file__).resolve().parents[2] / "jobs" / "reference" / "quickstart.yaml")
 
 
 def _free_port() -> int:
@@ -49,13 +53,20 @@ def test_unreachable_store_is_refused_before_the_grid_starts(tmp_path, capsys):
     path = write_spec(tmp_path, "nostore", classifiers=["softmax"])
     results = tmp_path / "results.jsonl"
     (tmp_path / "a-file").write_text("not a folder")
-    for uri in (f"http://127.0.0.1:{_free_port()}", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"):
+    (tmp_path / "corrupt.db").write_bytes(b"SQLite format 3\0" + os.urandom(8192))
+    for uri, named in ((f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:"),
+                       (f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", str(tmp_path / "a-file" / "mlflow.db")),
+                       (f"sqlite:///{tmp_path / 'corrupt.db'}", str(tmp_path / "corrupt.db"))):
         began = time.time()
         assert main(["grid", str(path), "--tracking-uri", uri, "--results", str(results)]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"segheads: error: tracking store {uri} is not reachable") and "--no-tracking" in err
+        assert err.startswith(f"segheads: error: tracking store {named}") and "--no-tracking" in err
         assert len(err.splitlines()) == 1 and time.time() - began < 60
         assert not results.exists()
+        for command in (["report", "--experiment", "nostore"], ["check", _REFERENCE, "--experiment", "nostore"]):
+            assert main([*command, "--tracking-uri", uri]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and f"tracking store {named}" in err
 
 
 def test_store_lost_mid_grid_then_import_results_logs_every_cell_once(ray_cluster, tmp_path, capsys):
