@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     validating.add_argument("--gt-root", type=Path, help="folder of label maps, same relative paths and stems")
     validating.add_argument("--num-classes", type=int, help="with --image-root: class ids are 0..N-1")
     validating.add_argument("--ignore-label", type=int, default=255, help="with --image-root: unlabelled value (255)")
-    validating.add_argument("--image-ext", default="jpg", help="with --image-root: image extension (jpg)")
+    validating.add_argument("--image-ext", help="with --image-root: image extension (default: jpg, or the one "
+                            "image extension the folder holds)")
     validating.add_argument("--gt-ext", default="png", help="with --image-root: label map extension (png)")
 
     checking = commands.add_parser("check", help="compare finished cells with reference numbers; exit 1 on regression")
@@ -154,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from harness.config import RunConfig, apply_overrides
     from harness.results import to_json
-    from harness.run import add_measurement, state_dict_bytes, train_and_evaluate
+    from harness.run import run_cell, state_dict_bytes
     from harness.tracking import log_cell, resolve_tracking_uri
 
     flags = [f"{key}={getattr(args, flag)}" for flag, key in _RUN_FLAGS.items() if getattr(args, flag) is not None]
@@ -162,9 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg.tracking_uri = resolve_tracking_uri(args.tracking_uri)
     if args.json is not None and not args.json.parent.is_dir():
         raise InputError(f"--json {args.json}: folder {args.json.parent} does not exist")
-    result, model, device = train_and_evaluate(cfg, resume=args.resume, log=_stderr)
-    if cfg.measure.enabled:
-        add_measurement(result, model, cfg, device, log=_stderr)
+    result, model = run_cell(cfg, resume=args.resume, log=_stderr)
     if args.json is not None:
         args.json.write_text(to_json(result))
     if not args.no_tracking:
@@ -375,7 +374,8 @@ def _validate_data(args: argparse.Namespace) -> int:
         if args.gt_root is None or args.num_classes is None or args.num_classes < 1:
             raise InputError("validate-data --image-root: also needs --gt-root and --num-classes N (N >= 1)")
         problems = validate_folders(args.image_root, args.gt_root, args.num_classes, args.ignore_label,
-                                    f".{args.image_ext.lstrip('.')}", f".{args.gt_ext.lstrip('.')}", log=_stderr)
+                                    f".{args.image_ext.lstrip('.')}" if args.image_ext else None,
+                                    f".{args.gt_ext.lstrip('.')}", log=_stderr)
     if problems:
         print(f"segheads: error: {len(problems)} bad file(s), listed above", file=sys.stderr)
         return 2
@@ -397,6 +397,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from harness.report import SCALING_CLASSES, cells_from_mlflow, vocabulary_scaling, write_report
+    from harness.tracking import resolve_tracking_uri
 
     if args.scaling:
         from harness.config import RunConfig, apply_overrides
@@ -411,7 +412,7 @@ def _report(args: argparse.Namespace) -> int:
         print("\n".join(str(path) for path in written))
         return 0
     name, cells = cells_from_mlflow(args.experiment, args.parent, args.tracking_uri)
-    written = write_report(name, cells, args.out or Path("reports") / name)
+    written = write_report(name, cells, args.out or Path("reports") / name, resolve_tracking_uri(args.tracking_uri))
     print("\n".join(str(path) for path in written))
     return 0
 

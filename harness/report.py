@@ -247,11 +247,110 @@ def _heatmap(plt, cells: list[dict]):
     return figure
 
 
-def _html(name: str, rows: list[dict], images: dict[str, bytes]) -> str:
+PREDICTION_IMAGES = 6  # validation images in the report's predictions section, drawn with a fixed seed
+
+
+def _groups(cells: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """(dataset, backbone, neck) -> classifier -> the cell with the smallest seed."""
+    groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for cell in sorted(cells, key=lambda c: int(c["tags"]["seed"])):
+        t = cell["tags"]
+        groups[(t["dataset"], t["backbone"], t["neck"])].setdefault(t["classifier"], cell)
+    return groups
+
+
+def prediction_panels(cells: list[dict], tracking_uri: str, count: int = PREDICTION_IMAGES,
+                      seed: int = 0) -> tuple[dict[str, bytes], list[str]]:
+    """For each dataset x backbone x neck: ``count`` validation images drawn with ``seed``,
+    as rows of image | ground truth | each head's prediction (the head's cell with the
+    smallest seed, from its logged weights), each panel titled with its per-image mIoU.
+    Returns (PNG per group: ``predictions.png`` for one group, else
+    ``predictions_<dataset>_<backbone>_<neck>.png``; notes on what could not be shown)."""
+    import numpy as np
+
+    from harness.data import DatasetCatalog, SemSegMapper
+    from harness.predict import class_colors, colorize, image_iou, load_run, predict_labels
+    from harness.run import dataset_splits, label_space
+
+    groups, panels, notes = _groups(cells), {}, []
+    for (dataset, backbone, neck), heads in sorted(groups.items()):
+        try:
+            records = DatasetCatalog.get(dataset_splits(dataset)["val"])
+            classes, ignore = label_space(dataset)
+        except InputError as exc:
+            notes.append(f"{dataset}/{backbone}/{neck}: no predictions ({exc})")
+            continue
+        picks = sorted(np.random.default_rng(seed).choice(len(records), min(count, len(records)), replace=False))
+        mapper = SemSegMapper(len(classes), ignore)
+        samples = [mapper(records[i]) for i in picks]
+        columns = []
+        for classifier in sorted(heads, key=lambda c: (c != "softmax", c)):
+            try:
+                _, model = load_run(heads[classifier]["run_id"], tracking_uri)
+            except InputError as exc:
+                notes.append(f"{classifier}@{backbone}/{neck}: no predictions ({exc})")
+                continue
+            columns.append((classifier, [predict_labels(model, s["image"]) for s in samples]))
+        if not columns:
+            continue
+        colors = class_colors(len(classes))
+        name = "predictions.png" if len(groups) == 1 else f"predictions_{dataset}_{backbone}_{neck}.png"
+        panels[name] = _prediction_figure(samples, columns, colors, classes, ignore,
+                                          f"{dataset}, {backbone} + {neck}", image_iou, colorize)
+    return panels, notes
+
+
+def _prediction_figure(samples, columns, colors, classes: list[str], ignore: int, title: str, image_iou,
+                       colorize) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    num_classes = len(classes)
+
+    width = 2 + len(columns)
+    figure, axes = plt.subplots(len(samples), width, figsize=(1.6 * width, 1.75 * len(samples)), squeeze=False)
+    for row, sample in enumerate(samples):
+        truth = sample["sem_seg"].numpy()
+        shown = [("image", sample["image"].permute(1, 2, 0).numpy(), ""), ("ground truth", colorize(truth, colors), "")]
+        shown += [(head, colorize(labels[row], colors), f"IoU {image_iou(labels[row], truth, num_classes, ignore):.1f}")
+                  for head, labels in columns]
+        for col, (heading, picture, caption) in enumerate(shown):
+            axes[row, col].imshow(picture, interpolation="nearest")
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+            axes[row, col].set_xlabel(caption, fontsize=7)
+            if row == 0:
+                axes[row, col].set_title(heading, fontsize=8)
+    shown_ids = np.unique(np.concatenate([s["sem_seg"].numpy().ravel() for s in samples]
+                                         + [labels.ravel() for _, predicted in columns for labels in predicted]))
+    legend = [Patch(color=colors[c] / 255, label=classes[c]) for c in shown_ids if 0 <= c < num_classes]
+    figure.legend(handles=legend, loc="lower center", ncol=min(6, len(legend)), fontsize=6, bbox_to_anchor=(0.5, -0.04))
+    figure.suptitle(title, fontsize=9)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _figures(images: dict[str, bytes]) -> str:
+    return "".join(f"<figure><img alt='{n}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
+                   f"<figcaption>{n}</figcaption></figure>" for n, b in images.items())
+
+
+def _html(name: str, rows: list[dict], images: dict[str, bytes], predictions: dict[str, bytes] | None = None,
+          notes: list[str] | None = None) -> str:
     header = "".join(f"<th onclick='sortBy({i})'>{html.escape(c)}</th>" for i, c in enumerate(COLUMNS))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c], 3))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
-    figures = "".join(f"<figure><img alt='{n}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
-                      f"<figcaption>{n}</figcaption></figure>" for n, b in images.items())
+    figures = _figures(images)
+    if predictions or notes:
+        figures += ("<h2 id='predictions'>Predictions</h2><p>The same validation images (a fixed, seeded draw) "
+                    "for every head on one backbone, with each image's mIoU under its panel.</p>"
+                    + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes or [])
+                    + _figures(predictions or {}))
     script = """function sortBy(i){const t=document.getElementById('results'),b=t.tBodies[0];
 const rows=[...b.rows],asc=t.dataset.col==i?!(t.dataset.asc==='true'):true;t.dataset.col=i;t.dataset.asc=asc;
 const v=r=>{const s=r.cells[i].textContent.replace(/,/g,'');const n=parseFloat(s);return isNaN(n)?s:n};
@@ -263,8 +362,9 @@ rows.sort((a,c)=>{const x=v(a),y=v(c);return (x>y?1:x<y?-1:0)*(asc?1:-1)});rows.
             f"</table>{figures}<script>{script}</script></body></html>")
 
 
-def write_report(name: str, cells: list[dict], out: Path) -> list[Path]:
-    """Write ``results.csv``, ``report.md``, the PNG plots and ``report.html`` into ``out``."""
+def write_report(name: str, cells: list[dict], out: Path, tracking_uri: str | None = None) -> list[Path]:
+    """Write ``results.csv``, ``report.md``, the PNG plots and ``report.html`` into ``out``;
+    with ``tracking_uri`` (cells with ``run_id``s), the predictions section too."""
     rows = summarise(cells)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as handle:
@@ -275,8 +375,16 @@ def write_report(name: str, cells: list[dict], out: Path) -> list[Path]:
     images = _plots(rows, cells)
     for file_name, data in images.items():
         (out / file_name).write_bytes(data)
-    (out / "report.html").write_text(_html(name, rows, images))
-    return [out / "results.csv", out / "report.md", *(out / n for n in images), out / "report.html"]
+    predictions, notes = prediction_panels(cells, tracking_uri) if tracking_uri else ({}, [])
+    for file_name, data in predictions.items():
+        (out / file_name).write_bytes(data)
+    if predictions or notes:
+        with open(out / "report.md", "a") as handle:
+            handle.write("\n## Predictions\n\n" + "".join(f"- {n}\n" for n in notes)
+                         + "".join(f"![{n}]({n})\n" for n in predictions))
+    (out / "report.html").write_text(_html(name, rows, images, predictions, notes))
+    return [out / "results.csv", out / "report.md", *(out / n for n in images), *(out / n for n in predictions),
+            out / "report.html"]
 
 
 SCALING_CLASSES = (150, 300, 500, 847, 2000)

@@ -114,12 +114,13 @@ def cell_tags(cfg: RunConfig, digest: str | None = None) -> dict[str, str]:
             "seed": str(cfg.train.seed), "neck": cfg.model.neck, "config_hash": digest or config_hash(cfg)}
 
 
-def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> dict:
-    """Train, evaluate and (``measure.enabled``) measure one cell; returns the JSON-serialisable CellResult."""
+def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> tuple[dict, Segmentor]:
+    """Train, evaluate and (``measure.enabled``) measure one cell: (the JSON-serialisable
+    CellResult, the trained model)."""
     result, model, device = train_and_evaluate(cfg, resume, log)
     if cfg.measure.enabled:
         add_measurement(result, model, cfg, device, log)
-    return result
+    return result, model
 
 
 def train_and_evaluate(cfg: RunConfig, resume: bool = False, log=print) -> tuple[dict, Segmentor, torch.device]:

@@ -64,27 +64,29 @@ _TINY_CELL = ["model.backbone=test_convnext", "model.embed_dim=16", "data.num_wo
 @pytest.fixture(scope="session")
 def logged_cells(tmp_path_factory):
     """Three real tiny cells, softmax (seeds 0 and 1) and query (seed 0), written to a
-    results.jsonl and logged to MLflow experiment "checked" under one parent run:
+    results.jsonl and logged, with their weights, to MLflow experiment "checked" under one parent run:
     (folder, results.jsonl, tracking URI, results, parent run id)."""
     from mlflow.tracking import MlflowClient
 
     from harness.config import RunConfig, apply_overrides
     from harness.results import to_json
-    from harness.run import run_cell
+    from harness.run import run_cell, state_dict_bytes
     from harness.tracking import log_cell
 
     folder = tmp_path_factory.mktemp("cells")
-    results = []
+    results, weights = [], []
     for classifier, seed in (("softmax", 0), ("softmax", 1), ("query", 0)):
         cfg = apply_overrides(RunConfig(), _TINY_CELL + [f"model.classifier={classifier}", f"train.seed={seed}",
                                                     f"output_dir={folder / 'outputs'}"])
-        results.append(run_cell(cfg, log=lambda msg: None))
+        result, model = run_cell(cfg, log=lambda msg: None)
+        results.append(result)
+        weights.append(state_dict_bytes(model))
     jsonl = folder / "results.jsonl"
     jsonl.write_text("".join(to_json(r, indent=None) + "\n" for r in results))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
     parent = client.create_run(client.create_experiment("checked"), tags={"mlflow.runName": "checked"}).info.run_id
-    for result in results:
-        log_cell(result, uri, "checked", parent)
+    for result, state in zip(results, weights):
+        log_cell(result, uri, "checked", parent, weights=state)
     client.set_terminated(parent)
     return folder, jsonl, uri, results, parent

@@ -33,12 +33,13 @@ def test_report_tables_deltas_and_plots(logged_cells, tmp_path, source, capsys):
     expected_delta = results[2]["metrics"]["mIoU"] - statistics.fmean(softmax)
     assert float(rows["query"]["delta_vs_softmax"]) == pytest.approx(expected_delta)
     assert float(rows["query"]["latency_p50_ms"]) == pytest.approx(results[2]["metrics"]["latency/bs1/p50_ms"])
-    for name in ("miou_vs_latency.png", "miou_vs_gflops.png", "head_params.png", "per_class_iou.png"):
+    for name in ("miou_vs_latency.png", "miou_vs_gflops.png", "head_params.png", "per_class_iou.png", "predictions.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 2000
     page = (out / "report.html").read_text()
-    assert page.count("<tr>") == 1 + 2 and page.count("data:image/png;base64,") == 4
+    assert page.count("<tr>") == 1 + 2 and page.count("data:image/png;base64,") == 5
     markdown = (out / "report.md").read_text()
+    assert "![predictions.png](predictions.png)" in markdown
     assert f"{expected_delta:+.2f}" in markdown and " ± " in markdown
     low, high = float(rows["query"]["delta_ci_low"]), float(rows["query"]["delta_ci_high"])
     assert low <= high and rows["query"]["significant"] == str(low > 0 or high < 0)
@@ -124,3 +125,32 @@ def test_vocabulary_scaling_costs_grow_with_classes_and_protoseg_has_no_class_we
     for classifier in ("softmax", "protoseg", "ece"):
         assert float(by[classifier, 40]["head_gflops"]) > float(by[classifier, 10]["head_gflops"])
     assert (out / "scaling.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_per_image_iou_counts_the_classes_in_truth_or_prediction_and_skips_ignored_pixels():
+    import numpy as np
+
+    from harness.predict import image_iou
+
+    truth = np.array([[0, 0, 1, 1], [2, 2, 255, 255]])
+    prediction = np.array([[0, 1, 1, 1], [2, 3, 0, 3]])
+    # class 0: 1/2, class 1: 2/3, class 2: 1/2, class 3: 0/1 (the ignored pixels count for nothing)
+    assert image_iou(prediction, truth, 4, 255) == pytest.approx(100 * (1 / 2 + 2 / 3 + 1 / 2 + 0) / 4)
+
+
+def test_predictions_panel_shows_the_same_seeded_images_for_every_head(logged_cells):
+    import io
+
+    from PIL import Image
+
+    from harness.report import cells_from_mlflow, prediction_panels
+
+    _, _, uri, _, _ = logged_cells
+    _, cells = cells_from_mlflow("checked", tracking_uri=uri)
+    panels, notes = prediction_panels(cells, uri, count=3)
+    again, _ = prediction_panels(cells, uri, count=3)
+    assert list(panels) == ["predictions.png"] and notes == [] and panels == again
+    assert Image.open(io.BytesIO(panels["predictions.png"])).size[1] > 200
+    without = [dict(c, run_id="0" * 32) for c in cells]  # runs that hold no weights: named, not drawn
+    panels, notes = prediction_panels(without, uri, count=3)
+    assert panels == {} and any("no predictions" in n and "softmax" in n for n in notes)

@@ -40,9 +40,12 @@ def test_report_page_has_the_rows_loads_every_plot_and_sorts(logged_cells, tmp_p
     classifiers = [row.find_elements(By.TAG_NAME, "td")[3].text for row in rows]
     assert sorted(classifiers) == ["query", "softmax"]
     images = browser.find_elements(By.TAG_NAME, "img")
-    assert len(images) == 4
+    assert len(images) == 5  # four plots and the predictions panel
     assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
                for img in images)
+    panel = browser.find_element(By.CSS_SELECTOR, "#predictions ~ figure img[alt='predictions.png']")
+    width, height = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", panel)
+    assert height > width  # six rows of image | ground truth | softmax | query
     header = browser.find_elements(By.CSS_SELECTOR, "#results th")[3]  # classifier column
     header.click()
     first = [r.find_elements(By.TAG_NAME, "td")[3].text for r in browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")]

@@ -33,20 +33,23 @@ def register_sem_seg(
     gt_root: str | Path,
     stuff_classes: list[str],
     ignore_label: int = 255,
-    image_ext: str = "jpg",
+    image_ext: str | None = None,
     gt_ext: str = "png",
     **metadata,
 ) -> None:
-    """Register a generic folder pair, as detectron2's ``load_sem_seg`` datasets are."""
-    register_folder_pair(name, image_root, gt_root, stuff_classes, ignore_label, f".{image_ext}", f".{gt_ext}",
-                         **metadata)
+    """Register a generic folder pair, as detectron2's ``load_sem_seg`` datasets are
+    (``image_ext`` None: jpg, or the one image extension ``image_root`` holds, found when
+    the dataset is first loaded)."""
+    register_folder_pair(name, image_root, gt_root, stuff_classes, ignore_label,
+                         f".{image_ext.lstrip('.')}" if image_ext else None, f".{gt_ext}", **metadata)
 
 
 def register_folder_pair(name: str, image_root: str | Path, gt_root: str | Path, stuff_classes: list[str],
-                         ignore_label: int = 255, image_suffix: str = ".jpg", gt_suffix: str = ".png",
+                         ignore_label: int = 255, image_suffix: str | None = ".jpg", gt_suffix: str = ".png",
                          **metadata) -> None:
     """Register a folder pair whose files pair by relative path without ``*_suffix``
-    (an extension, or a whole ending such as Cityscapes' ``_leftImg8bit.png``)."""
+    (an extension, or a whole ending such as Cityscapes' ``_leftImg8bit.png``; an
+    ``image_suffix`` of None is detected, ``sem_seg.image_suffix_for``)."""
     DatasetCatalog.register(name, lambda: load_pairs(gt_root, image_root, gt_suffix, image_suffix))
     MetadataCatalog.get(name).set(
         image_root=str(image_root), sem_seg_root=str(gt_root), image_suffix=image_suffix, gt_suffix=gt_suffix,

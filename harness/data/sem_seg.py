@@ -17,37 +17,75 @@ def _files(root: Path, suffix: str) -> dict[str, Path]:
     return {str(p.relative_to(root))[: -len(suffix)]: p for p in sorted(root.rglob(f"*{suffix}"))}
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _image_extensions(root: Path, exclude: str = "") -> dict[str, int]:
+    """How many files of each image extension are under ``root`` (``exclude``: the label maps' suffix)."""
+    counts: dict[str, int] = {}
+    for path in root.rglob("*"):
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS and path.is_file() and not (exclude and path.name.endswith(exclude)):
+            counts[suffix] = counts.get(suffix, 0) + 1
+    return counts
+
+
+def image_suffix_for(image_root: str | Path, image_suffix: str | None, flag: str = "--image-ext") -> str:
+    """The images' suffix: ``image_suffix`` when given; otherwise ``.jpg`` (detectron2's default)
+    when there are jpg images, else the one image extension under ``image_root``. Several
+    other extensions and no jpg: ``InputError`` naming them and ``flag``."""
+    if image_suffix is not None:
+        return image_suffix
+    found = _image_extensions(Path(image_root)) if Path(image_root).is_dir() else {}
+    if ".jpg" in found or not found:
+        return ".jpg"
+    if len(found) == 1:
+        return next(iter(found))
+    listed = ", ".join(f"{n} *{ext}" for ext, n in sorted(found.items()))
+    raise InputError(f"no *.jpg images under {image_root} but {listed}; pass {flag} with the images' extension")
+
+
 def pair_files(gt_root: str | Path, image_root: str | Path, gt_suffix: str = ".png",
-               image_suffix: str = ".jpg") -> tuple[list[tuple[Path, Path]], list[str]]:
+               image_suffix: str | None = None) -> tuple[list[tuple[Path, Path]], list[str]]:
     """(image, label map) pairs by relative path without the suffix (an extension such as
-    ``.jpg``, or a whole ending such as Cityscapes' ``_leftImg8bit.png``), and one message per
-    unpaired file. A missing or image-less folder raises ``InputError`` naming the layout."""
+    ``.jpg``, or a whole ending such as Cityscapes' ``_leftImg8bit.png``; None: detected by
+    ``image_suffix_for``), and one message per unpaired file. A missing or image-less folder
+    raises ``InputError`` naming the layout and, if other image files are there, their
+    extension and the flag to pass."""
     gt_root, image_root = Path(gt_root), Path(image_root)
-    layout = _LAYOUT.format(image_suffix=image_suffix, gt_suffix=gt_suffix)
     for kind, root in (("image", image_root), ("ground-truth", gt_root)):
         if not root.is_dir():
+            layout = _LAYOUT.format(image_suffix=image_suffix or ".jpg", gt_suffix=gt_suffix)
             raise InputError(f"{kind} folder {root} does not exist; expected layout: {layout}")
+    image_suffix = image_suffix_for(image_root, image_suffix)
+    layout = _LAYOUT.format(image_suffix=image_suffix, gt_suffix=gt_suffix)
     images, labels = _files(image_root, image_suffix), _files(gt_root, gt_suffix)
     if not images:
-        raise InputError(f"no *{image_suffix} images under {image_root}; expected layout: {layout}")
+        others = _image_extensions(image_root, exclude=gt_suffix if image_root == gt_root else "")
+        hint = "".join(f"; found {n} *{ext} image(s): pass --image-ext {ext.lstrip('.')} "
+                       f"(image_ext={ext.lstrip('.')!r} in register_sem_seg)" for ext, n in list(others.items())[:1])
+        raise InputError(f"no *{image_suffix} images under {image_root}{hint}; expected layout: {layout}")
     unpaired = [f"{images[key]}: no label map {gt_root / key}{gt_suffix}" for key in sorted(set(images) - set(labels))]
     unpaired += [f"{labels[key]}: no image {image_root / key}{image_suffix}" for key in sorted(set(labels) - set(images))]
     return [(images[key], labels[key]) for key in sorted(set(images) & set(labels))], unpaired
 
 
-def load_sem_seg(gt_root: str | Path, image_root: str | Path, gt_ext: str = "png", image_ext: str = "jpg") -> list[dict]:
-    """Dataset dicts for a folder pair, like ``detectron2.data.datasets.load_sem_seg``.
+def load_sem_seg(gt_root: str | Path, image_root: str | Path, gt_ext: str = "png",
+                 image_ext: str | None = None) -> list[dict]:
+    """Dataset dicts for a folder pair, like ``detectron2.data.datasets.load_sem_seg``
+    (``image_ext`` None: jpg, or the one image extension the folder holds).
 
     Images and label maps are paired by relative path without extension. Each dict
     has ``file_name``, ``sem_seg_file_name``, ``height`` and ``width`` (read from the
     image header). A missing folder, an empty folder or an unpaired file raises
     ``InputError`` naming the path and the expected layout.
     """
-    return load_pairs(gt_root, image_root, f".{gt_ext}", f".{image_ext}")
+    return load_pairs(gt_root, image_root, f".{gt_ext}", f".{image_ext}" if image_ext else None)
 
 
-def load_pairs(gt_root: str | Path, image_root: str | Path, gt_suffix: str, image_suffix: str) -> list[dict]:
+def load_pairs(gt_root: str | Path, image_root: str | Path, gt_suffix: str, image_suffix: str | None) -> list[dict]:
     """``load_sem_seg`` for files paired by a whole ending (``pair_files``)."""
+    image_suffix = image_suffix_for(image_root, image_suffix)
     pairs, unpaired = pair_files(gt_root, image_root, gt_suffix, image_suffix)
     if unpaired:
         layout = _LAYOUT.format(image_suffix=image_suffix, gt_suffix=gt_suffix)

@@ -53,7 +53,7 @@ def validate_records(records: list[dict], num_classes: int, ignore_label: int, l
 
 
 def validate_folders(image_root: str | Path, gt_root: str | Path, num_classes: int, ignore_label: int = 255,
-                     image_suffix: str = ".jpg", gt_suffix: str = ".png", log=print) -> list[str]:
+                     image_suffix: str | None = None, gt_suffix: str = ".png", log=print) -> list[str]:
     """Every problem of a folder pair: unpaired files, then each pair's (``validate_records``)."""
     pairs, unpaired = pair_files(gt_root, image_root, gt_suffix, image_suffix)
     for problem in unpaired:
@@ -75,7 +75,7 @@ def validate_registered(name: str, log=print) -> list[str]:
         num_classes, ignore = len(meta.stuff_classes), meta.get("ignore_label", 255)
         if meta.get("image_root") and meta.get("sem_seg_root"):
             problems += validate_folders(meta.image_root, meta.sem_seg_root, num_classes, ignore,
-                                         meta.get("image_suffix", ".jpg"), meta.get("gt_suffix", ".png"), log)
+                                         meta.get("image_suffix"), meta.get("gt_suffix", ".png"), log)
             continue
         records = DatasetCatalog.get(split)
         found = validate_records(records, num_classes, ignore, log)

@@ -241,3 +241,30 @@ def test_malformed_arguments_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_png_images_are_detected_and_an_explicit_wrong_extension_names_the_flag(tmp_path, capsys):
+    from harness.data import DatasetCatalog
+    from harness.data.builtin import register_sem_seg
+
+    image_root, gt_root = tmp_path / "images", tmp_path / "labels"
+    image_root.mkdir()
+    gt_root.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(image_root / f"p{index}.png")
+        Image.fromarray(rng.integers(0, 3, (12, 10), dtype=np.uint8)).save(gt_root / f"p{index}.png")
+    folders = ["--image-root", str(image_root), "--gt-root", str(gt_root), "--num-classes", "3"]
+    assert main(["validate-data", *folders]) == 0
+    assert "3 pairs, 0 problem(s)" in capsys.readouterr().err
+    assert main(["validate-data", *folders, "--image-ext", "jpg"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"segheads: error: no *.jpg images under {image_root}; found 3 *.png image(s): pass --image-ext png "
+                   f"(image_ext='png' in register_sem_seg); expected layout: IMAGE_ROOT/<stem>.jpg paired with "
+                   "GT_ROOT/<stem>.png (same relative path and stem)")
+    register_sem_seg("pngs_detected", image_root, gt_root, ["a", "b", "c"])
+    assert [Path(r["file_name"]).name for r in DatasetCatalog.get("pngs_detected")] == ["p0.png", "p1.png", "p2.png"]
+    Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(image_root / "odd.bmp")
+    register_sem_seg("pngs_and_bmp", image_root, gt_root, ["a", "b", "c"])
+    with pytest.raises(InputError, match=rf"no \*\.jpg images under {image_root} but 1 \*\.bmp, 3 \*\.png; pass --image-ext"):
+        DatasetCatalog.get("pngs_and_bmp")
