@@ -1,4 +1,4 @@
-"""The contract every pixel classifier head keeps (DESIGN.md, "Classifiers")."""
+"""The contract every pixel classifier head keeps (docs/architecture.md, "Classifiers")."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def check_choice(head: str, key: str, value: str, allowed: tuple[str, ...]) -> N
 def resolve_preset(head: str, presets: dict[str, dict], hparams: dict) -> dict:
     """A paper head's settings: ``presets[hparams["preset"]]`` (default ``"code"``), then every
     option of ``hparams`` that is not ``None``. Returns ``{"preset": name, **settings}``, the
-    resolved form the harness logs and hashes (DESIGN.md, "Fidelity")."""
+    resolved form the harness logs and hashes (docs/architecture.md, "Fidelity")."""
     preset = hparams.get("preset") or "code"
     check_choice(head, "preset", preset, tuple(presets))
     given = {key: value for key, value in hparams.items() if value is not None and key != "preset"}

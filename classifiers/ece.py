@@ -7,7 +7,7 @@ Reconstruction per stage (Eq. 1-3) -> intermediate masks from the coarsest stage
 embeddings G (Eq. 5) -> Semantics Attention & Updater on each finer stage, coarse
 to fine (Eq. 6-10) -> aggregation (§3.5) -> CE + focal + dice + diversity (Eq. 11-12).
 
-Presets (DESIGN.md, "Fidelity"). No official PyTorch code exists; ``preset="code"``
+Presets (docs/architecture.md, "Fidelity"). No official PyTorch code exists; ``preset="code"``
 (default) is the MindSpore port (``code-implementation1/Code1``, ``ECENet/
 sdt_head_1236length_total.py``, ``utils_mmcv.py``, the Swin-B ADE20K config), which
 reproduces the paper's Table 1 with the released checkpoint; ``preset="paper"`` is the

@@ -7,7 +7,7 @@ online clustering by Sinkhorn-Knopp (Eq. 8-10, Algorithm 1), the pixel-prototype
 contrastive loss (Eq. 11), the compactness loss (Eq. 12) and a momentum update of
 the prototypes from the clustering (Eq. 14).
 
-Presets (DESIGN.md, "Fidelity"). ``preset="code"`` (default) is what tfzhou/ProtoSeg runs
+Presets (docs/architecture.md, "Fidelity"). ``preset="code"`` (default) is what tfzhou/ProtoSeg runs
 (``lib/models/nets/hrnet.py`` HRNet_W48_Proto, ``lib/models/modules/sinkhorn.py``,
 ``lib/models/modules/contrast.py``, ``lib/loss/loss_proto.py``), which produced the
 paper's numbers; ``preset="paper"`` is the text. Each row is an option that overrides

@@ -6,7 +6,7 @@ centres P_c = Softmax_HW(M_c) P_f with P_f = PE(S_f); adapted prototypes
 S_p = phi_s([S_c, S]), P_p = phi_p([P, P_c]); output O = (S_f + P_f)(S_p + P_p)^T.
 Training adds a ground-truth-guided teacher (training only) and Eq. 3's objective.
 
-Presets (DESIGN.md, "Fidelity"). ``preset="code"`` (default) is what xwmaxwma/SSA runs
+Presets (docs/architecture.md, "Fidelity"). ``preset="code"`` (default) is what xwmaxwma/SSA runs
 (``models/decode_heads/*_head_ssa.py``, the same SSA code in each; ``models/losses/
 ssa_loss.py``), which produced the paper's numbers; ``preset="paper"`` is the text.
 Each row is an option that overrides the preset:

@@ -418,6 +418,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    import contextlib
+    import signal
     import subprocess
 
     from harness.tracking import resolve_tracking_uri
@@ -425,9 +427,25 @@ def _ui(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", resolve_tracking_uri(args.tracking_uri),
                "--host", args.host, "--port", str(args.port)]
     print(f"[segheads] MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    # Its own process group, stopped as a whole: `mlflow ui` runs the web server as its own child.
+    server = subprocess.Popen(command, start_new_session=True)
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill PID` stops the server too, as Ctrl-C does
     try:
-        return subprocess.call(command)
+        return server.wait()
     except KeyboardInterrupt:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # whatever of the group outlived its leader
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
         return 0
 
 

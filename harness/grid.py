@@ -1,4 +1,4 @@
-"""Classifier x backbone grids on Ray (DESIGN.md, "Grid").
+"""Classifier x backbone grids on Ray (docs/architecture.md, "Grid").
 
 A grid spec (``jobs/*.yaml``, safe-loaded) expands to cells, one ``RunConfig`` each.
 Each cell trains and evaluates in one Ray task with the cell's resources. Its cost is

@@ -1,4 +1,4 @@
-"""Cost measurement of a model (DESIGN.md, "Measurement"): parameters, FLOPs, latency,
+"""Cost measurement of a model (docs/architecture.md, "Measurement"): parameters, FLOPs, latency,
 throughput, peak memory and efficiency against the machine's own matmul throughput.
 
 Units and methods, stated once:

@@ -1,5 +1,5 @@
 """``segheads report``: a grid's MLflow runs -> ``results.csv``, ``report.md``, plots and a
-self-contained ``report.html`` (DESIGN.md, "report").
+self-contained ``report.html`` (docs/architecture.md, "report").
 
 One row per dataset x backbone x neck x classifier, over the FINISHED cells (seeds):
 mIoU mean and std, fwIoU, pACC, head parameters (inference / training-only), GFLOPs,

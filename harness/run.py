@@ -109,7 +109,7 @@ def label_space(dataset: str) -> tuple[list[str], int]:
 
 
 def cell_tags(cfg: RunConfig, digest: str | None = None) -> dict[str, str]:
-    """The tags every CellResult and MLflow run carries (DESIGN.md, "Tracking")."""
+    """The tags every CellResult and MLflow run carries (docs/architecture.md, "Tracking")."""
     return {"backbone": cfg.model.backbone, "classifier": cfg.model.classifier, "dataset": cfg.data.dataset,
             "seed": str(cfg.train.seed), "neck": cfg.model.neck, "config_hash": digest or config_hash(cfg)}
 

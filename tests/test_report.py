@@ -1,5 +1,6 @@
 """``segheads report`` from real cells logged to a real MLflow store."""
 
+import contextlib
 import csv
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +58,28 @@ def test_report_of_an_unknown_experiment_exits_2(logged_cells, tmp_path, capsys)
     assert "--experiment 'nope': no such experiment" in capsys.readouterr().err
 
 
-def test_ui_serves_the_store_on_loopback_only(logged_cells, tmp_path):
+def _descendants(pid: int) -> set[int]:
+    """Every living process below ``pid``, from /proc's parent links."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"}
+
+
+def test_ui_serves_the_store_on_loopback_only_and_stops_its_server_on_sigterm(logged_cells, tmp_path):
     _, _, uri, _, _ = logged_cells
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -73,8 +96,18 @@ def test_ui_serves_the_store_on_loopback_only(logged_cells, tmp_path):
         assert status == 200
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert listening and all("127.0.0.1:" in line for line in listening.splitlines())
+        started = _descendants(server.pid)
+        assert started  # the MLflow server (and its web server) segheads started
+        server.send_signal(signal.SIGTERM)  # segheads alone, as a service manager or `kill PID` would
+        assert server.wait(timeout=30) == 0
+        deadline = time.time() + 15
+        while time.time() < deadline and _alive(started):
+            time.sleep(0.2)
+        assert _alive(started) == set()
+        assert subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout == ""
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
 
 

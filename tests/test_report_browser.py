@@ -1,5 +1,5 @@
 """The HTML report in a real headless Chromium (Debian's chromium + chromium-driver;
-`.ci/run` installs them when missing). Without them this test fails and says what to install."""
+`tests/run` installs them when missing). Without them this test fails and says what to install."""
 
 import shutil
 
