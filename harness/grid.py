@@ -458,7 +458,7 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
     memory = _memory_request(r)
     train_task = ray.remote(_train_task).options(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=r.retries,
                                                  retry_exceptions=False, num_returns=2, **memory)
-    measure_task, nodes = ray.remote(_measure_task), _measurement_nodes(r)
+    measure_task, nodes = ray.remote(_measure_task), []
     slots = _slots(spec, max_concurrent, len(todo))
     queue, pending, unmeasured, began = list(todo), {}, [], time.time()
     results = dict(done)
@@ -469,6 +469,10 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
         node is idle and nothing else starts there until it ends."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        if not nodes:  # every node that could hold it is gone: the cell keeps its training, its cost says why
+            pending[ray.put({"error": "no alive node has the measurement's resources", "seconds": 0.0})] = (
+                "measure", (result, weights_ref))
+            return
         node_id, whole = nodes[index % len(nodes)]
         task = measure_task.options(
             num_cpus=whole["CPU"], num_gpus=whole["GPU"], max_retries=r.retries, retry_exceptions=False,
@@ -484,6 +488,7 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
                 pending[result_ref] = ("train", (cfg, weights_ref))
                 progress.started()
             if not queue and unmeasured:  # every training task has started: measure, each cell alone
+                nodes = _measurement_nodes(r) or nodes  # the nodes alive now
                 log(f"[segheads] measuring {len(unmeasured)} trained cell(s), each alone on one of {len(nodes)} node(s)")
                 for index, (result, cfg, weights_ref) in enumerate(unmeasured):
                     measure(result, cfg, weights_ref, index)
@@ -525,7 +530,7 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
         if started_ray:
             ray.shutdown()
     return GridOutcome([results[config_hash(c)] for c in cells], [config_hash(c) for c in todo],
-                       time.time() - began, slots, parent, store.unlogged, store.results_path, len(nodes))
+                       time.time() - began, slots, parent, store.unlogged, store.results_path, max(1, len(nodes)))
 
 
 def _fetch_weights(ref) -> bytes | None:
@@ -544,10 +549,12 @@ def overhead(outcome: GridOutcome) -> dict[str, float]:
     since a measurement holds its whole node), and the idle slot-seconds per cell
     (scheduling, worker start-up, result transfer, logging, waiting for the last cell)."""
     ran = [r for r in outcome.results if r["config_hash"] in set(outcome.ran_hashes)]
+    if not ran or not outcome.slots:
+        return {}
     training = sum(r.get("seconds", 0.0) for r in ran)
     measuring = sum(r.get("measure_seconds", 0.0) for r in ran)
     ideal = training / outcome.slots + measuring / max(1, outcome.measure_nodes)
-    if not ran or not ideal:
+    if not ideal:
         return {}
     return {"wall_over_ideal": outcome.wall_seconds / ideal, "measure_seconds": measuring,
             "idle_seconds_per_cell": (outcome.wall_seconds - ideal) * outcome.slots / len(ran)}

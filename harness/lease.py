@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.errors import InputError
+from harness.tracking import quick_http_failures
 
 LEASE_TAG = "segheads.lease"
 HEARTBEAT_SECONDS = 30.0
@@ -113,7 +114,8 @@ class TrackingLease:
         now = time.time()
         if self.run_id is not None and now - self.renewed >= HEARTBEAT_SECONDS:
             try:
-                self.client.set_tag(self.run_id, "heartbeat", f"{now:.3f}")
+                with quick_http_failures():
+                    self.client.set_tag(self.run_id, "heartbeat", f"{now:.3f}")
                 self.renewed = now
             except Exception:  # a tracking outage: results go on to results.jsonl; try again next tick
                 pass
@@ -125,10 +127,11 @@ class TrackingLease:
 
     def _delete(self, run_id: str) -> None:
         try:
-            self.client.set_terminated(run_id, "FINISHED")
-            self.client.delete_run(run_id)
-        except Exception:  # already deleted by a driver that found it expired
-            pass
+            with quick_http_failures():
+                self.client.set_terminated(run_id, "FINISHED")
+                self.client.delete_run(run_id)
+        except Exception:  # already deleted by a driver that found it expired, or the store is down:
+            pass           # then the lease expires (its process is gone, its heartbeat stops)
 
 
 class FileLease:

@@ -5,6 +5,7 @@ import yaml
 
 from harness.config import config_hash
 from harness.gridstore import read_results
+from harness.lease import LEASE_TAG
 
 TINY = {
     "backbones": ["test_convnext"],
@@ -23,11 +24,12 @@ def write_spec(tmp_path, name, **fields):
 
 
 def children(uri, name):
-    """(child runs, parent runs) of experiment ``name``."""
+    """(child runs, parent runs) of experiment ``name`` (driver leases are neither)."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id], max_results=5000)
-    return [r for r in runs if "config_hash" in r.data.tags], [r for r in runs if "config_hash" not in r.data.tags]
+    return ([r for r in runs if "config_hash" in r.data.tags],
+            [r for r in runs if "config_hash" not in r.data.tags and LEASE_TAG not in r.data.tags])
 
 
 def assert_finished_once(uri, name, cells, results_path=None):
