@@ -37,6 +37,15 @@ def upsample(logits: Tensor, size, align_corners: bool = False) -> Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
+def pixel_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = 255, align_corners: bool = False) -> Tensor:
+    """Pixel-wise CE averaged over labelled pixels, after bilinear upsampling of ``logits``
+    to the target resolution; 0 (not NaN) when every pixel is ignored."""
+    logits = upsample(logits, targets.shape[-2:], align_corners)
+    targets = targets.long()
+    summed = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    return summed / (targets != ignore_index).sum().clamp(min=1)
+
+
 class ChannelLayerNorm(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (each pixel's D values)."""
 
@@ -123,9 +132,5 @@ class PixelClassifier(nn.Module):
         return onehot * valid, valid
 
     def cross_entropy(self, logits: Tensor, targets: Tensor, align_corners: bool = False) -> Tensor:
-        """Pixel-wise CE averaged over labelled pixels, after bilinear upsampling of
-        ``logits`` to the target resolution; 0 (not NaN) when every pixel is ignored."""
-        logits = upsample(logits, targets.shape[-2:], align_corners)
-        targets = targets.long()
-        summed = F.cross_entropy(logits, targets, ignore_index=self.ignore_index, reduction="sum")
-        return summed / (targets != self.ignore_index).sum().clamp(min=1)
+        """``pixel_cross_entropy`` with this head's ``ignore_index``."""
+        return pixel_cross_entropy(logits, targets, self.ignore_index, align_corners)

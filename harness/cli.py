@@ -269,10 +269,12 @@ def _format_measurement(cfg, num_classes: int, metrics: dict, record: dict) -> s
         f"timer {record['timer']}, memory {record['memory']}",
         f"params (M): total {mega['total']:.3f} = backbone {mega['backbone']:.3f} + neck {mega['neck']:.3f} "
         f"+ head {mega['head']:.3f} (inference {mega['head_inference']:.3f}, training-only "
-        f"{mega['head_training_only']:.3f}); non-learnable head state {mega['head_nonlearnable']:.3f}",
+        f"{mega['head_training_only']:.3f}) + auxiliary head {mega['auxiliary']:.3f}; at inference "
+        f"{mega['inference']:.3f} (without the {mega['training_only']:.3f} training-only); non-learnable head state "
+        f"{mega['head_nonlearnable']:.3f}",
         "FLOPs per image (GFLOPs / GMACs): " + ", ".join(
             f"{part} {metrics[f'gflops/{part}']:.3f} / {metrics[f'gmacs/{part}']:.3f}"
-            for part in ("total", "backbone", "neck", "head") if f"gflops/{part}" in metrics),
+            for part in ("total", "backbone", "neck", "head", "matmul", "layers_only") if f"gflops/{part}" in metrics),
         f"{'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'std ms':>8} {'images/s':>9} "
         f"{'peak MB':>8} {'GFLOP/s':>8} {'of matmul':>9}",
     ]
@@ -303,7 +305,8 @@ def _grid(args: argparse.Namespace) -> int:
         validate_cells(cells)
         r = spec.resources
         print(f"grid {spec.name!r}: {len(cells)} cells; per cell {r.cpus:g} CPU, {r.gpus:g} GPU (training), "
-              f"{r.measure_cpus:g} CPU, {r.measure_gpus:g} GPU (measurement); {r.retries} retries on lost workers"
+              f"{r.measure_cpus:g} CPU, {r.measure_gpus:g} GPU (measurement, holding its whole node); "
+              f"{r.retries} retries on lost workers"
               + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else ""))
         for cfg in cells:
             print(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}")

@@ -37,6 +37,7 @@ class ModelConfig:
     embed_dim: int = _bounded(256, min=1)
     backbone_kwargs: dict = field(default_factory=dict)
     classifier_kwargs: dict = field(default_factory=dict)
+    neck_kwargs: dict = field(default_factory=dict)  # the neck's options, and ``auxiliary: true|false``
 
 
 @dataclass
@@ -99,6 +100,8 @@ class RunConfig:
 
 
 # Settings that change where or how fast a cell runs, not what it computes.
+# Keys added after cells were logged: left out of the hash while empty, so those cells keep theirs.
+_HASHED_WHEN_SET = {"model.neck_kwargs"}
 _NOT_HASHED = {"device", "output_dir", "tracking_uri", "experiment", "data.num_workers", "train.threads",
                "train.log_period", "train.checkpoint_period"}
 
@@ -241,5 +244,6 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_hash(config: RunConfig) -> str:
     """A stable 16-hex digest of everything that changes what a cell computes."""
-    semantic = {k: v for k, v in flatten(to_dict(config)).items() if k not in _NOT_HASHED}
+    semantic = {k: v for k, v in flatten(to_dict(config)).items()
+                if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == {})}
     return hashlib.sha256(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:16]

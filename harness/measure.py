@@ -47,18 +47,22 @@ def _numel(tensors: Iterable[Tensor]) -> int:
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Parameter counts of a ``Segmentor``: total, backbone, neck, head, the head split into
-    inference and training-only parts, and the head's non-learnable state (elements).
-    Any other module: ``params/total`` only."""
+    inference and training-only parts, the auxiliary head (training-only), all training-only
+    parts together, what inference runs (``params/inference`` = total - training-only) and
+    the head's non-learnable state (elements). Any other module: ``params/total`` only."""
     if not isinstance(getattr(model, "classifier", None), PixelClassifier):
         return {"params/total": _numel(model.parameters())}
     head = model.classifier
     training_only = {id(p): p for m in head.training_only_modules().values() for p in m.parameters()}
     head_total = _numel(head.parameters())
     training_only_total = _numel(training_only.values())
+    auxiliary = _numel(model.auxiliary.parameters()) if getattr(model, "auxiliary", None) is not None else 0
     total = _numel(model.parameters())
     return {
         "params/total": total,
-        "params/inference": total - training_only_total,
+        "params/inference": total - training_only_total - auxiliary,
+        "params/training_only": training_only_total + auxiliary,
+        "params/auxiliary": auxiliary,
         "params/backbone": _numel(model.backbone.parameters()),
         "params/neck": _numel(model.neck.parameters()),
         "params/head": head_total,
@@ -68,11 +72,18 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     }
 
 
+# Matrix products between activations (attention maps, pixel-to-class similarities), as
+# opposed to Linear and Conv layers: counters that hook layers only (mmcv's
+# get_model_complexity_info, which the papers' tables used) skip them.
+_PRODUCT_OPS = ("aten.bmm", "aten.baddbmm", "aten._scaled_dot_product")
+
+
 def count_flops(model: nn.Module, images: Tensor) -> dict[str, float]:
     """Inference FLOPs of ``model(images)`` per image: ``gflops/total`` and ``gmacs/total``,
     and the same for each direct child module that does any (a ``Segmentor``'s
-    ``backbone``, ``neck`` and ``head``). Work done by the model outside its children
-    is in the total only."""
+    ``backbone``, ``neck`` and ``head``; work outside its children is in the total only);
+    ``*/matmul``, the batched products between activations (attention), and
+    ``*/layers_only``, the total without them, what layer-hook counters report."""
     was_training = model.training
     # Parameters frozen while counting: the counter's module tracker would hook every
     # parameter that one module passes to another as an input.
@@ -91,6 +102,9 @@ def count_flops(model: nn.Module, images: Tensor) -> dict[str, float]:
     for child, _ in model.named_children():
         if per_module.get(f"{root}.{child}"):
             flops[_PART_NAMES.get(child, child)] = per_module[f"{root}.{child}"]
+    products = sum(count for op, count in counter.get_flop_counts().get("Global", {}).items()
+                   if str(op).startswith(_PRODUCT_OPS))
+    flops["matmul"], flops["layers_only"] = products, flops["total"] - products
     out = {}
     for part, count in flops.items():
         out[f"gflops/{part}"] = count / batch / 1e9

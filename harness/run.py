@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from backbones import build_backbone, build_neck
+from backbones.necks import neck_uses_auxiliary
 from classifiers import build_classifier, classifier_accepts, resolve_classifier_kwargs
 from harness.config import RunConfig, config_hash, to_dict
 from harness.data import AugmentConfig, DatasetCatalog, MetadataCatalog, SemSegMapper, build_test_loader, build_train_loader
@@ -21,7 +22,7 @@ from harness.errors import InputError
 from harness.evaluate import evaluate
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
 from harness.metrics import SemSegEvaluator
-from harness.model import Segmentor
+from harness.model import AuxiliaryFCNHead, Segmentor
 from harness.train import train
 
 SPLITS = ("train", "val")
@@ -56,9 +57,22 @@ def resolve_classifier(cfg: RunConfig) -> RunConfig:
 
 
 def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segmentor:
+    """Backbone, neck (``model.neck_kwargs``), classifier head and, when the neck trains
+    with one by default or ``neck_kwargs.auxiliary`` says so, the auxiliary FCN head."""
     m = cfg.model
     backbone = build_backbone(m.backbone, **m.backbone_kwargs)
-    neck = build_neck(m.neck, backbone.channels, backbone.strides, m.embed_dim)
+    neck_kwargs = dict(m.neck_kwargs)
+    use_auxiliary = neck_kwargs.pop("auxiliary", neck_uses_auxiliary(m.neck))
+    try:
+        neck = build_neck(m.neck, backbone.channels, backbone.strides, m.embed_dim, **neck_kwargs)
+    except TypeError as exc:
+        raise InputError(f"model.neck_kwargs {neck_kwargs}: not options of neck {m.neck!r} ({exc})") from None
+    auxiliary = None
+    if use_auxiliary:
+        if len(backbone.channels) < 3:
+            raise InputError(f"model.neck_kwargs.auxiliary: the auxiliary head reads stage 3, and backbone "
+                             f"{m.backbone!r} has {len(backbone.channels)} stages")
+        auxiliary = AuxiliaryFCNHead(backbone.channels[2], num_classes, ignore_label)
     kwargs = dict(m.classifier_kwargs)
     if classifier_accepts(m.classifier, "stage_channels"):  # a head that reads every stage learns their widths
         kwargs.setdefault("stage_channels", getattr(neck, "pyramid_channels", [m.embed_dim] * len(backbone.channels)))
@@ -67,7 +81,7 @@ def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segm
                          f"{m.classifier!r} needs a D-wide neck (mlp, fpn, ...)")
     classifier = build_classifier(m.classifier, num_classes=num_classes, in_channels=m.embed_dim,
                                   ignore_index=ignore_label, **kwargs)
-    return Segmentor(backbone, neck, classifier)
+    return Segmentor(backbone, neck, classifier, auxiliary)
 
 
 def state_dict_bytes(model: torch.nn.Module) -> bytes:

@@ -62,7 +62,7 @@ def test_dry_run_lists_cells_and_resources_and_rejects_unknown_names(tmp_path, c
     path = write_spec(tmp_path, "dry", classifiers=["softmax", "ssa"], resources={"gpus": 0.5, "measure_gpus": 1})
     assert main(["grid", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "2 cells; per cell 1 CPU, 0.5 GPU (training), 1 CPU, 1 GPU (measurement)" in out
+    assert "2 cells; per cell 1 CPU, 0.5 GPU (training), 1 CPU, 1 GPU (measurement, holding its whole node)" in out
     assert "softmax@test_convnext/mlp digits_sem_seg s0" in out and "ssa@test_convnext/mlp" in out
     assert main(["grid", str(write_spec(tmp_path, "dry2", classifiers=["softmaxx"])), "--dry-run"]) == 2
     assert "unknown classifier 'softmaxx'" in capsys.readouterr().err

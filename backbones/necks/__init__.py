@@ -2,10 +2,15 @@
 
 Registry contract: ``@register_neck(name)`` on a class built as
 ``cls(in_channels: list[int], strides: list[int], embed_dim: int, **kw)`` whose
-``forward(feats: list[Tensor], image_size) -> Features`` returns ``pixel`` at
-stride 4 and one D-channel map per backbone stage in ``pyramid``. The one exception is
-``stages``, which passes the backbone's maps through at their own widths
-(``pyramid_channels``) for heads that reconstruct the stages themselves (ECENet).
+``forward(feats: list[Tensor], image_size) -> Features`` returns ``pixel`` (stride 4, or
+the decoder's own output stride: ``fcn`` keeps the last stage's) and D-channel maps in
+``pyramid``. The one exception is ``stages``, which passes the backbone's maps through at
+their own widths (``pyramid_channels``) for heads that reconstruct the stages themselves
+(ECENet). A class attribute ``AUXILIARY = True`` says that the neck's models train with the
+auxiliary FCN head by default (``mmseg.AuxiliaryFCNHead``).
+
+One family per file: this file holds segheads' own necks (``mlp``, ``fpn``,
+``hrnet_concat``, ``stages``), ``mmseg.py`` the papers' baseline decoders.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ def list_necks() -> list[str]:
 
 def build_neck(name: str, in_channels: list[int], strides: list[int], embed_dim: int = 256, **kw) -> nn.Module:
     return _NECKS.get(name)(in_channels, strides, embed_dim, **kw)
+
+
+def neck_uses_auxiliary(name: str) -> bool:
+    """Whether neck ``name``'s models train with the auxiliary FCN head by default."""
+    return bool(getattr(_NECKS.get(name), "AUXILIARY", False))
 
 
 def _stride4_size(image_size: tuple[int, int]) -> tuple[int, int]:
@@ -128,3 +138,6 @@ class StagesNeck(nn.Module):
 
     def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
         return Features(pixel=feats[0], pyramid=list(feats), image_size=tuple(image_size))
+
+
+from backbones.necks import mmseg  # noqa: E402,F401  (registers fcn, upernet)

@@ -1,0 +1,89 @@
+"""The papers' baseline decoders as necks, with MMSegmentation's structure and default
+widths (``mmseg/models/decode_heads/fcn_head.py``, ``uper_head.py``, ``psp_head.py``).
+
+Each neck is the decoder up to, not including, its final 1x1 classifier (``conv_seg``),
+which is the classifier head's job: ``Features.pixel`` is the map MMSegmentation's
+``cls_seg`` sees, after its Dropout2d(0.1). ``embed_dim`` is the decoder's ``channels``
+(512 in the papers' configs). Convolutions are MMSegmentation's ``ConvModule``: conv
+without bias, BatchNorm, ReLU.
+
+============ ============================================================ ======= =========
+neck         structure                                                    stride  auxiliary
+============ ============================================================ ======= =========
+``fcn``      FCNHead on the last stage: 2 convs 3x3, input concatenated,  last    yes
+             a 3x3 fuse (``num_convs=2, concat_input=True``)              stage's
+``upernet``  UPerHead: PPM (scales 1, 2, 3, 6) on the last stage + FPN    4       yes
+             (1x1 laterals, 3x3 outputs), all four fused by a 3x3
+============ ============================================================ ======= =========
+
+``AUXILIARY`` says whether a neck's models train with MMSegmentation's auxiliary FCN head
+(``harness.model.AuxiliaryFCNHead``) by default, as the papers' configs do;
+``model.neck_kwargs.auxiliary`` overrides it. The auxiliary head is training-only: it never runs at inference, and its
+parameters are counted apart (``params/auxiliary``, inside ``params/training_only``).
+``Features.pyramid`` holds the decoder's own D-wide maps: ``upernet``'s four FPN outputs,
+``fcn``'s one output map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones.features import Features
+from backbones.necks import _conv_norm_act, register_neck
+
+_DROPOUT = 0.1  # BaseDecodeHead's dropout_ratio, applied before conv_seg
+
+
+@register_neck("fcn")
+class FCNNeck(nn.Module):
+    """MMSegmentation's FCNHead (``num_convs=2``, ``concat_input=True``, kernel 3) on the last stage."""
+
+    AUXILIARY = True
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 512, num_convs: int = 2) -> None:
+        super().__init__()
+        width = in_channels[-1]
+        self.convs = nn.Sequential(*(_conv_norm_act(width if i == 0 else embed_dim, embed_dim, 3) for i in range(num_convs)))
+        self.fuse = _conv_norm_act(width + embed_dim, embed_dim, 3)
+        self.dropout = nn.Dropout2d(_DROPOUT)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        last = feats[-1]
+        pixel = self.dropout(self.fuse(torch.cat([last, self.convs(last)], dim=1)))
+        return Features(pixel, [pixel], image_size)
+
+
+@register_neck("upernet")
+class UperNetNeck(nn.Module):
+    """MMSegmentation's UPerHead: a pyramid pooling module on the last stage, an FPN over all."""
+
+    AUXILIARY = True
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 512,
+                 pool_scales: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        self.pools = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(scale), _conv_norm_act(in_channels[-1], embed_dim, 1))
+                                   for scale in pool_scales)
+        self.bottleneck = _conv_norm_act(in_channels[-1] + len(pool_scales) * embed_dim, embed_dim, 3)
+        self.laterals = nn.ModuleList(_conv_norm_act(c, embed_dim, 1) for c in in_channels[:-1])
+        self.outputs = nn.ModuleList(_conv_norm_act(embed_dim, embed_dim, 3) for _ in in_channels[:-1])
+        self.fuse = _conv_norm_act(len(in_channels) * embed_dim, embed_dim, 3)
+        self.dropout = nn.Dropout2d(_DROPOUT)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        last = feats[-1]
+        pooled = [_resize(pool(last), last.shape[-2:]) for pool in self.pools]
+        laterals = [lateral(x) for lateral, x in zip(self.laterals, feats)] + [self.bottleneck(torch.cat([last, *pooled], 1))]
+        for i in range(len(laterals) - 1, 0, -1):  # top-down
+            laterals[i - 1] = laterals[i - 1] + _resize(laterals[i], laterals[i - 1].shape[-2:])
+        outs = [conv(x) for conv, x in zip(self.outputs, laterals)] + [laterals[-1]]
+        size = outs[0].shape[-2:]
+        pixel = self.dropout(self.fuse(torch.cat([outs[0]] + [_resize(x, size) for x in outs[1:]], dim=1)))
+        return Features(pixel, outs, image_size)
+
+
+def _resize(x: Tensor, size) -> Tensor:
+    """MMSegmentation's ``resize``: bilinear, ``align_corners=False``."""
+    return x if x.shape[-2:] == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

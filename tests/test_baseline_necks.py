@@ -1,0 +1,98 @@
+"""The papers' baseline decoders (``backbones/necks/mmseg.py``) and MMSegmentation's
+auxiliary FCN head (``harness.model.AuxiliaryFCNHead``): structure by exact parameter
+counts, strides, the auxiliary loss, that it never runs at inference, and its accounting."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backbones import build_backbone, build_neck
+from harness.config import RunConfig, apply_overrides, config_hash
+from harness.errors import InputError
+from harness.measure import count_parameters
+from harness.run import build_segmentor
+
+_TINY = ["model.backbone=test_convnext", "model.embed_dim=16"]
+
+
+def _bn_conv(cin, cout, kernel):
+    """MMSegmentation's ConvModule: a bias-free conv and a BatchNorm (weight and bias)."""
+    return cin * cout * kernel * kernel + 2 * cout
+
+
+def _numel(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_fcn_is_two_3x3_convs_then_a_3x3_fuse_with_the_input_at_the_last_stage_s_stride():
+    backbone = build_backbone("test_convnext")
+    last, width = backbone.channels[-1], 24
+    neck = build_neck("fcn", backbone.channels, backbone.strides, embed_dim=width)
+    assert _numel(neck) == _bn_conv(last, width, 3) + _bn_conv(width, width, 3) + _bn_conv(last + width, width, 3)
+    features = neck(backbone(torch.randn(2, 3, 64, 96)), (64, 96))
+    assert features.pixel.shape == (2, width, 64 // backbone.strides[-1], 96 // backbone.strides[-1])
+    assert [p.shape for p in features.pyramid] == [features.pixel.shape]
+
+
+def test_upernet_is_a_pyramid_pooling_module_and_an_fpn_fused_at_stride_4():
+    backbone = build_backbone("test_convnext")
+    channels, width = backbone.channels, 16
+    neck = build_neck("upernet", channels, backbone.strides, embed_dim=width)
+    expected = 4 * _bn_conv(channels[-1], width, 1) + _bn_conv(channels[-1] + 4 * width, width, 3)  # PPM 1/2/3/6
+    expected += sum(_bn_conv(c, width, 1) + _bn_conv(width, width, 3) for c in channels[:-1])  # laterals, outputs
+    expected += _bn_conv(4 * width, width, 3)  # fpn_bottleneck
+    assert _numel(neck) == expected
+    features = neck(backbone(torch.randn(2, 3, 64, 96)), (64, 96))
+    assert features.pixel.shape == (2, width, 16, 24)
+    assert [tuple(p.shape[-2:]) for p in features.pyramid] == [(64 // s, 96 // s) for s in backbone.strides]
+
+
+def test_auxiliary_head_adds_its_weighted_loss_in_training_and_never_runs_at_inference():
+    cfg = apply_overrides(RunConfig(), [*_TINY, "model.neck=fcn"])
+    torch.manual_seed(0)
+    model = build_segmentor(cfg, 5, 255).eval()  # eval: dropout off, so the loss can be recomputed
+    images = torch.rand(2, 3, 64, 64) * 255
+    targets = torch.randint(0, 5, (2, 64, 64))
+    targets[:, :8] = 255
+    losses = model(images, targets).losses
+    stages = model.backbone((images - model.pixel_mean) / model.pixel_std)
+    aux = model.auxiliary
+    logits = aux.classifier(aux.conv(stages[2]))
+    expected = 0.4 * F.cross_entropy(F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False),
+                                     targets, ignore_index=255)
+    assert set(losses) == {"ce", "aux"} and torch.allclose(losses["aux"], expected)
+    calls = []
+    aux.register_forward_hook(lambda *a: calls.append(1))
+    model.predict(images)
+    model(images)
+    assert calls == []
+
+
+def test_auxiliary_head_is_counted_as_training_only_and_follows_the_neck_s_default():
+    channels = build_backbone("test_convnext").channels
+    counts = {}
+    for neck, extra in (("fcn", []), ("fcn", ["model.neck_kwargs.auxiliary=false"]), ("mlp", []),
+                        ("mlp", ["model.neck_kwargs.auxiliary=true"])):
+        model = build_segmentor(apply_overrides(RunConfig(), [*_TINY, f"model.neck={neck}", *extra]), 5, 255)
+        counts[neck, bool(extra)] = count_parameters(model)
+    auxiliary = _bn_conv(channels[2], 256, 3) + 256 * 5 + 5
+    for key, expected in {("fcn", False): auxiliary, ("fcn", True): 0, ("mlp", False): 0, ("mlp", True): auxiliary}.items():
+        c = counts[key]
+        assert c["params/auxiliary"] == expected
+        assert c["params/inference"] == c["params/total"] - expected - c["params/head_training_only"]
+        assert c["params/training_only"] == expected + c["params/head_training_only"]
+    with pytest.raises(InputError, match=r"model.neck_kwargs \{'pool_scale': 3\}: not options of neck 'fcn'"):
+        build_segmentor(apply_overrides(RunConfig(), [*_TINY, "model.neck=fcn", "model.neck_kwargs.pool_scale=3"]), 5, 255)
+
+
+def test_neck_kwargs_change_the_hash_only_when_set():
+    """Cells logged before ``model.neck_kwargs`` existed keep their ``config_hash``."""
+    import hashlib
+    import json
+
+    from harness.config import _NOT_HASHED, flatten, to_dict
+
+    base = RunConfig()
+    before = {k: v for k, v in flatten(to_dict(base)).items() if k not in _NOT_HASHED and k != "model.neck_kwargs"}
+    assert config_hash(base) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(apply_overrides(base, ["model.neck_kwargs.auxiliary=true"])) != config_hash(base)
