@@ -72,7 +72,7 @@ def test_dry_run_lists_cells_and_resources_and_rejects_unknown_names(tmp_path, c
 def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_grid(ray_cluster, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = write_spec(tmp_path, "pack", classifiers=["softmax", "query", "protoseg", "ssa"],
-                 train={"iters": 40}, resources={"cpus": 1, "gpus": 0.5},
+                 train={"iters": 150}, resources={"cpus": 1, "gpus": 0.5},  # long enough to overlap
                  classifier_overrides={"protoseg": {"train": {"lr": 1.0e+30}}})
     outcome = run_grid(load_grid(path), uri, results_path=tmp_path / "results.jsonl", log=lambda m: None)
     by_classifier = {r["tags"]["classifier"]: r for r in outcome.results}
