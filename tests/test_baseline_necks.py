@@ -47,6 +47,27 @@ def test_upernet_is_a_pyramid_pooling_module_and_an_fpn_fused_at_stride_4():
     assert [tuple(p.shape[-2:]) for p in features.pyramid] == [(64 // s, 96 // s) for s in backbone.strides]
 
 
+def test_segformer_projects_each_stage_with_a_conv_module_and_fuses_at_the_first_stage_s_size():
+    backbone = build_backbone("test_convnext")
+    channels, width = backbone.channels, 16
+    neck = build_neck("segformer", channels, backbone.strides, embed_dim=width)
+    assert _numel(neck) == sum(_bn_conv(c, width, 1) for c in channels) + _bn_conv(4 * width, width, 1)
+    features = neck(backbone(torch.randn(2, 3, 64, 96)), (64, 96))
+    assert features.pixel.shape == (2, width, 16, 24) and [p.shape[1] for p in features.pyramid] == [width] * 4
+
+
+def test_hrnet_fcn_is_hrnet_concat_then_the_dropout_before_the_classifier():
+    backbone = build_backbone("test_convnext")
+    concat = build_neck("hrnet_concat", backbone.channels, backbone.strides, embed_dim=16).eval()
+    fcn = build_neck("hrnet_fcn", backbone.channels, backbone.strides, embed_dim=16)
+    fcn.load_state_dict(concat.state_dict())
+    feats = backbone(torch.randn(2, 3, 64, 64))
+    assert torch.equal(fcn.eval()(feats, (64, 64)).pixel, concat(feats, (64, 64)).pixel)
+    torch.manual_seed(0)
+    dropped = fcn.train()(feats, (64, 64)).pixel
+    assert (dropped.abs().sum(dim=(2, 3)) == 0).any()  # whole channels dropped (Dropout2d) in training
+
+
 def test_auxiliary_head_adds_its_weighted_loss_in_training_and_never_runs_at_inference():
     cfg = apply_overrides(RunConfig(), [*_TINY, "model.neck=fcn"])
     torch.manual_seed(0)

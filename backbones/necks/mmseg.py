@@ -1,27 +1,34 @@
 """The papers' baseline decoders as necks, with MMSegmentation's structure and default
-widths (``mmseg/models/decode_heads/fcn_head.py``, ``uper_head.py``, ``psp_head.py``).
+widths (``mmseg/models/decode_heads/fcn_head.py``, ``uper_head.py``, ``psp_head.py``,
+``segformer_head.py``).
 
 Each neck is the decoder up to, not including, its final 1x1 classifier (``conv_seg``),
 which is the classifier head's job: ``Features.pixel`` is the map MMSegmentation's
 ``cls_seg`` sees, after its Dropout2d(0.1). ``embed_dim`` is the decoder's ``channels``
-(512 in the papers' configs). Convolutions are MMSegmentation's ``ConvModule``: conv
-without bias, BatchNorm, ReLU.
+(512 in the papers' FCN and UperNet configs, 768 for SegFormer on MiT-B1..B5, 720 for
+HRNetV2-W48). Convolutions are MMSegmentation's ``ConvModule``: conv without bias,
+BatchNorm, ReLU.
 
-============ ============================================================ ======= =========
-neck         structure                                                    stride  auxiliary
-============ ============================================================ ======= =========
-``fcn``      FCNHead on the last stage: 2 convs 3x3, input concatenated,  last    yes
-             a 3x3 fuse (``num_convs=2, concat_input=True``)              stage's
-``upernet``  UPerHead: PPM (scales 1, 2, 3, 6) on the last stage + FPN    4       yes
-             (1x1 laterals, 3x3 outputs), all four fused by a 3x3
-============ ============================================================ ======= =========
+================ ========================================================= ======= =========
+neck             structure                                                 stride  auxiliary
+================ ========================================================= ======= =========
+``fcn``          FCNHead on the last stage: 2 convs 3x3, input             last    yes
+                 concatenated, a 3x3 fuse (``num_convs=2, concat_input``)  stage's
+``upernet``      UPerHead: PPM (scales 1, 2, 3, 6) on the last stage +     4       yes
+                 FPN (1x1 laterals, 3x3 outputs), all four fused by a 3x3
+``segformer``    SegformerHead: a 1x1 ConvModule per stage, resized to     4       no
+                 the first stage, concatenated, a 1x1 fuse
+``hrnet_fcn``    HRNetV2's FCNHead: every branch resized to stride 4 and   4       no
+                 concatenated (720 ch on W48), a 1x1 ConvModule
+================ ========================================================= ======= =========
 
 ``AUXILIARY`` says whether a neck's models train with MMSegmentation's auxiliary FCN head
 (``harness.model.AuxiliaryFCNHead``) by default, as the papers' configs do;
-``model.neck_kwargs.auxiliary`` overrides it. The auxiliary head is training-only: it never runs at inference, and its
-parameters are counted apart (``params/auxiliary``, inside ``params/training_only``).
-``Features.pyramid`` holds the decoder's own D-wide maps: ``upernet``'s four FPN outputs,
-``fcn``'s one output map.
+``model.neck_kwargs.auxiliary`` overrides it. The auxiliary head is training-only: it
+never runs at inference, and its parameters are counted apart (``params/auxiliary``,
+inside ``params/training_only``). ``Features.pyramid`` holds the decoder's own D-wide
+maps: ``upernet``'s four FPN outputs, ``segformer``'s four projections, ``fcn``'s one
+output map, ``hrnet_fcn``'s output pooled to each branch's stride.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from backbones.necks import _conv_norm_act, register_neck
+from backbones.necks import HRNetConcatNeck, _conv_norm_act, register_neck
 
 _DROPOUT = 0.1  # BaseDecodeHead's dropout_ratio, applied before conv_seg
 
@@ -87,3 +94,39 @@ class UperNetNeck(nn.Module):
 def _resize(x: Tensor, size) -> Tensor:
     """MMSegmentation's ``resize``: bilinear, ``align_corners=False``."""
     return x if x.shape[-2:] == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@register_neck("segformer")
+class SegFormerNeck(nn.Module):
+    """MMSegmentation's SegformerHead: each stage through a 1x1 ConvModule to D, resized to
+    the first stage's size, concatenated, fused by a 1x1 ConvModule (``channels`` 256 for
+    MiT-B0, 768 for B1-B5 in MMSegmentation's configs). ``segheads``' ``mlp`` neck is the
+    SegFormer paper's version (linear projections with bias, no norm)."""
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 768) -> None:
+        super().__init__()
+        self.project = nn.ModuleList(_conv_norm_act(c, embed_dim, 1) for c in in_channels)
+        self.fuse = _conv_norm_act(len(in_channels) * embed_dim, embed_dim, 1)
+        self.dropout = nn.Dropout2d(_DROPOUT)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        pyramid = [project(x) for project, x in zip(self.project, feats)]
+        size = pyramid[0].shape[-2:]
+        pixel = self.dropout(self.fuse(torch.cat([_resize(x, size) for x in pyramid], dim=1)))
+        return Features(pixel, pyramid, image_size)
+
+
+@register_neck("hrnet_fcn")
+class HRNetFCNNeck(HRNetConcatNeck):
+    """MMSegmentation's FCNHead on HRNetV2 (``input_transform="resize_concat"``, one 1x1
+    ConvModule of ``channels`` = 720, ``concat_input=False``): ``hrnet_concat`` followed by
+    the Dropout2d(0.1) before ``conv_seg``."""
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 720) -> None:
+        super().__init__(in_channels, strides, embed_dim)
+        self.dropout = nn.Dropout2d(_DROPOUT)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        features = super().forward(feats, image_size)
+        features.pixel = self.dropout(features.pixel)
+        return features
