@@ -47,6 +47,22 @@ def test_upernet_is_a_pyramid_pooling_module_and_an_fpn_fused_at_stride_4():
     assert [tuple(p.shape[-2:]) for p in features.pyramid] == [(64 // s, 96 // s) for s in backbone.strides]
 
 
+def test_deeplabv3plus_is_separable_aspp_then_a_decoder_on_the_stride_4_stage():
+    backbone = build_backbone("test_convnext")
+    channels, width = backbone.channels, 16
+    neck = build_neck("deeplabv3plus", channels, backbone.strides, embed_dim=width)
+
+    def separable(cin, cout):
+        return cin * 9 + 2 * cin + _bn_conv(cin, cout, 1)
+
+    last = channels[-1]
+    expected = 2 * _bn_conv(last, width, 1) + 3 * separable(last, width) + _bn_conv(5 * width, width, 3)  # ASPP
+    expected += _bn_conv(channels[0], 48, 1) + separable(width + 48, width) + separable(width, width)  # decoder
+    assert _numel(neck) == expected
+    features = neck(backbone(torch.randn(2, 3, 64, 96)), (64, 96))
+    assert features.pixel.shape == (2, width, 64 // backbone.strides[0], 96 // backbone.strides[0])
+
+
 def test_segformer_projects_each_stage_with_a_conv_module_and_fuses_at_the_first_stage_s_size():
     backbone = build_backbone("test_convnext")
     channels, width = backbone.channels, 16

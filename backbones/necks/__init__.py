@@ -140,4 +140,4 @@ class StagesNeck(nn.Module):
         return Features(pixel=feats[0], pyramid=list(feats), image_size=tuple(image_size))
 
 
-from backbones.necks import mmseg  # noqa: E402,F401  (registers fcn, upernet, segformer, hrnet_fcn)
+from backbones.necks import mmseg  # noqa: E402,F401  (registers the papers' decoders)

@@ -1,6 +1,6 @@
 """The papers' baseline decoders as necks, with MMSegmentation's structure and default
 widths (``mmseg/models/decode_heads/fcn_head.py``, ``uper_head.py``, ``psp_head.py``,
-``segformer_head.py``).
+``segformer_head.py``, ``sep_aspp_head.py``).
 
 Each neck is the decoder up to, not including, its final 1x1 classifier (``conv_seg``),
 which is the classifier head's job: ``Features.pixel`` is the map MMSegmentation's
@@ -20,6 +20,10 @@ neck             structure                                                 strid
                  the first stage, concatenated, a 1x1 fuse
 ``hrnet_fcn``    HRNetV2's FCNHead: every branch resized to stride 4 and   4       no
                  concatenated (720 ch on W48), a 1x1 ConvModule
+``deeplabv3plus`` DepthwiseSeparableASPPHead: image pooling, 1x1 and       first   yes
+                 separable 3x3 at dilations 12/24/36 on the last stage, a  stage's
+                 3x3 bottleneck; the first stage through a 1x1 to 48,
+                 concatenated, two separable 3x3
 ================ ========================================================= ======= =========
 
 ``AUXILIARY`` says whether a neck's models train with MMSegmentation's auxiliary FCN head
@@ -28,7 +32,7 @@ neck             structure                                                 strid
 never runs at inference, and its parameters are counted apart (``params/auxiliary``,
 inside ``params/training_only``). ``Features.pyramid`` holds the decoder's own D-wide
 maps: ``upernet``'s four FPN outputs, ``segformer``'s four projections, ``fcn``'s one
-output map, ``hrnet_fcn``'s output pooled to each branch's stride.
+output map (as ``deeplabv3plus``'s), ``hrnet_fcn``'s output pooled to each branch's stride.
 """
 
 from __future__ import annotations
@@ -130,3 +134,40 @@ class HRNetFCNNeck(HRNetConcatNeck):
         features = super().forward(feats, image_size)
         features.pixel = self.dropout(features.pixel)
         return features
+
+
+def _separable(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+    """MMSegmentation's DepthwiseSeparableConvModule: a depthwise 3x3 (``dilation``) + BN +
+    ReLU, then a pointwise 1x1 + BN + ReLU, both bias-free."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False), nn.BatchNorm2d(cin),
+        nn.ReLU(inplace=True), _conv_norm_act(cin, cout, 1))
+
+
+@register_neck("deeplabv3plus")
+class DeepLabV3PlusNeck(nn.Module):
+    """MMSegmentation's DepthwiseSeparableASPPHead on the last stage (image pooling, a 1x1
+    branch and separable 3x3 branches at ``dilations`` 12/24/36, a 3x3 bottleneck), then
+    the decoder: the stride-4 stage through a 1x1 to ``low_level_channels`` (48),
+    concatenated with the upsampled ASPP output, two separable 3x3 convs."""
+
+    AUXILIARY = True
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 512,
+                 dilations: tuple[int, ...] = (12, 24, 36), low_level_channels: int = 48) -> None:
+        super().__init__()
+        last = in_channels[-1]
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv_norm_act(last, embed_dim, 1))
+        self.branches = nn.ModuleList([_conv_norm_act(last, embed_dim, 1)] + [_separable(last, embed_dim, d) for d in dilations])
+        self.bottleneck = _conv_norm_act((len(dilations) + 2) * embed_dim, embed_dim, 3)
+        self.low_level = _conv_norm_act(in_channels[0], low_level_channels, 1)
+        self.decoder = nn.Sequential(_separable(embed_dim + low_level_channels, embed_dim), _separable(embed_dim, embed_dim))
+        self.dropout = nn.Dropout2d(_DROPOUT)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        last = feats[-1]
+        branches = [_resize(self.image_pool(last), last.shape[-2:])] + [branch(last) for branch in self.branches]
+        aspp = self.bottleneck(torch.cat(branches, dim=1))
+        low = self.low_level(feats[0])
+        pixel = self.dropout(self.decoder(torch.cat([_resize(aspp, low.shape[-2:]), low], dim=1)))
+        return Features(pixel, [pixel], image_size)
