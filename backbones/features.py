@@ -11,15 +11,20 @@ from torch import Tensor
 class Features:
     """Pixel features handed to a classifier head.
 
-    pixel:      [B, D, ceil(H/4), ceil(W/4)], the fused map most heads classify.
+    pixel:      [B, D, h, w], the fused map most heads classify (stride 4, or the
+                decoder's own output stride).
     pyramid:    one [B, D, Hi, Wi] map per backbone stage, finest first (the ``stages``
-                neck passes the backbone's maps at their own widths instead).
+                neck passes the backbone's maps at their own widths instead; a decoder
+                with one output gives that one map).
     image_size: (H, W) of the network input, so heads can resample targets.
+    auxiliary_logits: [B, C, h, w] a neck's own class prediction (OCRNet's soft object
+                regions), which its ``losses(features, targets, ignore_index)`` supervises.
     """
 
     pixel: Tensor
     pyramid: list[Tensor]
     image_size: tuple[int, int]
+    auxiliary_logits: Tensor | None = None
 
     @property
     def embed_dim(self) -> int:

@@ -38,7 +38,7 @@ class Segmentor(nn.Module):
 
     ``forward(images, targets)`` returns the head's ``ClassifierOutput`` (logits at the
     head's resolution, losses when targets are given, the ``auxiliary`` head's ``aux`` loss
-    among them); ``predict(images)`` returns logits upsampled to the input size, with no
+    and a neck's own losses among them); ``predict(images)`` returns logits upsampled to the input size, with no
     training-only work.
     """
 
@@ -52,9 +52,13 @@ class Segmentor(nn.Module):
     def forward(self, images: Tensor, targets: Tensor | None = None) -> ClassifierOutput:
         images = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
         stages = self.backbone(images)
-        output = self.classifier(self.neck(stages, tuple(images.shape[-2:])), targets)
-        if targets is not None and self.auxiliary is not None:
-            output.losses["aux"] = self.auxiliary(stages, targets)
+        features = self.neck(stages, tuple(images.shape[-2:]))
+        output = self.classifier(features, targets)
+        if targets is not None:
+            if self.auxiliary is not None:
+                output.losses["aux"] = self.auxiliary(stages, targets)
+            if hasattr(self.neck, "losses"):  # a neck with its own prediction (OCRNet's regions)
+                output.losses.update(self.neck.losses(features, targets, self.classifier.ignore_index))
         return output
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from backbones import build_backbone, build_neck
-from backbones.necks import neck_uses_auxiliary
+from backbones.necks import neck_accepts, neck_uses_auxiliary
 from classifiers import build_classifier, classifier_accepts, resolve_classifier_kwargs
 from harness.config import RunConfig, config_hash, to_dict
 from harness.data import AugmentConfig, DatasetCatalog, MetadataCatalog, SemSegMapper, build_test_loader, build_train_loader
@@ -63,6 +63,8 @@ def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segm
     backbone = build_backbone(m.backbone, **m.backbone_kwargs)
     neck_kwargs = dict(m.neck_kwargs)
     use_auxiliary = neck_kwargs.pop("auxiliary", neck_uses_auxiliary(m.neck))
+    if neck_accepts(m.neck, "num_classes"):  # a decoder with its own prediction (OCRNet's regions)
+        neck_kwargs.setdefault("num_classes", num_classes)
     try:
         neck = build_neck(m.neck, backbone.channels, backbone.strides, m.embed_dim, **neck_kwargs)
     except TypeError as exc:

@@ -50,5 +50,5 @@ def test_necks_make_stride4_pixel_map_and_d_wide_pyramid(neck):
 
 
 def test_unknown_neck_lists_known():
-    with pytest.raises(InputError, match="known necks: deeplabv3plus, fcn, fpn, hrnet_concat, hrnet_fcn, mlp, segformer, stages, upernet"):
+    with pytest.raises(InputError, match="known necks: deeplabv3plus, fcn, fpn, hrnet_concat, hrnet_fcn, mlp, ocr, segformer, stages, upernet"):
         build_neck("aspp", [8], [4])

@@ -84,6 +84,31 @@ def test_hrnet_fcn_is_hrnet_concat_then_the_dropout_before_the_classifier():
     assert (dropped.abs().sum(dim=(2, 3)) == 0).any()  # whole channels dropped (Dropout2d) in training
 
 
+def test_ocr_gathers_class_centres_from_its_own_regions_and_supervises_them():
+    backbone = build_backbone("test_convnext")
+    channels, width, ocr, classes = backbone.channels, 16, 8, 5
+    neck = build_neck("ocr", channels, backbone.strides, embed_dim=width, num_classes=classes, ocr_channels=ocr).eval()
+    concat = sum(channels)
+    expected = _bn_conv(concat, concat, 1) + concat * classes + classes + _bn_conv(concat, width, 3)  # regions, bottleneck
+    expected += 2 * (_bn_conv(width, ocr, 1) + _bn_conv(ocr, ocr, 1)) + _bn_conv(width, ocr, 1)  # query, key, value
+    expected += _bn_conv(ocr, width, 1) + _bn_conv(2 * width, width, 1)  # out, fuse
+    assert _numel(neck) == expected
+    feats = backbone(torch.randn(2, 3, 64, 64))
+    features = neck(feats, (64, 64))
+    assert features.pixel.shape == (2, width, 16, 16) and features.auxiliary_logits.shape == (2, classes, 16, 16)
+    with torch.no_grad():  # the regions steer the context: other regions, other pixels
+        neck.regions[1].weight.mul_(torch.randn_like(neck.regions[1].weight) * 5)
+    assert not torch.allclose(neck(feats, (64, 64)).pixel, features.pixel)
+
+    model = build_segmentor(apply_overrides(RunConfig(), [*_TINY, "model.neck=ocr"]), classes, 255).eval()
+    assert model.neck.regions[1].out_channels == classes and model.auxiliary is None
+    images, targets = torch.rand(2, 3, 64, 64) * 255, torch.randint(0, classes, (2, 64, 64))
+    losses = model(images, targets).losses
+    regions = model.neck(model.backbone((images - model.pixel_mean) / model.pixel_std), (64, 64)).auxiliary_logits
+    expected = 0.4 * F.cross_entropy(F.interpolate(regions, size=(64, 64), mode="bilinear", align_corners=False), targets)
+    assert set(losses) == {"ce", "regions"} and torch.allclose(losses["regions"], expected)
+
+
 def test_auxiliary_head_adds_its_weighted_loss_in_training_and_never_runs_at_inference():
     cfg = apply_overrides(RunConfig(), [*_TINY, "model.neck=fcn"])
     torch.manual_seed(0)

@@ -30,7 +30,7 @@ def test_dry_run_lists_every_cell_and_the_reference_selects_them(spec, capsys, t
     assert not (tmp_path / "mlflow.db").exists()  # a dry run touches no store
     if not spec.name.startswith("ecenet"):  # ProtoSeg's and SSA's rows: the papers' decoders
         papers = {"resnet101_os8": "fcn", "swin_b": "upernet", "mit_b4": "segformer",
-                  "hrnetv2_w48": "hrnet_concat" if spec.name.startswith("ssa") else "hrnet_fcn"}  # SSA's: OCR to come
+                  "hrnetv2_w48": "ocr" if spec.name.startswith("ssa") else "hrnet_fcn"}  # SSA's HRNet rows: OCRNet
         assert {c.model.backbone: c.model.neck for c in cells} == {b: papers[b] for b in {c.model.backbone for c in cells}}
     tags = [cell_tags(c) for c in cells]
     reference = load_reference(ROOT / "jobs" / "reference" / "papers" / spec.name)

@@ -36,6 +36,13 @@ def build_neck(name: str, in_channels: list[int], strides: list[int], embed_dim:
     return _NECKS.get(name)(in_channels, strides, embed_dim, **kw)
 
 
+def neck_accepts(name: str, keyword: str) -> bool:
+    """Whether neck ``name``'s constructor takes ``keyword``."""
+    import inspect
+
+    return keyword in inspect.signature(_NECKS.get(name)).parameters
+
+
 def neck_uses_auxiliary(name: str) -> bool:
     """Whether neck ``name``'s models train with the auxiliary FCN head by default."""
     return bool(getattr(_NECKS.get(name), "AUXILIARY", False))

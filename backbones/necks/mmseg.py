@@ -1,6 +1,6 @@
 """The papers' baseline decoders as necks, with MMSegmentation's structure and default
 widths (``mmseg/models/decode_heads/fcn_head.py``, ``uper_head.py``, ``psp_head.py``,
-``segformer_head.py``, ``sep_aspp_head.py``).
+``segformer_head.py``, ``sep_aspp_head.py``, ``ocr_head.py``).
 
 Each neck is the decoder up to, not including, its final 1x1 classifier (``conv_seg``),
 which is the classifier head's job: ``Features.pixel`` is the map MMSegmentation's
@@ -24,6 +24,9 @@ neck             structure                                                 strid
                  separable 3x3 at dilations 12/24/36 on the last stage, a  stage's
                  3x3 bottleneck; the first stage through a 1x1 to 48,
                  concatenated, two separable 3x3
+``ocr``          OCRNet on HRNetV2: soft object regions from its own       4       no (its
+                 prediction (loss ``regions``, 0.4), class centres, the            regions'
+                 object attention block; ``num_classes`` from the model            loss)
 ================ ========================================================= ======= =========
 
 ``AUXILIARY`` says whether a neck's models train with MMSegmentation's auxiliary FCN head
@@ -171,3 +174,51 @@ class DeepLabV3PlusNeck(nn.Module):
         low = self.low_level(feats[0])
         pixel = self.dropout(self.decoder(torch.cat([_resize(aspp, low.shape[-2:]), low], dim=1)))
         return Features(pixel, [pixel], image_size)
+
+
+@register_neck("ocr")
+class OCRNeck(nn.Module):
+    """OCRNet (MMSegmentation's cascade of FCNHead and OCRHead on HRNetV2): every stage
+    resized to stride 4 and concatenated; soft object regions from its own prediction (a
+    1x1 ConvModule of the concatenation's width and a 1x1 classifier to ``num_classes``,
+    supervised by CE weighted ``REGION_LOSS_WEIGHT`` 0.4, the loss ``regions``); a 3x3
+    bottleneck to D (512); class centres gathered by the regions' softmax over pixels;
+    the object attention block (query and key through two 1x1 ConvModules to
+    ``ocr_channels`` 256, value one, softmax(q k / sqrt(256)) over classes, a 1x1 back to D,
+    concatenated with the pixels and fused by a 1x1). ``Features.pixel`` is that
+    object-contextual representation; ``Features.auxiliary_logits`` the regions."""
+
+    REGION_LOSS_WEIGHT = 0.4
+
+    def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 512, num_classes: int = 150,
+                 ocr_channels: int = 256) -> None:
+        super().__init__()
+        width = sum(in_channels)
+        self.regions = nn.Sequential(_conv_norm_act(width, width, 1), nn.Conv2d(width, num_classes, 1))
+        self.bottleneck = _conv_norm_act(width, embed_dim, 3)
+        self.query = nn.Sequential(_conv_norm_act(embed_dim, ocr_channels, 1), _conv_norm_act(ocr_channels, ocr_channels, 1))
+        self.key = nn.Sequential(_conv_norm_act(embed_dim, ocr_channels, 1), _conv_norm_act(ocr_channels, ocr_channels, 1))
+        self.value = _conv_norm_act(embed_dim, ocr_channels, 1)
+        self.out = _conv_norm_act(ocr_channels, embed_dim, 1)
+        self.fuse = _conv_norm_act(2 * embed_dim, embed_dim, 1)
+
+    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
+        size = feats[0].shape[-2:]
+        x = torch.cat([_resize(f, size) for f in feats], dim=1)
+        regions = self.regions(x)  # [B, C, h, w]
+        pixels = self.bottleneck(x)  # [B, D, h, w]
+        weights = regions.flatten(2).softmax(dim=2)  # each class's distribution over pixels
+        centres = torch.bmm(weights, pixels.flatten(2).transpose(1, 2))  # [B, C, D]
+        centres = centres.transpose(1, 2).unsqueeze(-1)  # [B, D, C, 1], as MMSegmentation's key map
+        query = self.query(pixels).flatten(2).transpose(1, 2)  # [B, hw, c]
+        key, value = self.key(centres).flatten(2), self.value(centres).flatten(2).transpose(1, 2)  # [B, c, C], [B, C, c]
+        attention = torch.bmm(query, key).mul_(key.shape[1] ** -0.5).softmax(dim=-1)  # [B, hw, C]
+        context = torch.bmm(attention, value).transpose(1, 2).reshape(pixels.shape[0], -1, *size)
+        pixel = self.fuse(torch.cat([self.out(context), pixels], dim=1))
+        return Features(pixel, [pixel], image_size, auxiliary_logits=regions)
+
+    def losses(self, features: Features, targets: Tensor, ignore_index: int) -> dict[str, Tensor]:
+        """The soft object regions' CE (training only; called by ``Segmentor`` with targets)."""
+        from classifiers.base import pixel_cross_entropy
+
+        return {"regions": self.REGION_LOSS_WEIGHT * pixel_cross_entropy(features.auxiliary_logits, targets, ignore_index)}
