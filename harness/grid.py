@@ -117,9 +117,9 @@ def _check_spec(spec: GridSpec) -> GridSpec:
             raise InputError(f"{kind}: {', '.join(stray)} not on the grid's axis; axis values: {', '.join(axis)}")
         for name, sections in overrides.items():
             from_dict(RunConfig, _sections(sections, f"{kind}.{name}"), f"{kind}.{name}")
-            if "neck" in sections.get("model", {}) and (kind == "classifier_overrides" or len(spec.necks) > 1):
-                raise InputError(f"{kind}.{name}.model.neck: a neck can be set per backbone, and only when the "
-                                 f"necks axis has one value (it has {spec.necks})")
+            if "neck" in sections.get("model", {}) and len(spec.necks) > 1:
+                raise InputError(f"{kind}.{name}.model.neck: a neck can be set per backbone or classifier only when "
+                                 f"the necks axis has one value (it has {spec.necks})")
             if "neck" in sections.get("model", {}):
                 from backbones import list_necks
 
@@ -181,8 +181,9 @@ def _sections(update: dict, where: str) -> dict:
 def expand(spec: GridSpec) -> list[RunConfig]:
     """One ``RunConfig`` per cell, in axis order (dataset, backbone, neck, classifier, seed):
     defaults <- shared sections <- backbone overrides <- classifier overrides <- axis values,
-    except that a backbone override's ``model.neck`` replaces the (single) necks axis value
-    for that backbone (e.g. ``hrnetv2_w48: {model: {neck: hrnet_concat}}``). Each cell's
+    except that a backbone's or (first) a classifier's override of ``model.neck`` replaces the
+    (single) necks axis value for its cells (e.g. ``hrnetv2_w48: {model: {neck: ocr}}``,
+    ``ece: {model: {neck: stages}}``). Each cell's
     classifier kwargs are resolved (``harness.run.resolve_classifier``)."""
     from harness.run import resolve_classifier
 
@@ -199,7 +200,8 @@ def expand(spec: GridSpec) -> list[RunConfig]:
                                                f"backbone_overrides.{backbone}"))
                         _merge(data, _sections(spec.classifier_overrides.get(classifier, {}),
                                                f"classifier_overrides.{classifier}"))
-                        own_neck = spec.backbone_overrides.get(backbone, {}).get("model", {}).get("neck", neck)
+                        own_neck = spec.classifier_overrides.get(classifier, {}).get("model", {}).get(
+                            "neck", spec.backbone_overrides.get(backbone, {}).get("model", {}).get("neck", neck))
                         _merge(data, {"model": {"backbone": backbone, "classifier": classifier, "neck": own_neck},
                                       "data": {"dataset": dataset}, "train": {"seed": seed, "threads": threads}})
                         data["experiment"] = spec.name

@@ -31,6 +31,15 @@ def test_spec_expands_with_overrides_in_order(tmp_path):
     assert [config_hash(c) for c in cells] == [config_hash(c) for c in expand(load_grid(path))]
 
 
+def test_a_classifier_s_neck_wins_over_its_backbone_s_and_both_over_the_axis(tmp_path):
+    path = write_spec(tmp_path, "necks", backbones=["test_convnext", "test_resnet"], classifiers=["softmax", "ece"],
+                      backbone_overrides={"test_resnet": {"model": {"neck": "fpn"}}},
+                      classifier_overrides={"ece": {"model": {"neck": "stages"}}})
+    necks = {(c.model.classifier, c.model.backbone): c.model.neck for c in expand(load_grid(path))}
+    assert necks == {("softmax", "test_convnext"): "mlp", ("softmax", "test_resnet"): "fpn",
+                     ("ece", "test_convnext"): "stages", ("ece", "test_resnet"): "stages"}
+
+
 def test_a_cell_is_hashed_and_logged_by_the_settings_its_preset_resolves_to(tmp_path):
     def protoseg_cell(**kwargs):
         path = write_spec(tmp_path, "presets", classifiers=["protoseg"],

@@ -28,7 +28,12 @@ def test_dry_run_lists_every_cell_and_the_reference_selects_them(spec, capsys, t
     assert f"{len(cells)} cells; per cell 8 CPU, 1 GPU (training)" in out
     assert all(f"{c.model.classifier}@{c.model.backbone}/{c.model.neck}" in out for c in cells)
     assert not (tmp_path / "mlflow.db").exists()  # a dry run touches no store
-    if not spec.name.startswith("ecenet"):  # ProtoSeg's and SSA's rows: the papers' decoders
+    if spec.name.startswith("ecenet"):  # ECENet on the backbone's stages, its baselines Table 1's models
+        necks = {(c.model.classifier, c.model.backbone): (c.model.neck, c.model.embed_dim) for c in cells}
+        assert necks == {("ece", b): ("stages", 256) for b in ("resnet101_os8", "swin_b", "swin_l")} | {
+            ("softmax", "resnet101_os8"): ("deeplabv3plus", 512), ("softmax", "swin_b"): ("upernet", 512),
+            ("softmax", "swin_l"): ("upernet", 512)}
+    else:  # ProtoSeg's and SSA's rows: the papers' decoders
         papers = {"resnet101_os8": "fcn", "swin_b": "upernet", "mit_b4": "segformer",
                   "hrnetv2_w48": "ocr" if spec.name.startswith("ssa") else "hrnet_fcn"}  # SSA's HRNet rows: OCRNet
         assert {c.model.backbone: c.model.neck for c in cells} == {b: papers[b] for b in {c.model.backbone for c in cells}}

@@ -134,10 +134,11 @@ def test_empty_and_repeated_axes(axis):
     ({**_VALID, "data": {"scale_range": [1.0]}}, ["data.scale_range=[1.0]: expected a list of 2 values"]),
     ({**_VALID, "train": {"optimizer": "adam"}}, ["train.optimizer='adam'; expected one of: adamw, sgd"]),
     ({**_VALID, "necks": ["mlp", "fpn"], "backbone_overrides": {"resnet10t": {"model": {"neck": "fpn"}}}},
-     ["backbone_overrides.resnet10t.model.neck: a neck can be set per backbone, and only when"]),
-    ({**_VALID, "classifier_overrides": {"query": {"model": {"neck": "fpn"}}}}, ["classifier_overrides.query.model.neck"]),
+     ["backbone_overrides.resnet10t.model.neck: a neck can be set per backbone or classifier only when"]),
+    ({**_VALID, "necks": ["mlp", "fpn"], "classifier_overrides": {"query": {"model": {"neck": "fpn"}}}},
+     ["classifier_overrides.query.model.neck: a neck can be set per backbone or classifier only when"]),
     ({**_VALID, "backbone_overrides": {"resnet10t": {"model": {"neck": "unet"}}}},
-     ["backbone_overrides.resnet10t.model.neck: unknown neck 'unet'; known necks: fpn, hrnet_concat, mlp"]),
+     ["backbone_overrides.resnet10t.model.neck: unknown neck 'unet'; known necks: deeplabv3plus, fcn, fpn"]),
 ])
 def test_named_bad_specs(data, fragments):
     _rejected(data, *fragments)
