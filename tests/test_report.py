@@ -106,8 +106,9 @@ def test_ui_serves_the_store_on_loopback_only_and_stops_its_server_on_sigterm(lo
         assert _alive(started) == set()
         assert subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout == ""
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
+        for pid in [server.pid, *_alive(_descendants(server.pid))]:  # the MLflow server has a group of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         server.wait(timeout=30)
 
 
