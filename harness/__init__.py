@@ -12,3 +12,8 @@ __version__ = "0.1.0"
 # interface (GCS, raylet, workers, dashboard agent). Set here, before any segheads code
 # can import Ray, so local Ray stays on 127.0.0.1 whatever the caller exported.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+# No usage reports leave the machine unless the user asks for them (an exported value wins):
+# Ray's usage stats, MLflow's telemetry and the tools that honour DO_NOT_TRACK.
+for _key, _value in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
+    os.environ.setdefault(_key, _value)

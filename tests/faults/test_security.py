@@ -100,6 +100,17 @@ def test_source_has_no_unsafe_loading_or_shell():
         assert all(_keyword(node, "shell") in (None, False) for _, node in _calls(runner))
 
 
+def test_telemetry_is_off_unless_the_caller_turns_it_on():
+    plain = {k: v for k, v in os.environ.items()
+             if k not in ("RAY_USAGE_STATS_ENABLED", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    show = "import harness, os; print([os.environ[k] for k in ('RAY_USAGE_STATS_ENABLED', 'MLFLOW_DISABLE_TELEMETRY', 'DO_NOT_TRACK')])"
+    out = subprocess.run([sys.executable, "-c", show], env=plain, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['0', 'true', 'true']"
+    chosen = subprocess.run([sys.executable, "-c", show], env={**plain, "RAY_USAGE_STATS_ENABLED": "1"},
+                            capture_output=True, text=True, check=True).stdout
+    assert chosen.strip() == "['1', 'true', 'true']"
+
+
 def test_local_ray_and_the_mlflow_ui_bind_to_loopback():
     local = [node for _, node in _calls("ray.init") if _keyword(node, "address") == "local"]
     assert local and all(_keyword(n, "_node_ip_address") == "127.0.0.1" and _keyword(n, "include_dashboard") is False
