@@ -212,20 +212,19 @@ def _logged_model(run_id: str, tracking_uri: str | None, overrides: list[str]):
     its grid measured with (``measurement.json``), then ``overrides``."""
     import json
 
-    from mlflow.exceptions import MlflowException
-
     from harness.config import apply_overrides
     from harness.predict import load_run
     from harness.tracking import read_artifact, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    cfg, model = load_run(run_id, uri)
+    logged, model = load_run(run_id, uri)
     try:
         threads = json.loads(read_artifact(run_id, "measurement.json", uri))["machine"]["threads"]
-    except (OSError, MlflowException, KeyError):
-        threads = cfg.train.threads
-    cfg = apply_overrides(cfg, overrides)
-    return cfg, model, next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("train.threads=")), threads)
+    except (InputError, KeyError):
+        threads = logged.train.threads
+    cfg = apply_overrides(logged, overrides)
+    threads_given = any(o.split("=", 1)[0] == "train.threads" for o in overrides)
+    return cfg, model, cfg.train.threads if threads_given else threads
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ that Ray retries (``resources.retries`` times) before the cell counts as FAILED.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -27,8 +26,6 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from harness.config import RunConfig, _bounded, config_hash, from_dict, read_yaml, to_dict
 from harness.errors import InputError, is_out_of_memory

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.errors import InputError
-from harness.tracking import quick_http_failures
+from harness.tracking import quick_http_failures, search_all_runs
 
 LEASE_TAG = "segheads.lease"
 HEARTBEAT_SECONDS = 30.0
@@ -76,8 +76,6 @@ class TrackingLease:
         self.renewed = 0.0
 
     def _leases(self) -> list:
-        from harness.tracking import search_all_runs
-
         return search_all_runs(self.client, [self.experiment_id], f"tags.`{LEASE_TAG}` = '{self.name}'")
 
     def acquire(self) -> None:

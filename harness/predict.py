@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.data.sem_seg import IMAGE_EXTENSIONS
 from harness.errors import InputError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_COLOR = (0, 0, 0)
 
 

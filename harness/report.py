@@ -269,7 +269,7 @@ def prediction_panels(cells: list[dict], tracking_uri: str, count: int = PREDICT
     import numpy as np
 
     from harness.data import DatasetCatalog, SemSegMapper
-    from harness.predict import class_colors, colorize, image_iou, load_run, predict_labels
+    from harness.predict import class_colors, load_run, predict_labels
     from harness.run import dataset_splits, label_space
 
     groups, panels, notes = _groups(cells), {}, []
@@ -295,19 +295,19 @@ def prediction_panels(cells: list[dict], tracking_uri: str, count: int = PREDICT
             continue
         colors = class_colors(len(classes))
         name = "predictions.png" if len(groups) == 1 else f"predictions_{dataset}_{backbone}_{neck}.png"
-        panels[name] = _prediction_figure(samples, columns, colors, classes, ignore,
-                                          f"{dataset}, {backbone} + {neck}", image_iou, colorize)
+        panels[name] = _prediction_figure(samples, columns, colors, classes, ignore, f"{dataset}, {backbone} + {neck}")
     return panels, notes
 
 
-def _prediction_figure(samples, columns, colors, classes: list[str], ignore: int, title: str, image_iou,
-                       colorize) -> bytes:
+def _prediction_figure(samples, columns, colors, classes: list[str], ignore: int, title: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.patches import Patch
+
+    from harness.predict import colorize, image_iou
 
     num_classes = len(classes)
 

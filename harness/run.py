@@ -103,7 +103,7 @@ def load_segmentor(cfg: RunConfig, weights: bytes | str | Path) -> Segmentor:
         raise InputError(f"weights {'(bytes)' if isinstance(weights, bytes) else weights}: not a state dict "
                          f"torch.load can read ({type(exc).__name__})") from None
     classes, ignore = label_space(cfg.data.dataset)
-    model = build_segmentor(resolve_classifier(cfg), len(classes), ignore)
+    model = build_segmentor(cfg, len(classes), ignore)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -121,24 +121,20 @@ def run_cells(runs: list) -> list[dict]:
 
 
 def read_artifact(run_id: str, name: str, tracking_uri: str) -> str:
-    """The text of a run's artifact ``name`` (raises ``OSError``/``MlflowException`` if it is missing)."""
+    """The text of a run's artifact ``name`` (``InputError`` naming the run if it has none)."""
     import tempfile
 
-    import mlflow.artifacts
-
     with tempfile.TemporaryDirectory() as folder:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=folder,
-                                                    tracking_uri=tracking_uri)
-        return Path(local).read_text()
+        return download_artifact(run_id, name, tracking_uri, folder).read_text()
 
 
 def read_per_image_counts(run_id: str, tracking_uri: str) -> list | None:
     """A cell's ``per_image_counts.json``, or None for runs logged before it existed."""
-    from mlflow.exceptions import MlflowException
+    from harness.errors import InputError
 
     try:
         return json.loads(read_artifact(run_id, "per_image_counts.json", tracking_uri))
-    except (OSError, MlflowException):
+    except InputError:
         return None
 
 
