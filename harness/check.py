@@ -2,8 +2,8 @@
 
 A case's ``select`` picks cells by tag (``backbone``, ``classifier``, ``dataset``, ``seed``,
 ``neck``); a metric is averaged over the selected cells (several seeds). A ``NAME /
-CLASSIFIER`` ratio divides by the same average over the cells that match the same
-``select`` with ``classifier`` replaced.
+CLASSIFIER`` ratio divides by, and a ``NAME - CLASSIFIER`` difference subtracts, the same
+average over the cells that match the same ``select`` with ``classifier`` replaced.
 """
 
 from __future__ import annotations
@@ -59,14 +59,22 @@ def check(reference: Reference, cells: list[dict]) -> list[CheckRow]:
                 rows.append(CheckRow(case.select, expectation, None, 0, f"no FINISHED cell matches {case.select}"))
                 continue
             measured = _mean(chosen, expectation.metric)
-            if expectation.ratio_to is not None:
-                metric, classifier = expectation.ratio_to
+            if expectation.relative_to is not None:
+                metric, operator, classifier = expectation.relative_to
                 partners = _selected(cells, {**case.select, "classifier": classifier})
-                numerator, denominator = _mean(chosen, metric), _mean(partners, metric)
-                measured = numerator / denominator if numerator is not None and denominator else None
+                measured = _combine(_mean(chosen, metric), operator, _mean(partners, metric))
             values = {} if measured is None else {expectation.metric: measured}
             rows.append(CheckRow(case.select, expectation, measured, len(chosen), expectation.failure(values)))
     return rows
+
+
+def _combine(value: float | None, operator: str, partner: float | None) -> float | None:
+    """``value / partner`` or ``value - partner``; None when either is missing (or a zero divisor)."""
+    if value is None or partner is None:
+        return None
+    if operator == "/":
+        return value / partner if partner else None
+    return value - partner
 
 
 def format_rows(reference: Reference, rows: list[CheckRow]) -> str:

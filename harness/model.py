@@ -10,8 +10,9 @@ from backbones.necks import _conv_norm_act
 from classifiers import ClassifierOutput, PixelClassifier
 from classifiers.base import pixel_cross_entropy
 
-_IMAGENET_MEAN = (123.675, 116.28, 103.53)
-_IMAGENET_STD = (58.395, 57.12, 57.375)
+# The input normalisation every model here uses (images in [0, 255]), ImageNet's statistics.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 class AuxiliaryFCNHead(nn.Module):
@@ -46,8 +47,8 @@ class Segmentor(nn.Module):
                  auxiliary: AuxiliaryFCNHead | None = None) -> None:
         super().__init__()
         self.backbone, self.neck, self.classifier, self.auxiliary = backbone, neck, classifier, auxiliary
-        self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor, targets: Tensor | None = None) -> ClassifierOutput:
         images = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std

@@ -11,11 +11,12 @@ A reference file (safe-loaded YAML), in the spirit of detectron2's EXPECTED_RESU
           - [gmacs/total, 4.11, "2%"]        # a "N%" tolerance is relative to value
           - [mIoU, ">=", 40]                 # one-sided bounds: ">=" or "<="
           - [latency/bs1/p50_ms / softmax, "<=", 1.05]   # ratio to the softmax cell, same other tags
+          - [mIoU - softmax, ">=", -10]      # difference to the softmax cell: at most 10 points under it
 
 ``select`` says which model or cell a case is about; what builds or finds it is the
 caller's business (a test, ``segheads check``). A metric written ``NAME / CLASSIFIER`` is
 NAME of the selected cell divided by NAME of the cell that differs only in having
-classifier CLASSIFIER (``check`` computes it). Numbers are plain (YAML 1.1 reads ``1e6``
+classifier CLASSIFIER, ``NAME - CLASSIFIER`` the difference (``check`` computes both). Numbers are plain (YAML 1.1 reads ``1e6``
 as a string; write ``1000000`` or ``1.0e+6``).
 """
 
@@ -56,10 +57,14 @@ class Expectation:
         return f"{self.value:g} +- {self.tolerance * 100:g}%" if self.relative else f"{self.value:g} +- {self.tolerance:g}"
 
     @property
-    def ratio_to(self) -> tuple[str, str] | None:
-        """(metric, classifier) for a ``NAME / CLASSIFIER`` ratio, else None."""
-        name, sep, classifier = self.metric.rpartition(" / ")
-        return (name.strip(), classifier.strip()) if sep else None
+    def relative_to(self) -> tuple[str, str, str] | None:
+        """(metric, "/" or "-", classifier) for a ``NAME / CLASSIFIER`` ratio or a
+        ``NAME - CLASSIFIER`` difference, else None."""
+        for operator in (" / ", " - "):
+            name, sep, classifier = self.metric.rpartition(operator)
+            if sep:
+                return name.strip(), operator.strip(), classifier.strip()
+        return None
 
     def failure(self, measured: dict[str, float]) -> str | None:
         """None when ``measured[metric]`` meets the expectation, else a one-line explanation."""

@@ -23,6 +23,7 @@ from harness.evaluate import evaluate
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
 from harness.metrics import SemSegEvaluator
 from harness.model import AuxiliaryFCNHead, Segmentor
+from harness.pretrain import resolve_backbone_kwargs
 from harness.train import train
 
 SPLITS = ("train", "val")
@@ -57,10 +58,11 @@ def resolve_classifier(cfg: RunConfig) -> RunConfig:
 
 
 def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segmentor:
-    """Backbone, neck (``model.neck_kwargs``), classifier head and, when the neck trains
+    """Backbone (``checkpoint: builtin:digits`` pretrained on first use, ``harness.pretrain``),
+    neck (``model.neck_kwargs``), classifier head and, when the neck trains
     with one by default or ``neck_kwargs.auxiliary`` says so, the auxiliary FCN head."""
     m = cfg.model
-    backbone = build_backbone(m.backbone, **m.backbone_kwargs)
+    backbone = build_backbone(m.backbone, **resolve_backbone_kwargs(m.backbone, m.backbone_kwargs))
     neck_kwargs = dict(m.neck_kwargs)
     use_auxiliary = neck_kwargs.pop("auxiliary", neck_uses_auxiliary(m.neck))
     if neck_accepts(m.neck, "num_classes"):  # a decoder with its own prediction (OCRNet's regions)
@@ -103,6 +105,10 @@ def load_segmentor(cfg: RunConfig, weights: bytes | str | Path) -> Segmentor:
         raise InputError(f"weights {'(bytes)' if isinstance(weights, bytes) else weights}: not a state dict "
                          f"torch.load can read ({type(exc).__name__})") from None
     classes, ignore = label_space(cfg.data.dataset)
+    # The trained weights replace every parameter, so the backbone's initial ones (a file that
+    # may live on another machine, or builtin weights not made here yet) are not loaded.
+    initial = {key: value for key, value in cfg.model.backbone_kwargs.items() if key != "checkpoint"}
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_kwargs=initial))
     model = build_segmentor(cfg, len(classes), ignore)
     try:
         model.load_state_dict(state)

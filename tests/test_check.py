@@ -25,6 +25,10 @@ def test_check_passes_within_tolerance_and_averages_seeds(logged_cells, capsys):
     ratio_ref = _reference(folder, [["latency/bs1/p50_ms / softmax", ratio, "0.1%"]],
                            {"classifier": "query", "seed": 0})
     assert main(["check", str(ratio_ref), "--results", str(jsonl)]) == 0
+    gap = results[2]["metrics"]["mIoU"] - results[0]["metrics"]["mIoU"]
+    for bound, code in ((gap - 0.01, 0), (gap + 0.01, 1)):
+        gap_ref = _reference(folder, [["mIoU - softmax", ">=", bound]], {"classifier": "query", "seed": 0})
+        assert main(["check", str(gap_ref), "--results", str(jsonl)]) == code
 
 
 def test_check_fails_with_exit_1_when_a_reference_is_tightened_past_the_measured_value(logged_cells, capsys):

@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from harness.data import DatasetCatalog
-from harness.data.digits import BACKGROUND, _digit_pools, ensure_digits
+from harness.data.digits import BACKGROUND, digit_pools, ensure_digits
 
 
 def test_scenes_are_deterministic_on_disk(tmp_path, monkeypatch):
@@ -26,7 +26,7 @@ def test_other_seed_gives_other_scenes(tmp_path, monkeypatch):
 
 
 def test_train_and_val_use_disjoint_digit_samples():
-    pools = _digit_pools(0)
+    pools = digit_pools(0)
     train = {s.tobytes() for s in pools["train"][0]}
     val = [s.tobytes() for s in pools["val"][0]]
     assert len(val) > 300 and sum(v in train for v in val) < len(val) * 0.05  # the UCI set has a few exact duplicates

@@ -31,7 +31,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("SEGHEADS_CACHE", Path.home() / ".cache" / "segheads"))
 
 
-def _digit_pools(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def digit_pools(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -83,12 +83,33 @@ def make_scene(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray], si
         y, x = spot
         taken.append((y, x, side))
         pick = int(rng.integers(len(targets)))
-        alpha = np.asarray(Image.fromarray(samples[pick]).resize((side, side), Image.BILINEAR)).clip(0.0, 1.0)
-        colour = _contrasting_colour(rng, base)
-        patch = image[y : y + side, x : x + side]
-        image[y : y + side, x : x + side] = patch * (1 - alpha[..., None]) + colour * alpha[..., None]
+        alpha = _paste(rng, image, base, samples[pick], y, x, side)
         label[y : y + side, x : x + side][alpha >= 0.5] = targets[pick]
     return (image * 255).round().astype(np.uint8), label
+
+
+def make_digit_crop(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray], size: int) -> tuple[np.ndarray, int]:
+    """One (image uint8 [size, size, 3], digit class) pair: a single digit drawn like a
+    scene's (same background, colours and side range relative to the scenes' 48 px) at a
+    random place, for classification pretraining (``harness.pretrain``)."""
+    image, base = _background(rng, size)
+    samples, targets = pool
+    side = int(rng.integers(size * 3 // 8, size * 11 // 16 + 1))
+    y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    pick = int(rng.integers(len(targets)))
+    _paste(rng, image, base, samples[pick], y, x, side)
+    return (image * 255).round().astype(np.uint8), int(targets[pick])
+
+
+def _paste(rng: np.random.Generator, image: np.ndarray, base: np.ndarray, digit: np.ndarray,
+           y: int, x: int, side: int) -> np.ndarray:
+    """Blend ``digit`` (8x8 in [0, 1]) resized to ``side`` into ``image`` at (y, x) in a colour
+    that contrasts with the background ``base``; returns its alpha [side, side]."""
+    alpha = np.asarray(Image.fromarray(digit).resize((side, side), Image.BILINEAR)).clip(0.0, 1.0)
+    colour = _contrasting_colour(rng, base)
+    patch = image[y : y + side, x : x + side]
+    image[y : y + side, x : x + side] = patch * (1 - alpha[..., None]) + colour * alpha[..., None]
+    return alpha
 
 
 def ensure_digits(seed: int = 0, image_size: int = 48, num_train: int = 2000, num_val: int = 300) -> Path:
@@ -103,7 +124,7 @@ def ensure_digits(seed: int = 0, image_size: int = 48, num_train: int = 2000, nu
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        pools = _digit_pools(seed)
+        pools = digit_pools(seed)
         for split, count in (("train", num_train), ("val", num_val)):
             (staging / "images" / split).mkdir(parents=True)
             (staging / "annotations" / split).mkdir(parents=True)
