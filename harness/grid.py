@@ -431,6 +431,7 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
     import ray
 
     from harness.data import DatasetCatalog
+    from harness.pretrain import uncached_builtin_weights
     from harness.progress import Progress
     from harness.run import dataset_splits
 
@@ -445,6 +446,10 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
     for dataset in {cfg.data.dataset for cfg in todo}:  # materialise built-in data once, here, not in every worker
         for split in dataset_splits(dataset).values():
             DatasetCatalog.get(split)
+    for backbone, path in sorted({(cfg.model.backbone, str(path)) for cfg in todo
+                                  if (path := uncached_builtin_weights(cfg.model.backbone, cfg.model.backbone_kwargs))}):
+        log(f"[segheads] {backbone}: builtin:digits weights are not made on this machine yet; the first cell "
+            f"that needs them pretrains them once ({path}), cells that need them too wait")
     started_ray = _init_ray(address)
     try:
         _check_feasible(spec.resources, autoscaling=bool(address), log=log)

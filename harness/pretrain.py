@@ -68,8 +68,17 @@ def resolve_backbone_kwargs(backbone: str, kwargs: dict) -> dict:
         known = ", ".join(BUILTIN_PREFIX + name for name in BUILTIN_WEIGHTS)
         raise InputError(f"model.backbone_kwargs.checkpoint: unknown built-in weights {checkpoint!r}; "
                          f"expected a file path or one of: {known}")
-    others = {key: value for key, value in kwargs.items() if key != "checkpoint"}
+    others = _without_checkpoint(kwargs)
     return {**others, "checkpoint": str(ensure_digits_backbone(backbone, others))}
+
+
+def uncached_builtin_weights(backbone: str, kwargs: dict) -> Path | None:
+    """Where the built-in weights ``kwargs`` name will be cached if this machine has not made
+    them yet; None when it has, or when ``kwargs`` name none."""
+    if kwargs.get("checkpoint") != BUILTIN_PREFIX + "digits":
+        return None
+    path = _digits_backbone_path(backbone, _without_checkpoint(kwargs), _RECIPE.iters)
+    return None if path.is_file() else path
 
 
 def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, steps: int = _RECIPE.iters,
@@ -78,8 +87,7 @@ def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, s
     import fcntl
 
     backbone_kwargs = dict(backbone_kwargs or {})
-    digest = hashlib.sha1(json.dumps(backbone_kwargs, sort_keys=True).encode()).hexdigest()[:10]
-    path = cache_root() / "pretrained" / f"{_VERSION}-digits-{backbone}-{digest}-{steps}steps.pt"
+    path = _digits_backbone_path(backbone, backbone_kwargs, steps)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +105,15 @@ def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, s
         log(f"[segheads] {backbone}: {record['accuracy']:.1%} on {_NUM_EVAL_CROPS} crops of held-out digits "
             f"after {record['seconds']:.0f} s")
     return path
+
+
+def _without_checkpoint(kwargs: dict) -> dict:
+    return {key: value for key, value in kwargs.items() if key != "checkpoint"}
+
+
+def _digits_backbone_path(backbone: str, backbone_kwargs: dict, steps: int) -> Path:
+    digest = hashlib.sha1(json.dumps(backbone_kwargs, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_root() / "pretrained" / f"{_VERSION}-digits-{backbone}-{digest}-{steps}steps.pt"
 
 
 class _DigitClassifier(nn.Module):

@@ -12,7 +12,7 @@ from backbones import build_backbone
 from harness.config import RunConfig, apply_overrides
 from harness.data.digits import digit_pools, make_digit_crop
 from harness.errors import InputError
-from harness.pretrain import ensure_digits_backbone, resolve_backbone_kwargs
+from harness.pretrain import ensure_digits_backbone, resolve_backbone_kwargs, uncached_builtin_weights
 from harness.run import build_segmentor, load_segmentor
 
 _STEPS = 40
@@ -45,6 +45,9 @@ def test_digit_crop_draws_one_digit_of_its_class_from_the_pool():
 
 def test_weights_are_made_once_loaded_by_the_backbone_and_leave_the_global_rng_alone(cache):
     logs = []
+    assert uncached_builtin_weights("test_resnet", {"checkpoint": "w.pt"}) is None
+    waiting = uncached_builtin_weights("test_resnet", {"checkpoint": "builtin:digits"})
+    assert waiting is not None and waiting.parent == cache / "pretrained" and not waiting.exists()
     rng_before = torch.random.get_rng_state()
     path = ensure_digits_backbone("test_resnet", {}, steps=_STEPS, log=logs.append)
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # a cell seeded before builds the same model
