@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def resolve_backbone_kwargs(backbone: str, kwargs: dict) -> dict:
         known = ", ".join(BUILTIN_PREFIX + name for name in BUILTIN_WEIGHTS)
         raise InputError(f"model.backbone_kwargs.checkpoint: unknown built-in weights {checkpoint!r}; "
                          f"expected a file path or one of: {known}")
-    others = _without_checkpoint(kwargs)
+    others = without_checkpoint(kwargs)
     return {**others, "checkpoint": str(ensure_digits_backbone(backbone, others))}
 
 
@@ -77,7 +76,7 @@ def uncached_builtin_weights(backbone: str, kwargs: dict) -> Path | None:
     them yet; None when it has, or when ``kwargs`` name none."""
     if kwargs.get("checkpoint") != BUILTIN_PREFIX + "digits":
         return None
-    path = _digits_backbone_path(backbone, _without_checkpoint(kwargs), _RECIPE.iters)
+    path = _digits_backbone_path(backbone, without_checkpoint(kwargs), _RECIPE.iters)
     return None if path.is_file() else path
 
 
@@ -97,8 +96,7 @@ def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, s
             return path
         log(f"[segheads] pretraining {backbone} on digit classification ({steps} steps), once; cached at {path}")
         state, record = _pretrain(backbone, backbone_kwargs, steps)
-        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(handle)
+        staging = path.with_suffix(".tmp")  # one writer: the lock holder
         torch.save(state, staging)
         path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
         os.replace(staging, path)
@@ -107,7 +105,8 @@ def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, s
     return path
 
 
-def _without_checkpoint(kwargs: dict) -> dict:
+def without_checkpoint(kwargs: dict) -> dict:
+    """``backbone_kwargs`` with no initial weights (``checkpoint``) named."""
     return {key: value for key, value in kwargs.items() if key != "checkpoint"}
 
 
@@ -123,16 +122,16 @@ class _DigitClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.fc = nn.Linear(encoder.channels[-1], len(DIGIT_CLASSES))
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.fc(self.encoder((images - self.pixel_mean) / self.pixel_std)[-1].mean(dim=(2, 3)))
+        return self.fc(self.encoder(images)[-1].mean(dim=(2, 3)))
 
 
 def _crops(pool: tuple[np.ndarray, np.ndarray], count: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """``count`` crops, normalised once as ``Segmentor`` normalises its input, and their digits."""
     pairs = [make_digit_crop(rng, pool, _CROP_SIZE) for _ in range(count)]
     images = torch.from_numpy(np.stack([image for image, _ in pairs])).permute(0, 3, 1, 2).float()
+    images = (images - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return images, torch.tensor([label for _, label in pairs])
 
 

@@ -23,7 +23,7 @@ from harness.evaluate import evaluate
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
 from harness.metrics import SemSegEvaluator
 from harness.model import AuxiliaryFCNHead, Segmentor
-from harness.pretrain import resolve_backbone_kwargs
+from harness.pretrain import resolve_backbone_kwargs, without_checkpoint
 from harness.train import train
 
 SPLITS = ("train", "val")
@@ -107,8 +107,8 @@ def load_segmentor(cfg: RunConfig, weights: bytes | str | Path) -> Segmentor:
     classes, ignore = label_space(cfg.data.dataset)
     # The trained weights replace every parameter, so the backbone's initial ones (a file that
     # may live on another machine, or builtin weights not made here yet) are not loaded.
-    initial = {key: value for key, value in cfg.model.backbone_kwargs.items() if key != "checkpoint"}
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_kwargs=initial))
+    bare = without_checkpoint(cfg.model.backbone_kwargs)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_kwargs=bare))
     model = build_segmentor(cfg, len(classes), ignore)
     try:
         model.load_state_dict(state)

@@ -85,7 +85,9 @@ def test_concurrent_cells_pretrain_once(cache):
         worker.join()
     assert len(paths) == 2 and paths[0] == paths[1]
     assert sum("pretraining" in line for line in logs) == 1
-    assert [p.name for p in (cache / "pretrained").iterdir() if p.name.startswith(".")] == []  # no staging left
+    path = paths[0]  # the weights, their record and the lock; no staging file left
+    assert sorted(p.name for p in (cache / "pretrained").iterdir()) == sorted(
+        path.with_suffix(suffix).name for suffix in (".json", ".lock", ".pt"))
 
 
 def test_a_logged_model_is_rebuilt_without_making_its_initial_weights(cache):
