@@ -1,16 +1,20 @@
 """``segheads check``: finished cells, from MLflow or a ``results.jsonl``, against a reference file.
 
 A case's ``select`` picks cells by tag (``backbone``, ``classifier``, ``dataset``, ``seed``,
-``neck``); a metric is averaged over the selected cells (several seeds). A ``NAME /
-CLASSIFIER`` ratio divides by, and a ``NAME - CLASSIFIER`` difference subtracts, the same
-average over the cells that match the same ``select`` with ``classifier`` replaced.
+``neck``); they must be seeds of one configuration (``harness.cells``), or, with
+``latest``, the newest configuration of one dataset x backbone x neck x classifier: an
+expectation that matches several fails and names them. A metric is averaged over the
+configuration's selected seeds. A ``NAME / CLASSIFIER`` ratio divides by, and a ``NAME -
+CLASSIFIER`` difference subtracts, the same average over the same seeds of the
+configuration's baseline with that classifier (``harness.cells.baseline``: the same neck
+when it exists, otherwise the one the cells have).
 """
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
+from harness.cells import Cell, Configuration, baseline, configurations, paired_seeds
 from harness.reference import Expectation, Reference
 
 
@@ -23,48 +27,62 @@ class CheckRow:
     failure: str | None
 
 
-def cells_from_results(path) -> list[dict]:
-    """FINISHED cells of a ``results.jsonl`` (the last line of each cell)."""
+def cells_from_results(path) -> list[Cell]:
+    """FINISHED cells of a ``results.jsonl`` (the last line of each cell; later lines are newer)."""
     from harness.gridstore import read_results
 
-    return [{"tags": r["tags"], "metrics": {k: v for k, v in r["metrics"].items() if v is not None}}
-            for r in read_results(path).values() if r["status"] == "FINISHED"]
+    return [Cell.from_result(r, order) for order, r in enumerate(read_results(path).values())
+            if r["status"] == "FINISHED"]
 
 
-def cells_from_mlflow(experiment: str, tracking_uri: str | None = None) -> list[dict]:
+def cells_from_mlflow(experiment: str, tracking_uri: str | None = None) -> list[Cell]:
     """FINISHED child runs (cells) of an MLflow experiment."""
-    from harness.tracking import FINISHED_CELLS, experiment_id, open_client, resolve_tracking_uri, run_cells, search_all_runs
+    from harness.tracking import FINISHED_CELLS, experiment_id, open_client, resolve_tracking_uri, search_all_runs
 
     uri = resolve_tracking_uri(tracking_uri)
     client = open_client(uri)
-    return run_cells(search_all_runs(client, [experiment_id(client, experiment, uri)], FINISHED_CELLS))
+    runs = search_all_runs(client, [experiment_id(client, experiment, uri)], FINISHED_CELLS)
+    return [Cell.from_run(run) for run in runs]
 
 
-def _selected(cells: list[dict], select: dict) -> list[dict]:
-    return [c for c in cells if all(str(c["tags"].get(k)) == str(v) for k, v in select.items())]
+def _matches(cell: Cell, select: dict) -> bool:
+    return all(str(cell.tags.get(k)) == str(v) for k, v in select.items())
 
 
-def _mean(cells: list[dict], metric: str) -> float | None:
-    values = [c["metrics"][metric] for c in cells if metric in c["metrics"]]
-    return statistics.fmean(values) if values else None
+def _measure(config: Configuration, select: dict, expectation: Expectation,
+             configs: list[Configuration]) -> tuple[float | None, str | None]:
+    """(the value ``expectation`` is checked on, why there is none)."""
+    seeds = [s for s in config.seeds if _matches(config.cells[s], select)]
+    if expectation.relative_to is None:
+        return config.mean(expectation.metric, seeds), None
+    metric, operator, classifier = expectation.relative_to
+    base = baseline(config, configs, classifier)
+    if base is None:
+        return None, f"no {classifier} cell to compare {config.label} with"
+    seeds = [s for s in seeds if s in paired_seeds(config, base)]
+    return _combine(config.mean(metric, seeds), operator, base.mean(metric, seeds)), None
 
 
-def check(reference: Reference, cells: list[dict]) -> list[CheckRow]:
+def check(reference: Reference, cells: list[Cell], latest: bool = False) -> list[CheckRow]:
     """One row per expectation of every case; ``failure`` is None where it holds."""
+    configs = configurations(cells, latest)
     rows = []
     for case in reference.cases:
-        chosen = _selected(cells, case.select)
+        chosen = [c for c in configs if any(_matches(cell, case.select) for cell in c.cells.values())]
+        count = sum(1 for c in chosen for cell in c.cells.values() if _matches(cell, case.select))
         for expectation in case.expect:
             if not chosen:
                 rows.append(CheckRow(case.select, expectation, None, 0, f"no FINISHED cell matches {case.select}"))
                 continue
-            measured = _mean(chosen, expectation.metric)
-            if expectation.relative_to is not None:
-                metric, operator, classifier = expectation.relative_to
-                partners = _selected(cells, {**case.select, "classifier": classifier})
-                measured = _combine(_mean(chosen, metric), operator, _mean(partners, metric))
+            if len(chosen) > 1:
+                names = "; ".join(f"{c.label}@{c.backbone}/{c.neck} {c.dataset}" for c in chosen)
+                rows.append(CheckRow(case.select, expectation, None, count,
+                                     f"{case.select} matches cells of {len(chosen)} configurations ({names}); "
+                                     "narrow the select, or pass --latest for the newest of each"))
+                continue
+            measured, why = _measure(chosen[0], case.select, expectation, configs)
             values = {} if measured is None else {expectation.metric: measured}
-            rows.append(CheckRow(case.select, expectation, measured, len(chosen), expectation.failure(values)))
+            rows.append(CheckRow(case.select, expectation, measured, count, why or expectation.failure(values)))
     return rows
 
 

@@ -124,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--experiment", help="MLflow experiment (a grid's name) whose FINISHED cells to check")
     source.add_argument("--results", type=Path, help="a grid's results.jsonl")
     checking.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    checking.add_argument("--latest", action="store_true", help="where cells of one head differ in more than the "
+                          "seed, check only the newest configuration (default: such a select fails, naming them)")
 
     report = commands.add_parser("report", help="tables, plots and an HTML page from a grid's MLflow runs")
     chosen = report.add_mutually_exclusive_group(required=True)
@@ -133,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="no runs: every head's cost on --backbone as the class count grows (ProtoSeg Table 4)")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     report.add_argument("--out", type=Path, help="output folder (default reports/<name>, reports/scaling-<backbone>)")
+    report.add_argument("--latest", action="store_true", help="one row per head: where its cells differ in more than "
+                        "the seed, only the newest configuration (default: a row each, labelled by what differs)")
     report.add_argument("--backbone", default="resnet10t", help="with --scaling: the backbone (default resnet10t)")
     report.add_argument("--classes", type=_batch_sizes, help="with --scaling: class counts (default 150,300,500,847,2000)")
     report.add_argument("--image-size", type=int, default=512, help="with --scaling: input size (default 512)")
@@ -351,7 +355,12 @@ def _import_results(args: argparse.Namespace) -> int:
         raise InputError(f"{args.results}: lines name experiments {names}; pass --experiment")
     name = args.experiment or names[0]
     store = GridStore(name, args.tracking_uri, args.results, log=_stderr)
-    store.sync()
+    lease = store.lease()
+    lease.acquire()  # like a driver: the repair marks RUNNING cells KILLED, so no driver may be running them
+    try:
+        store.sync()
+    finally:
+        lease.release()
     if store.offline:
         raise InputError(f"tracking store {store.tracking_uri} failed while importing ({store.offline})")
     print(f"imported {store.imported} of {len(lines)} cell result(s) into experiment {name!r} at {store.tracking_uri}")
@@ -392,7 +401,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.results is not None and not args.results.is_file():
         raise InputError(f"--results {args.results}: no such file")
     cells = cells_from_results(args.results) if args.results else cells_from_mlflow(args.experiment, args.tracking_uri)
-    rows = check(reference, cells)
+    rows = check(reference, cells, latest=args.latest)
     print(format_rows(reference, rows))
     return 1 if any(row.failure for row in rows) else 0
 
@@ -414,7 +423,8 @@ def _report(args: argparse.Namespace) -> int:
         print("\n".join(str(path) for path in written))
         return 0
     name, cells = cells_from_mlflow(args.experiment, args.parent, args.tracking_uri)
-    written = write_report(name, cells, args.out or Path("reports") / name, resolve_tracking_uri(args.tracking_uri))
+    written = write_report(name, cells, args.out or Path("reports") / name, resolve_tracking_uri(args.tracking_uri),
+                           latest=args.latest)
     print("\n".join(str(path) for path in written))
     return 0
 

@@ -104,6 +104,12 @@ class RunConfig:
 _HASHED_WHEN_SET = {"model.neck_kwargs"}
 _NOT_HASHED = {"device", "output_dir", "tracking_uri", "experiment", "data.num_workers", "train.threads",
                "train.log_period", "train.checkpoint_period"}
+# How a trained cell's cost is measured (recorded with each measurement, never its identity)
+# and how fast it is evaluated: changing them re-measures a FINISHED cell, never retrains it.
+_MEASUREMENT = {"data.eval_batch_size"}
+_MEASUREMENT_SECTION = "measure."
+HASH_VERSION = "2"  # the ``hash_version`` tag of cells logged with this config_hash (1: measure included)
+MAX_PARAM_LENGTH = 6000  # MLflow's longest param value; longer values are cut to it
 
 
 def _type_name(annotation: Any) -> str:
@@ -242,8 +248,28 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _is_identity(key: str, value: Any) -> bool:
+    """Whether flattened config ``key`` belongs to a cell's training identity (``config_hash``)."""
+    return not (key in _NOT_HASHED or key in _MEASUREMENT or key.startswith(_MEASUREMENT_SECTION)
+                or (key in _HASHED_WHEN_SET and value in ({}, "{}")))
+
+
 def config_hash(config: RunConfig) -> str:
-    """A stable 16-hex digest of everything that changes what a cell computes."""
-    semantic = {k: v for k, v in flatten(to_dict(config)).items()
-                if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == {})}
+    """A stable 16-hex digest of what a cell trains and how it is evaluated: every setting but
+    where and how fast it runs and how its cost is measured (``measure.*``, ``data.eval_batch_size``)."""
+    semantic = {k: v for k, v in flatten(to_dict(config)).items() if _is_identity(k, v)}
     return hashlib.sha256(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_params(config: dict) -> dict[str, str]:
+    """A resolved config (``to_dict``) as MLflow params: flattened keys, values as text (cut at
+    ``MAX_PARAM_LENGTH``), measurement settings left out (they are recorded with each
+    measurement and may change after training, which a run's params cannot)."""
+    return {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(config).items()
+            if not (k in _MEASUREMENT or k.startswith(_MEASUREMENT_SECTION))}
+
+
+def seedless_settings(params: dict[str, str]) -> dict[str, str]:
+    """The training identity of a cell's ``config_params`` without ``train.seed``: two cells are
+    seeds of one configuration exactly when these are equal."""
+    return {k: v for k, v in params.items() if k != "train.seed" and _is_identity(k, v)}

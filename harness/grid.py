@@ -27,6 +27,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.cells import Cell, baseline, baseline_name, configurations
 from harness.config import RunConfig, _bounded, config_hash, from_dict, read_yaml, to_dict
 from harness.errors import InputError, is_out_of_memory
 
@@ -351,8 +352,10 @@ def _init_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
+    if address:  # a user's dataset registrations reach the cluster's workers (local workers inherit them)
+        datasets = os.environ.get("SEGHEADS_DATASETS")
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"env_vars": {"SEGHEADS_DATASETS": datasets}} if datasets else None)
     else:  # loopback: harness/__init__.py set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray was imported
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     return True
@@ -437,9 +440,11 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
 
     done = store.finished()
     todo = [cfg for cfg in cells if config_hash(cfg) not in done]
-    log(f"[segheads] grid {spec.name!r}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED, "
-        f"{len(todo)} to run; MLflow {'off' if store.offline else store.tracking_uri}, results {store.results_path}")
-    if not todo:
+    remeasure = _to_remeasure(cells, done, store, log)
+    log(f"[segheads] grid {spec.name!r}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED"
+        + (f" ({len(remeasure)} to measure again at the spec's measure settings)" if remeasure else "")
+        + f", {len(todo)} to run; MLflow {'off' if store.offline else store.tracking_uri}, results {store.results_path}")
+    if not todo and not remeasure:
         return GridOutcome([done[config_hash(c)] for c in cells], [], 0.0, 0, store.parent_run_id,
                            store.unlogged, store.results_path)
 
@@ -464,7 +469,10 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
                                                  retry_exceptions=False, num_returns=2, **memory)
     measure_task, nodes = ray.remote(_measure_task), []
     slots = _slots(spec, max_concurrent, len(todo))
-    queue, pending, unmeasured, began = list(todo), {}, [], time.time()
+    queue, pending, began = list(todo), {}, time.time()
+    again = {id(result) for result, _, _ in remeasure}  # measured again: their runs are updated, not logged anew
+    unmeasured = [(result, cfg, ray.put(weights)) for result, cfg, weights in remeasure]
+    del remeasure  # the weights live in Ray's object store now
     results = dict(done)
     progress = Progress(len(todo), slots, log)
 
@@ -522,6 +530,11 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
                     else:
                         result["metrics"].update(measured["metrics"])
                         result["measurement"] = measured["record"]
+                    if id(result) in again:
+                        store.record_measurement(result)
+                        results[result["config_hash"]] = result
+                        progress.remeasured(result)
+                        continue
                 weights = _fetch_weights(weights_ref) if result["status"] == "FINISHED" else None
                 store.record(result, parent, weights=weights)
                 results[result["config_hash"]] = result
@@ -535,6 +548,31 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
             ray.shutdown()
     return GridOutcome([results[config_hash(c)] for c in cells], [config_hash(c) for c in todo],
                        time.time() - began, slots, parent, store.unlogged, store.results_path, max(1, len(nodes)))
+
+
+def _to_remeasure(cells: list[RunConfig], done: dict[str, dict], store, log) -> list[tuple[dict, RunConfig, bytes]]:
+    """(result ready for its new measurement, cell, its logged weights) of every FINISHED cell
+    whose spec now measures it with other ``measure`` settings than its last measurement's:
+    its cost is measured again from its weights, never retrained. A cell without logged
+    weights keeps its old measurement, and the log says so."""
+    from harness.measure import MEASUREMENT_PREFIXES
+
+    chosen = []
+    for cfg in cells:
+        result = done.get(config_hash(cfg))
+        wanted = to_dict(cfg.measure)
+        if result is None or not cfg.measure.enabled or (result.get("measurement") or {}).get("settings") == wanted:
+            continue
+        weights = store.trained_weights(result)
+        if weights is None:
+            log(f"[segheads] {describe(cfg)}: no logged weights to measure again at the new measure settings; "
+                "it keeps its last measurement")
+            continue
+        metrics = {k: v for k, v in result["metrics"].items() if not k.startswith(MEASUREMENT_PREFIXES)}
+        config = {**result["config"], "measure": wanted}
+        again = {k: v for k, v in result.items() if k not in ("measure_error", "measure_seconds")}
+        chosen.append(({**again, "config": config, "metrics": metrics, "measurement": None}, cfg, weights))
+    return chosen
 
 
 def _fetch_weights(ref) -> bytes | None:
@@ -565,32 +603,34 @@ def overhead(outcome: GridOutcome) -> dict[str, float]:
 
 
 def comparison_table(results: list[dict]) -> str:
-    """One row per cell: mIoU and its delta over ``softmax`` on the same backbone/neck/dataset/seed,
-    head parameters, GFLOPs, latency p50 at the first measured batch size, training time."""
-    def key(r):
-        t = r["tags"]
-        return t["dataset"], t["backbone"], t["neck"], t["seed"]
-
-    softmax = {key(r): r["metrics"].get("mIoU") for r in results
-               if r["tags"]["classifier"] == "softmax" and r["status"] == "FINISHED"}
-    header = (f"{'dataset':<16}{'backbone':<18}{'neck':<6}{'classifier':<11}{'seed':>5} {'status':<9}{'mIoU':>7}"
-              f"{'vs softmax':>11}{'head params':>12}{'GFLOPs':>8}{'p50 ms':>9}{'train s':>9}")
+    """One row per cell: mIoU and its delta over the same seed of its baseline
+    (``harness.cells.baseline``: softmax on the same backbone, on the same neck where the grid
+    has one; named in the last column), head parameters, GFLOPs, latency p50 at the first
+    measured batch size, training time."""
+    finished = {id(r): Cell.from_result(r, order) for order, r in enumerate(results) if r["status"] == "FINISHED"}
+    configs = configurations(list(finished.values()))
+    config_of = {id(cell): config for config in configs for cell in config.cells.values()}
+    header = (f"{'dataset':<16}{'backbone':<18}{'neck':<14}{'classifier':<11}{'seed':>5} {'status':<9}{'mIoU':>7}"
+              f"{'vs base':>9}{'head params':>12}{'GFLOPs':>8}{'p50 ms':>9}{'train s':>9}  baseline")
     lines = [header, "-" * len(header)]
     for r in results:
         t, m = r["tags"], r["metrics"]
-        miou, base = m.get("mIoU"), softmax.get(key(r))
-        delta = f"{miou - base:+.2f}" if miou is not None and base is not None and t["classifier"] != "softmax" else ""
+        miou, delta, named = m.get("mIoU"), "", ""
+        config = config_of.get(id(finished.get(id(r))))
+        base = baseline(config, configs) if config is not None else None
+        if base is not None and int(t["seed"]) in base.cells and miou is not None:
+            delta = f"{miou - base.cells[int(t['seed'])].metrics['mIoU']:+.2f}"
+            named = baseline_name(config, base)
         measurement = r.get("measurement") or {}
         batch = (measurement.get("measured_batch_sizes") or measurement.get("settings", {}).get("batch_sizes") or [1])[0]
         p50 = m.get(f"latency/bs{batch}/p50_ms")
         lines.append(
-            f"{t['dataset']:<16}{t['backbone']:<18}{t['neck']:<6}{t['classifier']:<11}{t['seed']:>5} {r['status']:<9}"
-            + (f"{miou:>7.2f}" if miou is not None else f"{'-':>7}") + f"{delta:>11}"
+            f"{t['dataset']:<16}{t['backbone']:<18}{t['neck']:<14}{t['classifier']:<11}{t['seed']:>5} {r['status']:<9}"
+            + (f"{miou:>7.2f}" if miou is not None else f"{'-':>7}") + f"{delta:>9}"
             + (f"{m['params/head']:>12,}" if "params/head" in m else f"{'-':>12}")
             + (f"{m['gflops/total']:>8.2f}" if "gflops/total" in m else f"{'-':>8}")
             + (f"{p50:>9.1f}" if p50 is not None else f"{'-':>9}")
-            + (f"{m['train/seconds']:>9.0f}" if "train/seconds" in m else f"{'-':>9}"))
+            + (f"{m['train/seconds']:>9.0f}" if "train/seconds" in m else f"{'-':>9}") + f"  {named}".rstrip())
         if r["status"] != "FINISHED":
             lines.append(f"{'':<4}error: {r.get('error', 'unknown')}")
     return "\n".join(lines)
-

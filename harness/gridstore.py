@@ -23,17 +23,24 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+
+from harness.config import HASH_VERSION, RunConfig, config_hash, from_dict
 from harness.errors import InputError, first_line
 from harness.results import to_json
-from harness.tracking import (log_cell, open_client, quick_http_failures, read_artifact, read_per_image_counts,
-                              resolve_tracking_uri, search_all_runs, store_label)
+from harness.tracking import (WEIGHTS_ARTIFACT, download_artifact, log_cell, open_client, quick_http_failures,
+                              read_artifact, read_per_image_counts, resolve_tracking_uri, search_all_runs, store_label,
+                              update_measurement)
 
 _PARENT_TAG = "segheads.grid"
 
 
 def read_results(path: str | Path) -> dict[str, dict]:
-    """The last result of each cell in a ``results.jsonl`` (by ``config_hash``); a torn last
-    line (a driver killed mid-write) is ignored, any other bad line is an ``InputError``."""
+    """The last result of each cell in a ``results.jsonl``, by ``config_hash``, in the order of
+    those last lines. Each line's ``config_hash`` is computed again from its config (a line
+    written before the hash left out the measurement settings keeps its old one as
+    ``config_hash_v1``). A torn last line (a writer killed mid-write) is ignored here and set
+    aside by the next append; any other bad line is an ``InputError``."""
     path = Path(path)
     if not path.exists():
         return {}
@@ -44,12 +51,54 @@ def read_results(path: str | Path) -> dict[str, dict]:
             continue
         try:
             result = json.loads(line)
+            digest = config_hash(from_dict(RunConfig, result["config"]))
         except json.JSONDecodeError:
             if number == len(lines):
                 break
             raise InputError(f"{path}:{number}: not a JSON cell result") from None
-        results[result["config_hash"]] = result
+        except (InputError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}:{number}: not a cell result with a valid config ({exc})") from None
+        if result["config_hash"] != digest:
+            result["config_hash_v1"], result["config_hash"] = result["config_hash"], digest
+            result["tags"]["config_hash"] = digest
+        results.pop(digest, None)
+        results[digest] = result
     return results
+
+
+def set_aside_torn_tail(path: Path) -> Path | None:
+    """If ``path`` does not end with a newline (a writer killed mid-line), move the bytes after
+    its last newline to ``<path>.torn`` (appended, so nothing is lost) and cut them from
+    ``path``, so that the next line starts on a line of its own. Returns where they went."""
+    if not path.exists():
+        return None
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if not size:
+            return None
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return None
+        start = size
+        while start > 0:  # back to just after the last newline, a block at a time
+            block = min(1 << 20, start)
+            handle.seek(start - block)
+            newline = handle.read(block).rfind(b"\n")
+            if newline >= 0:
+                start = start - block + newline + 1
+                break
+            start -= block
+        handle.seek(start)
+        torn = handle.read()
+        aside = path.with_name(path.name + ".torn")
+        with open(aside, "ab") as out:
+            out.write(torn + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        handle.truncate(start)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return aside
 
 
 class GridStore:
@@ -61,6 +110,7 @@ class GridStore:
         self.offline: str | None = None if tracking else "--no-tracking"
         self.unlogged = self.imported = 0
         self.parent_run_id = None
+        self.run_ids: dict[str, str] = {}  # config_hash -> its FINISHED run (after sync)
         if not tracking:
             return
         self.client = open_client(self.tracking_uri, advice=(
@@ -101,21 +151,87 @@ class GridStore:
         for run in self._runs("attributes.status = 'RUNNING' and tags.config_hash != ''"):
             self.client.set_terminated(run.info.run_id, "KILLED")
         runs = self._runs("tags.config_hash != ''")
-        logged = {run.data.tags["config_hash"]: run.info.run_id for run in runs if run.info.status == "FINISHED"}
+        if self._rehash(runs):
+            runs = self._runs("tags.config_hash != ''")
+        self.run_ids = {}
+        for run in runs:  # newest first: the newest FINISHED run of a cell is its run
+            if run.info.status == "FINISHED":
+                self.run_ids.setdefault(run.data.tags["config_hash"], run.info.run_id)
+        logged = self.run_ids
         any_status = {run.data.tags["config_hash"] for run in runs}
         lines = read_results(self.results_path)
         missing = [h for h, r in lines.items()
                    if (h not in logged if r["status"] == "FINISHED" else h not in any_status)]
         for digest in sorted(missing):
-            self.record(lines[digest], self.open_parent(), append=False)
+            self.record(lines[digest], self.open_parent(), append=False, weights=self._offline_weights(lines[digest]))
         for digest in sorted(set(logged) - {h for h, r in lines.items() if r["status"] == "FINISHED"}):
             lines[digest] = json.loads(read_artifact(logged[digest], "cell_result.json", self.tracking_uri))
+            lines[digest]["config_hash"] = lines[digest]["tags"]["config_hash"] = digest
             per_image = read_per_image_counts(logged[digest], self.tracking_uri)
             if per_image is not None:
                 lines[digest]["per_image"] = per_image
             self._append(lines[digest])
         self.imported = len(missing)
         return lines
+
+    def _rehash(self, runs: list) -> int:
+        """Give runs logged before ``hash_version`` 2 (whose ``config_hash`` covered the
+        measurement settings) today's ``config_hash``, computed from their ``config.yaml``; the
+        old one is kept as tag ``config_hash_v1``. Returns how many runs changed."""
+        changed = 0
+        for run in runs:
+            tags = run.data.tags
+            if tags.get("hash_version") == HASH_VERSION:
+                continue
+            try:
+                config = yaml.safe_load(read_artifact(run.info.run_id, "config.yaml", self.tracking_uri))
+                digest = config_hash(from_dict(RunConfig, config))
+            except InputError:  # logging failed before its config: it stays as it is
+                continue
+            for key, value in (("config_hash_v1", tags["config_hash"]), ("config_hash", digest),
+                               ("hash_version", HASH_VERSION)):
+                self.client.set_tag(run.info.run_id, key, value)
+            changed += 1
+        return changed
+
+    def _offline_weights(self, result: dict) -> bytes | None:
+        """The weights an offline run kept for ``result`` (``weights/<config_hash>.pt``), if any."""
+        for digest in (result["config_hash"], result.get("config_hash_v1")):
+            path = self.results_path.parent / "weights" / f"{digest}.pt"
+            if digest and path.is_file():
+                return path.read_bytes()
+        return None
+
+    def trained_weights(self, result: dict) -> bytes | None:
+        """A FINISHED cell's logged weights (its run's ``weights.pt``, or the file an offline run
+        kept); None when there are none."""
+        run_id = None if self.offline else self.run_ids.get(result["config_hash"])
+        if run_id is None:
+            return self._offline_weights(result)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                return download_artifact(run_id, WEIGHTS_ARTIFACT, self.tracking_uri, folder).read_bytes()
+            except InputError:
+                return None
+
+    def record_measurement(self, result: dict) -> None:
+        """A FINISHED cell measured again: its run updated in place (``tracking.update_measurement``),
+        then its new line appended; offline (or without a run), the line only."""
+        run_id = None if self.offline else self.run_ids.get(result["config_hash"])
+        if run_id is not None:
+            try:
+                with quick_http_failures(retries=2):
+                    update_measurement(result, run_id, self.tracking_uri)
+            except Exception as exc:
+                self._go_offline(exc)
+        self._append(result)
+
+    def _go_offline(self, exc: BaseException) -> None:
+        self.offline = first_line(exc)[:300]
+        self.log(f"[segheads] warning: tracking store {self.tracking_uri} failed ({self.offline}); "
+                 f"results go to {self.results_path} only from now on")
 
     def open_parent(self, cells: int | None = None) -> str | None:
         """The grid's parent run (re-opened when the grid ran before), status RUNNING; None offline."""
@@ -139,9 +255,7 @@ class GridStore:
                 with quick_http_failures(retries=2):
                     log_cell(result, self.tracking_uri, self.name, parent_run_id, weights=weights)
             except Exception as exc:
-                self.offline = first_line(exc)[:300]
-                self.log(f"[segheads] warning: tracking store {self.tracking_uri} failed ({self.offline}); "
-                         f"results go to {self.results_path} only from now on")
+                self._go_offline(exc)
         if self.offline:
             self.unlogged += 1
             if weights is not None:
@@ -153,6 +267,10 @@ class GridStore:
 
     def _append(self, result: dict) -> None:
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
+        aside = set_aside_torn_tail(self.results_path)
+        if aside is not None:
+            self.log(f"[segheads] {self.results_path} ended in a torn line (a writer killed mid-write); "
+                     f"moved it to {aside}")
         with open(self.results_path, "a") as out:
             out.write(to_json(result, indent=None) + "\n")
             out.flush()

@@ -37,6 +37,8 @@ from harness.config import MeasureConfig, check_fields
 from harness.errors import is_out_of_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Metrics only a measurement makes (a re-measurement replaces them); parameter counts come with training too.
+MEASUREMENT_PREFIXES = ("gflops/", "gmacs/", "latency/", "throughput/", "memory/", "efficiency/", "oom/")
 _PART_NAMES = {"classifier": "head"}  # a Segmentor's children, named as in the parameter counts
 _PROC_STATUS = "/proc/self/status"
 

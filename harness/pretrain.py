@@ -105,9 +105,13 @@ def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, s
     return path
 
 
-def without_checkpoint(kwargs: dict) -> dict:
-    """``backbone_kwargs`` with no initial weights (``checkpoint``) named."""
-    return {key: value for key, value in kwargs.items() if key != "checkpoint"}
+INITIAL_WEIGHTS = ("checkpoint", "pretrained")  # backbone_kwargs that name where an encoder's first weights come from
+
+
+def without_checkpoint(kwargs: dict, keys: tuple[str, ...] = ("checkpoint",)) -> dict:
+    """``backbone_kwargs`` without ``keys`` (default: no initial weights file named;
+    ``INITIAL_WEIGHTS``: no initial weights at all, not even the model hub's)."""
+    return {key: value for key, value in kwargs.items() if key not in keys}
 
 
 def _digits_backbone_path(backbone: str, backbone_kwargs: dict, steps: int) -> Path:

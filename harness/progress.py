@@ -43,6 +43,13 @@ class Progress:
                     f"mIoU {result['metrics']['mIoU']:.2f} ({result.get('seconds', 0):.0f} s); measured when it can "
                     "time alone")
 
+    def remeasured(self, result: dict) -> None:
+        """A FINISHED cell measured again at new measure settings (it is not one of ``total``)."""
+        tags = result["tags"]
+        outcome = result.get("measure_error") or "its run updated"
+        self._print(f"[measured again] {tags['classifier']}@{tags['backbone']}/{tags['neck']} {tags['dataset']} "
+                    f"s{tags['seed']}: {outcome}")
+
     def finished(self, result: dict) -> None:
         self.done += 1
         self.running = max(0, self.running - 1)

@@ -1,10 +1,12 @@
 """``segheads report``: a grid's MLflow runs -> ``results.csv``, ``report.md``, plots and a
 self-contained ``report.html`` (docs/architecture.md, "report").
 
-One row per dataset x backbone x neck x classifier, over the FINISHED cells (seeds):
-mIoU mean and std, fwIoU, pACC, head parameters (inference / training-only), GFLOPs,
-latency p50/p90, throughput and peak memory at the smallest measured batch size, and the
-mIoU delta against ``softmax`` on the same dataset, backbone and neck with a 95% paired
+One row per configuration (``harness.cells``: cells equal but for the seed; configurations
+that share dataset, backbone, neck and classifier are labelled by the settings that differ,
+or, with ``latest``, only the newest is shown): mIoU mean and std over its seeds, fwIoU,
+pACC, head parameters (inference / training-only), GFLOPs, latency p50/p90, throughput and
+peak memory at the smallest measured batch size, and the mIoU delta against its baseline
+(``harness.cells.baseline``, named in the row) over the seeds both ran, with a 95% paired
 bootstrap interval (``bootstrap_delta``); a delta whose interval excludes zero is marked
 significant.
 """
@@ -19,13 +21,14 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from harness.cells import Cell, Configuration, baseline, baseline_name, configurations, paired_difference, paired_seeds
 from harness.errors import InputError
 
 _GROUP = ("dataset", "backbone", "neck", "classifier")
 _MEANS = {"fwIoU": "fwIoU", "pACC": "pACC", "head_params_inference": "params/head_inference",
           "head_params_training_only": "params/head_training_only", "gflops": "gflops/total"}
-COLUMNS = (*_GROUP, "seeds", "mIoU", "mIoU_std", "delta_vs_softmax", "delta_ci_low", "delta_ci_high",
-           "significant", *_MEANS, "latency_p50_ms", "latency_p90_ms", "throughput_images_per_s", "peak_memory_mb")
+COLUMNS = (*_GROUP, "configuration", "seeds", "mIoU", "mIoU_std", "baseline", "paired_seeds", "delta_vs_softmax",
+           "delta_ci_low", "delta_ci_high", "significant", *_MEANS, "latency_p50_ms", "latency_p90_ms", "throughput_images_per_s", "peak_memory_mb")
 RESAMPLES = 1000
 
 
@@ -83,10 +86,10 @@ def bootstrap_delta(head: list[list], base: list[list], resamples: int = RESAMPL
 
 
 def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None = None,
-                      tracking_uri: str | None = None) -> tuple[str, list[dict]]:
-    """(report name, FINISHED cells with tags and metrics) of an experiment or of one parent run."""
+                      tracking_uri: str | None = None) -> tuple[str, list[Cell]]:
+    """(report name, FINISHED cells with their per-image counts) of an experiment or of one parent run."""
     from harness.tracking import (FINISHED_CELLS, experiment_id, open_client, read_per_image_counts,
-                                  resolve_tracking_uri, run_cells, search_all_runs)
+                                  resolve_tracking_uri, search_all_runs)
 
     uri = resolve_tracking_uri(tracking_uri)
     client = open_client(uri)
@@ -99,9 +102,9 @@ def cells_from_mlflow(experiment: str | None = None, parent_run_id: str | None =
         query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'"
     else:
         experiment_ids, name, query = [experiment_id(client, experiment, uri)], experiment, FINISHED_CELLS
-    cells = run_cells(search_all_runs(client, experiment_ids, query))
+    cells = [Cell.from_run(run) for run in search_all_runs(client, experiment_ids, query)]
     for cell in cells:
-        cell["per_image"] = read_per_image_counts(cell["run_id"], uri)
+        cell.per_image = read_per_image_counts(cell.run_id, uri)
     if not cells:
         raise InputError(f"{'run ' + parent_run_id if parent_run_id else 'experiment ' + repr(experiment)}: "
                          "no FINISHED cells to report")
@@ -118,40 +121,45 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def summarise(cells: list[dict]) -> list[dict]:
-    """The report's rows (``COLUMNS``), sorted by dataset, backbone, neck, then classifier."""
-    groups, by_seed = defaultdict(list), defaultdict(dict)
-    for cell in cells:
-        key = tuple(cell["tags"][k] for k in _GROUP)
-        groups[key].append(cell["metrics"])
-        by_seed[key][cell["tags"].get("seed")] = cell.get("per_image")
+def summarise(cells: list[Cell], latest: bool = False) -> list[dict]:
+    """The report's rows (``COLUMNS``), one per configuration, sorted by dataset, backbone,
+    neck, classifier, then configuration."""
+    return _rows(configurations(cells, latest))
+
+
+def _rows(configs: list[Configuration]) -> list[dict]:
     rows = []
-    for key, runs in sorted(groups.items()):
-        row = dict(zip(_GROUP, key))
-        mious = [m["mIoU"] for m in runs if "mIoU" in m]
-        row.update(seeds=len(runs), mIoU=_mean(mious), mIoU_std=statistics.stdev(mious) if len(mious) > 1 else 0.0)
+    for config in configs:
+        runs = [config.cells[s].metrics for s in config.seeds]
+        row = dict(zip(_GROUP, (config.dataset, config.backbone, config.neck, config.classifier)))
+        mious = config.values("mIoU")
+        row.update(configuration=config.label, seeds=len(runs), mIoU=_mean(mious),
+                   mIoU_std=statistics.stdev(mious) if len(mious) > 1 else 0.0)
         row.update({column: _mean([m.get(metric) for m in runs]) for column, metric in _MEANS.items()})
         batch = _smallest_batch(runs[0])
         for column, metric in (("latency_p50_ms", "latency/bs{b}/p50_ms"), ("latency_p90_ms", "latency/bs{b}/p90_ms"),
                                ("throughput_images_per_s", "throughput/bs{b}/images_per_s"),
                                ("peak_memory_mb", "memory/bs{b}/peak_mb")):
             row[column] = _mean([m.get(metric.format(b=batch)) for m in runs]) if batch else None
+        row.update(_delta(config, baseline(config, configs)))
         rows.append(row)
-    softmax = {tuple(r[k] for k in _GROUP[:3]): r["mIoU"] for r in rows if r["classifier"] == "softmax"}
-    for row in rows:
-        place = tuple(row[k] for k in _GROUP[:3])
-        base = softmax.get(place)
-        row["delta_vs_softmax"] = (row["mIoU"] - base if base is not None and row["mIoU"] is not None
-                                   and row["classifier"] != "softmax" else None)
-        row["delta_ci_low"] = row["delta_ci_high"] = row["significant"] = None
-        if row["delta_vs_softmax"] is None:
-            continue
-        head, reference = by_seed[(*place, row["classifier"])], by_seed[(*place, "softmax")]
-        seeds = sorted(s for s in head if s in reference and head[s] is not None and reference[s] is not None)
-        if seeds:
-            low, high = bootstrap_delta([head[s] for s in seeds], [reference[s] for s in seeds])
-            row.update(delta_ci_low=low, delta_ci_high=high, significant=low > 0 or high < 0)
     return rows
+
+
+def _delta(config: Configuration, base: Configuration | None) -> dict:
+    """The delta columns of ``config``'s row against ``base``, over the seeds both ran."""
+    row = dict(baseline=None, paired_seeds=None, delta_vs_softmax=None, delta_ci_low=None, delta_ci_high=None,
+               significant=None)
+    if base is None:
+        return row
+    seeds = paired_seeds(config, base)
+    row.update(baseline=baseline_name(config, base), paired_seeds=len(seeds),
+               delta_vs_softmax=paired_difference(config, base))
+    counted = [s for s in seeds if config.cells[s].per_image is not None and base.cells[s].per_image is not None]
+    if row["delta_vs_softmax"] is not None and counted == seeds:
+        low, high = bootstrap_delta([config.cells[s].per_image for s in seeds], [base.cells[s].per_image for s in seeds])
+        row.update(delta_ci_low=low, delta_ci_high=high, significant=low > 0 or high < 0)
+    return row
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -163,23 +171,27 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def _markdown(name: str, rows: list[dict]) -> str:
-    header = ["dataset", "backbone", "neck", "classifier", "seeds", "mIoU", "vs softmax", "fwIoU", "pACC",
-              "head params (inference / training-only)", "GFLOPs", "p50 ms", "p90 ms", "images/s", "peak MB"]
+    header = ["dataset", "backbone", "neck", "configuration", "seeds", "mIoU", "vs baseline", "baseline", "fwIoU",
+              "pACC", "head params (inference / training-only)", "GFLOPs", "p50 ms", "p90 ms", "images/s", "peak MB"]
     lines = [f"# {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         miou = f"{_fmt(r['mIoU'])} ± {_fmt(r['mIoU_std'])}" if r["seeds"] > 1 else _fmt(r["mIoU"])
         delta = "" if r["delta_vs_softmax"] is None else f"{r['delta_vs_softmax']:+.2f}"
         if r["delta_ci_low"] is not None:
             delta += f" [{r['delta_ci_low']:+.2f}, {r['delta_ci_high']:+.2f}]" + ("*" if r["significant"] else "")
+        base = "" if r["baseline"] is None else f"{r['baseline']} ({r['paired_seeds']} paired)"
         params = f"{_fmt(r['head_params_inference'], 0)} / {_fmt(r['head_params_training_only'], 0)}"
-        cells = [r["dataset"], r["backbone"], r["neck"], r["classifier"], str(r["seeds"]), miou, delta,
+        cells = [r["dataset"], r["backbone"], r["neck"], r["configuration"], str(r["seeds"]), miou, delta, base,
                  _fmt(r["fwIoU"]), _fmt(r["pACC"]), params, _fmt(r["gflops"], 3), _fmt(r["latency_p50_ms"], 1),
                  _fmt(r["latency_p90_ms"], 1), _fmt(r["throughput_images_per_s"]), _fmt(r["peak_memory_mb"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "mIoU in percent (mean ± std over seeds); vs softmax: the mIoU delta on the same backbone with its "
-              f"95% paired bootstrap interval over validation images (and seeds), {RESAMPLES} resamples; * marks an "
-              "interval that excludes zero. Latency, throughput and memory at the smallest measured batch size; "
-              "GFLOPs = 2 x GMACs per image.", ""]
+    lines += ["", "One row per configuration: cells equal in everything but the seed; a label in brackets gives the "
+              "settings that tell configurations of one head apart. mIoU in percent (mean ± std over seeds); vs "
+              "baseline: the mIoU delta against the named softmax configuration (same dataset and backbone, the same "
+              "neck where there is one) over the seeds both ran, seed paired with seed, with its 95% paired bootstrap "
+              f"interval over validation images (and seeds), {RESAMPLES} resamples; * marks an interval that "
+              "excludes zero. Latency, throughput and memory at the smallest measured batch size; GFLOPs = 2 x GMACs "
+              "per image.", ""]
     return "\n".join(lines)
 
 
@@ -193,7 +205,7 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def _plots(rows: list[dict], cells: list[dict]) -> dict[str, bytes]:
+def _plots(rows: list[dict], configs: list[Configuration]) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,7 +218,7 @@ def _plots(rows: list[dict], cells: list[dict]) -> dict[str, bytes]:
         return buffer.getvalue()
 
     images = {}
-    label = [f"{r['classifier']}@{r['backbone']}" for r in rows]
+    label = [f"{r['configuration']}@{r['backbone']}" for r in rows]
     for name, column, xlabel in (("miou_vs_latency.png", "latency_p50_ms", "latency p50 (ms)"),
                                  ("miou_vs_gflops.png", "gflops", "GFLOPs per image")):
         points = [(r[column], r["mIoU"], text) for r, text in zip(rows, label) if r[column] is not None and r["mIoU"] is not None]
@@ -228,17 +240,14 @@ def _plots(rows: list[dict], cells: list[dict]) -> dict[str, bytes]:
     axes.set(xlabel="head parameters")
     axes.legend(fontsize=7)
     images["head_params.png"] = png(figure)
-    images["per_class_iou.png"] = png(_heatmap(plt, cells))
+    images["per_class_iou.png"] = png(_heatmap(plt, configs))
     return images
 
 
-def _heatmap(plt, cells: list[dict]):
-    by_head = defaultdict(list)
-    for cell in cells:
-        by_head[f"{cell['tags']['classifier']}@{cell['tags']['backbone']}"].append(cell["metrics"])
-    classes = sorted({k[4:] for c in cells for k in c["metrics"] if k.startswith("IoU-")})
-    heads = sorted(by_head)
-    matrix = [[_mean([m.get(f"IoU-{c}") for m in by_head[h]]) or 0.0 for c in classes] for h in heads]
+def _heatmap(plt, configs: list[Configuration]):
+    heads = [f"{c.label}@{c.backbone}" + (f"/{c.neck}" if len({x.neck for x in configs}) > 1 else "") for c in configs]
+    classes = sorted({k[4:] for c in configs for cell in c.cells.values() for k in cell.metrics if k.startswith("IoU-")})
+    matrix = [[c.mean(f"IoU-{name}") or 0.0 for name in classes] for c in configs]
     figure, axes = plt.subplots(figsize=(max(4, 0.45 * len(classes) + 2), 0.4 * len(heads) + 1.5))
     image = axes.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=100)
     axes.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
@@ -250,19 +259,18 @@ def _heatmap(plt, cells: list[dict]):
 PREDICTION_IMAGES = 6  # validation images in the report's predictions section, drawn with a fixed seed
 
 
-def _groups(cells: list[dict]) -> dict[tuple, dict[str, dict]]:
-    """(dataset, backbone, neck) -> classifier -> the cell with the smallest seed."""
-    groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
-    for cell in sorted(cells, key=lambda c: int(c["tags"]["seed"])):
-        t = cell["tags"]
-        groups[(t["dataset"], t["backbone"], t["neck"])].setdefault(t["classifier"], cell)
+def _groups(configs: list[Configuration]) -> dict[tuple, dict[str, Cell]]:
+    """(dataset, backbone, neck) -> configuration label -> its cell with the smallest seed."""
+    groups: dict[tuple, dict[str, Cell]] = defaultdict(dict)
+    for config in configs:
+        groups[(config.dataset, config.backbone, config.neck)][config.label] = config.cells[config.seeds[0]]
     return groups
 
 
-def prediction_panels(cells: list[dict], tracking_uri: str, count: int = PREDICTION_IMAGES,
+def prediction_panels(configs: list[Configuration], tracking_uri: str, count: int = PREDICTION_IMAGES,
                       seed: int = 0) -> tuple[dict[str, bytes], list[str]]:
     """For each dataset x backbone x neck: ``count`` validation images drawn with ``seed``,
-    as rows of image | ground truth | each head's prediction (the head's cell with the
+    as rows of image | ground truth | each configuration's prediction (its cell with the
     smallest seed, from its logged weights), each panel titled with its per-image mIoU.
     Returns (PNG per group: ``predictions.png`` for one group, else
     ``predictions_<dataset>_<backbone>_<neck>.png``; notes on what could not be shown)."""
@@ -272,7 +280,7 @@ def prediction_panels(cells: list[dict], tracking_uri: str, count: int = PREDICT
     from harness.predict import class_colors, load_run, predict_labels
     from harness.run import dataset_splits, label_space
 
-    groups, panels, notes = _groups(cells), {}, []
+    groups, panels, notes = _groups(configs), {}, []
     for (dataset, backbone, neck), heads in sorted(groups.items()):
         try:
             records = DatasetCatalog.get(dataset_splits(dataset)["val"])
@@ -284,9 +292,9 @@ def prediction_panels(cells: list[dict], tracking_uri: str, count: int = PREDICT
         mapper = SemSegMapper(len(classes), ignore)
         samples = [mapper(records[i]) for i in picks]
         columns = []
-        for classifier in sorted(heads, key=lambda c: (c != "softmax", c)):
+        for classifier in sorted(heads, key=lambda c: (not c.startswith("softmax"), c)):
             try:
-                _, model = load_run(heads[classifier]["run_id"], tracking_uri)
+                _, model = load_run(heads[classifier].run_id, tracking_uri)
             except InputError as exc:
                 notes.append(f"{classifier}@{backbone}/{neck}: no predictions ({exc})")
                 continue
@@ -362,20 +370,23 @@ rows.sort((a,c)=>{const x=v(a),y=v(c);return (x>y?1:x<y?-1:0)*(asc?1:-1)});rows.
             f"</table>{figures}<script>{script}</script></body></html>")
 
 
-def write_report(name: str, cells: list[dict], out: Path, tracking_uri: str | None = None) -> list[Path]:
+def write_report(name: str, cells: list[Cell], out: Path, tracking_uri: str | None = None,
+                 latest: bool = False) -> list[Path]:
     """Write ``results.csv``, ``report.md``, the PNG plots and ``report.html`` into ``out``;
-    with ``tracking_uri`` (cells with ``run_id``s), the predictions section too."""
-    rows = summarise(cells)
+    with ``tracking_uri`` (cells with ``run_id``s), the predictions section too; with
+    ``latest``, only the newest configuration of each dataset x backbone x neck x classifier."""
+    configs = configurations(cells, latest)
+    rows = _rows(configs)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     (out / "report.md").write_text(_markdown(name, rows))
-    images = _plots(rows, cells)
+    images = _plots(rows, configs)
     for file_name, data in images.items():
         (out / file_name).write_bytes(data)
-    predictions, notes = prediction_panels(cells, tracking_uri) if tracking_uri else ({}, [])
+    predictions, notes = prediction_panels(configs, tracking_uri) if tracking_uri else ({}, [])
     for file_name, data in predictions.items():
         (out / file_name).write_bytes(data)
     if predictions or notes:

@@ -23,7 +23,7 @@ from harness.evaluate import evaluate
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
 from harness.metrics import SemSegEvaluator
 from harness.model import AuxiliaryFCNHead, Segmentor
-from harness.pretrain import resolve_backbone_kwargs, without_checkpoint
+from harness.pretrain import INITIAL_WEIGHTS, resolve_backbone_kwargs, without_checkpoint
 from harness.train import train
 
 SPLITS = ("train", "val")
@@ -43,7 +43,8 @@ def dataset_splits(name: str) -> dict[str, str]:
     splits = SPLIT_NAMES.get(name) or {split: f"{name}_{split}" for split in SPLITS}
     if not all(s in DatasetCatalog for s in splits.values()):
         bases = {n.removesuffix("_train") for n in DatasetCatalog.list() if n.endswith("_train")}
-        known = sorted({b for b in bases if f"{b}_val" in DatasetCatalog} | set(SPLIT_NAMES))
+        known = sorted({b for b in bases if f"{b}_val" in DatasetCatalog  # semantic segmentation ones only
+                        and MetadataCatalog.get(f"{b}_train").get("stuff_classes") is not None} | set(SPLIT_NAMES))
         raise InputError(f"unknown dataset {name!r}: needs {splits['train']!r} and {splits['val']!r} registered; "
                          f"known datasets: {', '.join(known)}")
     return splits
@@ -106,8 +107,8 @@ def load_segmentor(cfg: RunConfig, weights: bytes | str | Path) -> Segmentor:
                          f"torch.load can read ({type(exc).__name__})") from None
     classes, ignore = label_space(cfg.data.dataset)
     # The trained weights replace every parameter, so the backbone's initial ones (a file that
-    # may live on another machine, or builtin weights not made here yet) are not loaded.
-    bare = without_checkpoint(cfg.model.backbone_kwargs)
+    # may live on another machine, builtin weights not made here yet, the model hub's) are not loaded.
+    bare = without_checkpoint(cfg.model.backbone_kwargs, INITIAL_WEIGHTS)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_kwargs=bare))
     model = build_segmentor(cfg, len(classes), ignore)
     try:

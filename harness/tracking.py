@@ -12,17 +12,17 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import yaml
 
-from harness.config import flatten
+from harness.config import HASH_VERSION, MAX_PARAM_LENGTH, config_params
 from harness.results import to_json
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-_MAX_PARAM_LENGTH = 6000
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -178,17 +178,52 @@ def _per_class_csv(per_class: dict) -> str:
     return buffer.getvalue()
 
 
+_NOT_IN_METRIC_NAMES = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def metric_name(key: str) -> str:
+    """``key`` as an MLflow metric name: characters MLflow refuses (detectron2's ADE20K classes
+    have commas, ``IoU-road, route``) become ``_``; ``per_class.csv`` keeps the names as they are."""
+    return _NOT_IN_METRIC_NAMES.sub("_", key)
+
+
 def _finite(value) -> bool:
     """Metrics read back from JSON hold None where the number was not finite."""
     return value is not None and math.isfinite(value)
+
+
+def _log_result_files(client, run_id: str, result: dict) -> None:
+    """``config.yaml``, ``cell_result.json`` and (measured) ``measurement.json``: what a re-measurement rewrites."""
+    client.log_text(run_id, yaml.safe_dump(result["config"], sort_keys=False), "config.yaml")
+    client.log_text(run_id, to_json({k: v for k, v in result.items() if k != "per_image"}), "cell_result.json")
+    if result.get("measurement"):
+        client.log_dict(run_id, result["measurement"], "measurement.json")
+
+
+def update_measurement(result: dict, run_id: str, tracking_uri: str | None = None) -> None:
+    """Write a FINISHED cell's new cost measurement (``result["measurement"]`` and its metrics)
+    into its existing run ``run_id``: metrics logged again (MLflow keeps each metric's history;
+    the latest value is the one shown and read), the result files rewritten. The run's params
+    and its training stay as they were."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    now = int(time.time() * 1000)
+    metrics = [Metric(metric_name(k), float(v), now, 0) for k, v in result["metrics"].items() if _finite(v)]
+    for chunk in _chunks(metrics, 1000):
+        client.log_batch(run_id, metrics=chunk)
+    _log_result_files(client, run_id, result)
 
 
 def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "segheads",
              parent_run_id: str | None = None, weights: bytes | None = None) -> str:
     """Write one CellResult as an MLflow run and return its run id.
 
-    Tags: the cell's tags (backbone, classifier, dataset, seed, neck, config_hash) and
-    ``git_commit``; params: the resolved config, flattened; metrics: every finite
+    Tags: the cell's tags (backbone, classifier, dataset, seed, neck, config_hash),
+    ``hash_version`` (what its ``config_hash`` covers, ``harness.config.HASH_VERSION``) and
+    ``git_commit``; params: the resolved config, flattened, without the measurement settings
+    (``config_params``: they live in ``measurement.json`` and ``config.yaml``); metrics: every finite
     metric, plus the training curve as stepped ``loss/*`` and ``lr`` series;
     artifacts: ``per_class.csv``, ``config.yaml``, ``training_curve.json``, ``cell_result.json``
     and, when the cell was measured, ``measurement.json`` (settings, timer, machine fingerprint);
@@ -203,15 +238,15 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    tags = {**result["tags"], "git_commit": git_commit(),
+    tags = {**result["tags"], "hash_version": HASH_VERSION, "git_commit": git_commit(),
             "mlflow.runName": f"{result['tags']['classifier']}@{result['tags']['backbone']}-s{result['tags']['seed']}"}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     try:
         now = int(time.time() * 1000)
-        params = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in flatten(result["config"]).items()]
-        metrics = [Metric(k, float(v), now, 0) for k, v in result["metrics"].items() if _finite(v)]
+        params = [Param(k, v) for k, v in config_params(result["config"]).items()]
+        metrics = [Metric(metric_name(k), float(v), now, 0) for k, v in result["metrics"].items() if _finite(v)]
         for row in result["history"]:
             metrics += [Metric(f"curve/{k}", float(v), now, row["iteration"]) for k, v in row.items()
                         if k != "iteration" and _finite(v)]
@@ -222,16 +257,13 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
         if result.get("per_class"):
             client.log_text(run_id, _per_class_csv(result["per_class"]), "per_class.csv")
         if result.get("error"):
-            client.set_tag(run_id, "error", result["error"][:_MAX_PARAM_LENGTH])
+            client.set_tag(run_id, "error", result["error"][:MAX_PARAM_LENGTH])
             client.log_text(run_id, result.get("traceback", ""), "traceback.txt")
-        client.log_text(run_id, yaml.safe_dump(result["config"], sort_keys=False), "config.yaml")
         client.log_dict(run_id, result["history"], "training_curve.json")
-        client.log_text(run_id, to_json({k: v for k, v in result.items() if k != "per_image"}), "cell_result.json")
         if result.get("per_image"):
             client.log_text(run_id, json.dumps(result["per_image"], separators=(",", ":")), "per_image_counts.json")
         client.set_tag(run_id, "environment", json.dumps(result.get("environment", {})))
-        if result.get("measurement"):
-            client.log_dict(run_id, result["measurement"], "measurement.json")
+        _log_result_files(client, run_id, result)
         if weights is not None:
             _log_bytes(client, run_id, weights, WEIGHTS_ARTIFACT)
     except BaseException:

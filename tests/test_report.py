@@ -32,8 +32,11 @@ def test_report_tables_deltas_and_plots(logged_cells, tmp_path, source, capsys):
     assert float(rows["softmax"]["mIoU"]) == pytest.approx(statistics.fmean(softmax))
     assert float(rows["softmax"]["mIoU_std"]) == pytest.approx(statistics.stdev(softmax))
     assert rows["softmax"]["seeds"] == "2" and rows["softmax"]["delta_vs_softmax"] == ""
-    expected_delta = results[2]["metrics"]["mIoU"] - statistics.fmean(softmax)
+    # query ran seed 0 only: compared with softmax's seed 0, not with the mean of softmax's two seeds
+    expected_delta = results[2]["metrics"]["mIoU"] - results[0]["metrics"]["mIoU"]
     assert float(rows["query"]["delta_vs_softmax"]) == pytest.approx(expected_delta)
+    assert rows["query"]["baseline"] == "softmax" and rows["query"]["paired_seeds"] == "1"
+    assert rows["softmax"]["configuration"] == "softmax" and rows["softmax"]["baseline"] == ""
     assert float(rows["query"]["latency_p50_ms"]) == pytest.approx(results[2]["metrics"]["latency/bs1/p50_ms"])
     for name in ("miou_vs_latency.png", "miou_vs_gflops.png", "head_params.png", "per_class_iou.png", "predictions.png"):
         data = (out / name).read_bytes()
@@ -177,14 +180,16 @@ def test_predictions_panel_shows_the_same_seeded_images_for_every_head(logged_ce
 
     from PIL import Image
 
+    from harness.cells import configurations
     from harness.report import cells_from_mlflow, prediction_panels
 
     _, _, uri, _, _ = logged_cells
     _, cells = cells_from_mlflow("checked", tracking_uri=uri)
-    panels, notes = prediction_panels(cells, uri, count=3)
-    again, _ = prediction_panels(cells, uri, count=3)
+    panels, notes = prediction_panels(configurations(cells), uri, count=3)
+    again, _ = prediction_panels(configurations(cells), uri, count=3)
     assert list(panels) == ["predictions.png"] and notes == [] and panels == again
     assert Image.open(io.BytesIO(panels["predictions.png"])).size[1] > 200
-    without = [dict(c, run_id="0" * 32) for c in cells]  # runs that hold no weights: named, not drawn
-    panels, notes = prediction_panels(without, uri, count=3)
+    for cell in cells:  # runs that hold no weights: named, not drawn
+        cell.run_id = "0" * 32
+    panels, notes = prediction_panels(configurations(cells), uri, count=3)
     assert panels == {} and any("no predictions" in n and "softmax" in n for n in notes)

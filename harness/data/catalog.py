@@ -1,10 +1,15 @@
-"""detectron2's ``DatasetCatalog`` / ``MetadataCatalog`` contract, implemented natively.
+"""detectron2's ``DatasetCatalog`` / ``MetadataCatalog`` contract, with or without detectron2.
 
 Semantics follow detectron2 (``detectron2/data/catalog.py``): a dataset is a
 zero-argument function returning ``list[dict]`` registered once under a name;
 metadata is an attribute bag per name whose attributes, once set, cannot be set
-to a different value. When detectron2 is importable every registration is
-mirrored into its catalogs, so datasets registered here work in detectron2 code.
+to a different value.
+
+When detectron2 is importable, these catalogs are views of detectron2's own: one
+registry, whichever side registers. A dataset registered in detectron2's catalogs (its
+built-in ADE20K and Cityscapes splits, or a user's) is usable here by name, and one
+registered here works in detectron2 code. Importing detectron2 first or last makes no
+difference: this module imports it. Without detectron2 the catalogs are segheads' own.
 """
 
 from __future__ import annotations
@@ -14,16 +19,19 @@ from typing import Any
 
 from harness.errors import unknown_name_error
 
-try:  # pragma: no cover - detectron2 is not installable from the registries here
+try:  # detectron2 is not on the package index: installed from its repository, when it is
     from detectron2.data import DatasetCatalog as _D2DatasetCatalog
     from detectron2.data import MetadataCatalog as _D2MetadataCatalog
 except ImportError:
     _D2DatasetCatalog = _D2MetadataCatalog = None
 
+DETECTRON2 = _D2DatasetCatalog is not None  # whether the catalogs below are detectron2's
+
 
 class _DatasetCatalog:
     def __init__(self) -> None:
-        self._loaders: dict[str, Callable[[], list[dict]]] = {}
+        # name -> loader: detectron2's catalog (a dict of exactly that) when it is importable
+        self._loaders: dict[str, Callable[[], list[dict]]] = _D2DatasetCatalog if DETECTRON2 else {}
 
     def register(self, name: str, func: Callable[[], list[dict]]) -> None:
         if not callable(func):
@@ -31,8 +39,6 @@ class _DatasetCatalog:
         if name in self._loaders:
             raise ValueError(f"dataset {name!r} is already registered")
         self._loaders[name] = func
-        if _D2DatasetCatalog is not None and name not in _D2DatasetCatalog:
-            _D2DatasetCatalog.register(name, func)
 
     def get(self, name: str) -> list[dict]:
         if name not in self._loaders:
@@ -50,24 +56,28 @@ class _DatasetCatalog:
 
 
 class Metadata:
-    """Attributes of one dataset; re-setting an attribute to a different value fails."""
+    """Attributes of one dataset; re-setting an attribute to a different value fails. With
+    detectron2, the attributes are those of detectron2's ``Metadata`` of the same name."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, values: dict[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_values", values if values is not None else {"name": name})
         object.__setattr__(self, "name", name)
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key == "name":
             raise AttributeError("a dataset's metadata name cannot change")
-        if key in self.__dict__ and self.__dict__[key] != value:
+        values = self._values
+        if key in values and values[key] != value:
             raise ValueError(
-                f"metadata {key!r} of dataset {self.name!r} is already {self.__dict__[key]!r}; refusing to set {value!r}"
+                f"metadata {key!r} of dataset {self.name!r} is already {values[key]!r}; refusing to set {value!r}"
             )
-        object.__setattr__(self, key, value)
-        if _D2MetadataCatalog is not None:
-            _D2MetadataCatalog.get(self.name).set(**{key: value})
+        values[key] = value
 
     def __getattr__(self, key: str) -> Any:
-        raise AttributeError(f"dataset {self.name!r} has no metadata {key!r}; set: {sorted(self.__dict__)}")
+        values = object.__getattribute__(self, "_values")
+        if key in values:
+            return values[key]
+        raise AttributeError(f"dataset {values['name']!r} has no metadata {key!r}; set: {sorted(values)}")
 
     def set(self, **kwargs: Any) -> Metadata:
         for key, value in kwargs.items():
@@ -75,10 +85,10 @@ class Metadata:
         return self
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.__dict__.get(key, default)
+        return self._values.get(key, default)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return dict(self._values)
 
 
 class _MetadataCatalog:
@@ -88,14 +98,16 @@ class _MetadataCatalog:
     def get(self, name: str) -> Metadata:
         """The metadata of ``name``, created empty on first access (as in detectron2)."""
         if name not in self._metadata:
-            self._metadata[name] = Metadata(name)
+            self._metadata[name] = Metadata(name, vars(_D2MetadataCatalog.get(name)) if DETECTRON2 else None)
         return self._metadata[name]
 
     def list(self) -> list[str]:
-        return sorted(self._metadata)
+        return sorted(_D2MetadataCatalog.list()) if DETECTRON2 else sorted(self._metadata)
 
     def remove(self, name: str) -> None:
         self._metadata.pop(name, None)
+        if DETECTRON2:
+            _D2MetadataCatalog.pop(name, None)
 
 
 DatasetCatalog = _DatasetCatalog()

@@ -1,26 +1,35 @@
 """Class names and label-id tables of the papers' datasets (data only).
 
-Orders are the training ids: ADE20K-150 (SceneParsing ``objectInfo150``), Cityscapes'
-19 train ids, COCO-Stuff's 171 classes (80 things then 91 stuff, in COCO id order) and
+Orders are the training ids: ADE20K-150 (SceneParsing ``objectInfo150``, named as detectron2
+names them, synonyms and all, so that evaluation keys match detectron2's), Cityscapes' 19
+train ids, COCO-Stuff's 171 classes (80 things then 91 stuff, in COCO id order) and
 PASCAL-Context's 59 most frequent classes (alphabetical, as in the benchmark's list).
 """
 
 ADE20K_150 = [
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
-    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
-    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
-    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
-    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
-    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel",
-    "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
-    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
-    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
-    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
-    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
-    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road, route", "bed", "window ", "grass", "cabinet",
+    "sidewalk, pavement", "person", "earth, ground", "door", "table", "mountain, mount", "plant", "curtain",
+    "chair", "car", "water", "painting, picture", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
+    "armchair", "seat", "fence", "desk", "rock, stone", "wardrobe, closet, press", "lamp", "tub", "rail", "cushion",
+    "base, pedestal, stand", "box", "column, pillar", "signboard, sign", "chest of drawers, chest, bureau, dresser",
+    "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator, icebox", "grandstand, covered stand",
+    "path", "stairs", "runway", "case, display case, showcase, vitrine",
+    "pool table, billiard table, snooker table", "pillow", "screen door, screen", "stairway, staircase", "river",
+    "bridge, span", "bookcase", "blind, screen", "coffee table",
+    "toilet, can, commode, crapper, pot, potty, stool, throne", "flower", "book", "hill", "bench", "countertop",
+    "stove", "palm, palm tree", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine",
+    "hovel, hut, hutch, shack, shanty", "bus", "towel", "light", "truck", "tower", "chandelier",
+    "awning, sunshade, sunblind", "street lamp", "booth", "tv", "plane", "dirt track", "clothes", "pole",
+    "land, ground, soil", "bannister, banister, balustrade, balusters, handrail",
+    "escalator, moving staircase, moving stairway", "ottoman, pouf, pouffe, puff, hassock", "bottle",
+    "buffet, counter, sideboard", "poster, posting, placard, notice, bill, card", "stage", "van", "ship",
+    "fountain", "conveyer belt, conveyor belt, conveyer, conveyor, transporter", "canopy",
+    "washer, automatic washer, washing machine", "plaything, toy", "pool", "stool", "barrel, cask",
+    "basket, handbasket", "falls", "tent", "bag", "minibike, motorbike", "cradle", "oven", "ball",
+    "food, solid food", "step, stair", "tank, storage tank", "trade name", "microwave", "pot", "animal", "bicycle",
+    "lake", "dishwasher", "screen", "blanket, cover", "sculpture", "hood, exhaust hood", "sconce", "vase",
+    "traffic light", "tray", "trash can", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board",
+    "shower", "radiator", "glass, drinking glass", "clock", "flag",
 ]
 
 CITYSCAPES_19 = [
