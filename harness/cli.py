@@ -499,6 +499,7 @@ def _backbone_details(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per result, not bars
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is segheads' own output
     try:
         commands = {"run": _run, "measure": _measure, "predict": _predict, "grid": _grid, "check": _check, "report": _report,
                     "ui": _ui, "list": _list, "import-results": _import_results, "validate-data": _validate_data,

@@ -8,7 +8,9 @@ node it is pinned to, so no training, data loading or other measurement shares i
 or GPU while it times (``measurement.json`` records the node and what was reserved). Only
 this driver writes MLflow: a parent run per grid, a child run per cell with the trained
 weights; each result is also appended to ``results.jsonl`` as it arrives. Re-running a grid skips cells whose ``config_hash``
-already has a FINISHED child run and runs the rest (new cells included).
+already has a FINISHED child run and runs the rest (new cells included); a FINISHED cell
+whose ``measure`` settings changed is measured again from its logged weights and its run
+updated, never retrained (``config_hash`` leaves measurement out).
 
 Failures: an exception or a non-finite loss inside a cell makes that cell FAILED (error
 and traceback recorded) and the grid goes on; a lost worker or node is a system failure

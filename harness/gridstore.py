@@ -1,14 +1,17 @@
 """Where a grid's results live: MLflow (a parent run per grid, a child run per cell) and an
 append-only ``results.jsonl``, kept consistent so that each cell has exactly one FINISHED
-child run and one FINISHED line, whenever the driver was stopped.
+child run and a FINISHED line, whenever the driver was stopped.
 
 Write order per cell: MLflow child run first, then the ``results.jsonl`` line. On start,
 ``sync()`` repairs what a killed driver or a tracking outage can leave behind: a child run
 left RUNNING is marked KILLED (its cell runs again); a FINISHED run without a line gets its
 line back from the run's ``cell_result.json``; a line without its run is logged to MLflow
-(``segheads import-results`` runs the same repair without a grid). ``results.jsonl`` may
-hold several lines for one cell (a FAILED attempt, then a FINISHED one); the last line of a
-cell wins.
+with the weights an offline grid kept (``segheads import-results`` runs the same repair
+without a grid, under the grid's lease). Runs logged before ``config_hash`` left the
+measurement settings out get today's hash (``_rehash``). ``results.jsonl`` may hold several
+lines for one cell (a FAILED attempt, then a FINISHED one; a re-measurement); the last line
+of a cell wins. A line torn by a killed writer is moved aside before the next append
+(``set_aside_torn_tail``), so a fragment never glues to the next line.
 
 The tracking store is probed when the store opens (an ``InputError`` if it cannot be
 reached, within seconds, not after MLflow's minutes of retries). If logging fails later,

@@ -33,6 +33,7 @@ LEASE_TAG = "segheads.lease"
 HEARTBEAT_SECONDS = 30.0
 EXPIRY_SECONDS = 300.0
 _ATTEMPTS = 20
+_RELEASED: set[str] = set()  # lease runs this process released (their deletion may have failed)
 
 
 class GridBusy(InputError):
@@ -88,8 +89,8 @@ class TrackingLease:
             for run in self._leases():
                 if run.info.run_id == mine:
                     continue
-                if not _alive(run.data.tags, now):
-                    self._delete(run.info.run_id)  # a dead driver's lease
+                if run.info.run_id in _RELEASED or not _alive(run.data.tags, now):
+                    self._delete(run.info.run_id)  # a dead driver's lease, or one released while the store was down
                     continue
                 others.append(run)
                 if run.data.tags.get("state") == "held":
@@ -120,6 +121,7 @@ class TrackingLease:
 
     def release(self) -> None:
         if self.run_id is not None:
+            _RELEASED.add(self.run_id)  # not live even if the store is down and it stays listed
             self._delete(self.run_id)
             self.run_id = None
 

@@ -43,11 +43,18 @@ def dataset_splits(name: str) -> dict[str, str]:
     splits = SPLIT_NAMES.get(name) or {split: f"{name}_{split}" for split in SPLITS}
     if not all(s in DatasetCatalog for s in splits.values()):
         bases = {n.removesuffix("_train") for n in DatasetCatalog.list() if n.endswith("_train")}
-        known = sorted({b for b in bases if f"{b}_val" in DatasetCatalog  # semantic segmentation ones only
-                        and MetadataCatalog.get(f"{b}_train").get("stuff_classes") is not None} | set(SPLIT_NAMES))
+        known = sorted({b for b in bases if f"{b}_val" in DatasetCatalog and _is_sem_seg(f"{b}_train")}
+                       | set(SPLIT_NAMES))
         raise InputError(f"unknown dataset {name!r}: needs {splits['train']!r} and {splits['val']!r} registered; "
                          f"known datasets: {', '.join(known)}")
     return splits
+
+
+def _is_sem_seg(split: str) -> bool:
+    """Whether ``split``'s metadata describes semantic segmentation (detectron2's catalogs also
+    hold detection, instance and panoptic datasets)."""
+    meta = MetadataCatalog.get(split)
+    return meta.get("stuff_classes") is not None and "sem_seg" in meta.get("evaluator_type", "sem_seg")
 
 
 def resolve_classifier(cfg: RunConfig) -> RunConfig:

@@ -155,6 +155,8 @@ def test_neck_kwargs_change_the_hash_only_when_set():
     from harness.config import _NOT_HASHED, flatten, to_dict
 
     base = RunConfig()
-    before = {k: v for k, v in flatten(to_dict(base)).items() if k not in _NOT_HASHED and k != "model.neck_kwargs"}
+    measurement = {k for k in flatten(to_dict(base)) if k.startswith("measure.")} | {"data.eval_batch_size"}
+    before = {k: v for k, v in flatten(to_dict(base)).items()
+              if k not in _NOT_HASHED | measurement and k != "model.neck_kwargs"}
     assert config_hash(base) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert config_hash(apply_overrides(base, ["model.neck_kwargs.auxiliary=true"])) != config_hash(base)

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,7 +48,10 @@ def test_run_end_to_end_writes_the_mlflow_run(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"per_class.csv", "config.yaml", "training_curve.json", "cell_result.json", "measurement.json"} <= artifacts
     assert result["measurement"]["settings"]["image_size"] == 64 and result["measurement"]["machine"]["threads"] >= 1
-    assert run.data.params["measure.batch_sizes"] == "[1, 2]"
+    # measurement settings live with the measurement (a re-measurement changes them; params cannot change)
+    assert "measure.batch_sizes" not in run.data.params and tags["hash_version"] == "2"
+    measured = json.loads(Path(client.download_artifacts(run.info.run_id, "measurement.json", str(tmp_path))).read_text())
+    assert measured["settings"]["batch_sizes"] == [1, 2]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -36,7 +37,10 @@ def _downloads(root):
     city = root / "cityscapes"
     for split in ("train", "val"):
         _image(city / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png")
-        _label(city / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", [0, 7, 33])
+        gt = city / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_"
+        _label(Path(f"{gt}labelIds.png"), [0, 7, 33])
+        _label(Path(f"{gt}instanceIds.png"), [0, 7, 33])  # the download's other files (detectron2's loader reads them)
+        Path(f"{gt}polygons.json").write_text(json.dumps({"imgHeight": _H, "imgWidth": _W, "objects": []}))
     coco = root / "coco"
     for split in ("train2017", "val2017"):
         _image(coco / split / "000000000009.jpg")

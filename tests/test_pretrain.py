@@ -102,6 +102,21 @@ def test_a_logged_model_is_rebuilt_without_making_its_initial_weights(cache):
         assert torch.equal(rebuilt.state_dict()[key], value)
 
 
+def test_rebuilding_a_logged_model_never_asks_the_model_hub(monkeypatch):
+    """A cell trained from ``pretrained: true`` rebuilds (measurement, predict, the report's
+    panels) without the hub, here unreachable: its trained weights replace every parameter."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = apply_overrides(RunConfig(), ["model.backbone=resnet10t", "model.embed_dim=16",
+                                        "model.backbone_kwargs={pretrained: true, checkpoint: /nowhere/w.pt}"])
+    with pytest.raises(Exception):  # building it as trained needs the hub
+        build_segmentor(hub, 11, 255)
+    plain = apply_overrides(hub, ["model.backbone_kwargs={}"])
+    state = {key: value + 1 if value.is_floating_point() else value
+             for key, value in build_segmentor(plain, 11, 255).state_dict().items()}
+    rebuilt = load_segmentor(hub, _bytes(state))
+    assert all(torch.equal(rebuilt.state_dict()[key], value) for key, value in state.items())
+
+
 def _bytes(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -14,14 +14,17 @@ difference: this module imports it. Without detectron2 the catalogs are segheads
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from harness.errors import unknown_name_error
 
 try:  # detectron2 is not on the package index: installed from its repository, when it is
-    from detectron2.data import DatasetCatalog as _D2DatasetCatalog
-    from detectron2.data import MetadataCatalog as _D2MetadataCatalog
+    with warnings.catch_warnings():  # its modules' own deprecations are not segheads users' concern
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script")
+        from detectron2.data import DatasetCatalog as _D2DatasetCatalog
+        from detectron2.data import MetadataCatalog as _D2MetadataCatalog
 except ImportError:
     _D2DatasetCatalog = _D2MetadataCatalog = None
 

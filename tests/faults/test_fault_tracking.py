@@ -13,10 +13,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gridtools import assert_finished_once, write_spec
+from mlflow.tracking import MlflowClient
+
+from gridtools import assert_finished_once, children, write_spec
 from harness.cli import main
 from harness.grid import expand, load_grid
-from harness.gridstore import read_results
+from harness.gridstore import GridStore, read_results
 
 
 _REFERENCE = str(Path(__file__).resolve().parents[2] / "jobs" / "reference" / "quickstart.yaml")
@@ -113,8 +115,19 @@ def test_no_tracking_grid_then_import(ray_cluster, tmp_path, capsys):
     assert not (tmp_path / "mlflow.db").exists()
     assert main(["grid", str(path), "--no-tracking", "--results", str(results)]) == 0  # finished cells skipped
     capsys.readouterr()
+    driver = GridStore("offline", uri, results).lease()
+    driver.acquire()  # a driver is running this grid: import-results must not repair under it
+    try:
+        assert main(["import-results", str(results), "--tracking-uri", uri]) == 2
+        assert f"process {os.getpid()}" in capsys.readouterr().err
+    finally:
+        driver.release()
     assert main(["import-results", str(results), "--tracking-uri", uri]) == 0
     assert capsys.readouterr().out.startswith("imported 2 of 2 cell result(s) into experiment 'offline'")
     assert_finished_once(uri, "offline", expand(load_grid(path)), results)
+    for run in children(uri, "offline")[0]:  # the weights the offline grid kept, logged with the cells
+        kept = (tmp_path / "weights" / f"{run.data.tags['config_hash']}.pt").read_bytes()
+        logged = MlflowClient(uri).download_artifacts(run.info.run_id, "weights.pt", str(tmp_path / run.info.run_id))
+        assert Path(logged).read_bytes() == kept
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(lines) == 2
