@@ -618,7 +618,8 @@ def comparison_table(results: list[dict]) -> str:
     for r in results:
         t, m = r["tags"], r["metrics"]
         miou, delta, named = m.get("mIoU"), "", ""
-        config = config_of.get(id(finished.get(id(r))))
+        cell = finished.get(id(r))
+        config = config_of.get(id(cell)) if cell is not None else None
         base = baseline(config, configs) if config is not None else None
         if base is not None and int(t["seed"]) in base.cells and miou is not None:
             delta = f"{miou - base.cells[int(t['seed'])].metrics['mIoU']:+.2f}"

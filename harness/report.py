@@ -28,7 +28,8 @@ _GROUP = ("dataset", "backbone", "neck", "classifier")
 _MEANS = {"fwIoU": "fwIoU", "pACC": "pACC", "head_params_inference": "params/head_inference",
           "head_params_training_only": "params/head_training_only", "gflops": "gflops/total"}
 COLUMNS = (*_GROUP, "configuration", "seeds", "mIoU", "mIoU_std", "baseline", "paired_seeds", "delta_vs_softmax",
-           "delta_ci_low", "delta_ci_high", "significant", *_MEANS, "latency_p50_ms", "latency_p90_ms", "throughput_images_per_s", "peak_memory_mb")
+           "delta_ci_low", "delta_ci_high", "significant", *_MEANS, "latency_p50_ms", "latency_p90_ms",
+           "throughput_images_per_s", "peak_memory_mb")
 RESAMPLES = 1000
 
 

@@ -115,11 +115,6 @@ def experiment_id(client, experiment: str, uri: str) -> str:
     return found.experiment_id
 
 
-def run_cells(runs: list) -> list[dict]:
-    """Cells (``tags``, ``metrics``, ``run_id``) of MLflow runs."""
-    return [{"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "run_id": run.info.run_id} for run in runs]
-
-
 def read_artifact(run_id: str, name: str, tracking_uri: str) -> str:
     """The text of a run's artifact ``name`` (``InputError`` naming the run if it has none)."""
     import tempfile

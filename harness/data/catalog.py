@@ -100,17 +100,17 @@ class _MetadataCatalog:
 
     def get(self, name: str) -> Metadata:
         """The metadata of ``name``, created empty on first access (as in detectron2)."""
+        if DETECTRON2:  # a view of detectron2's own, whatever detectron2 code did to it since
+            return Metadata(name, vars(_D2MetadataCatalog.get(name)))
         if name not in self._metadata:
-            self._metadata[name] = Metadata(name, vars(_D2MetadataCatalog.get(name)) if DETECTRON2 else None)
+            self._metadata[name] = Metadata(name)
         return self._metadata[name]
 
     def list(self) -> list[str]:
         return sorted(_D2MetadataCatalog.list()) if DETECTRON2 else sorted(self._metadata)
 
     def remove(self, name: str) -> None:
-        self._metadata.pop(name, None)
-        if DETECTRON2:
-            _D2MetadataCatalog.pop(name, None)
+        (_D2MetadataCatalog if DETECTRON2 else self._metadata).pop(name, None)
 
 
 DatasetCatalog = _DatasetCatalog()
