@@ -59,7 +59,8 @@ def _measure(config: Configuration, select: dict, expectation: Expectation,
     base = baseline(config, configs, classifier)
     if base is None:
         return None, f"no {classifier} cell to compare {config.label} with"
-    seeds = [s for s in seeds if s in paired_seeds(config, base)]
+    paired = set(paired_seeds(config, base))
+    seeds = [s for s in seeds if s in paired]
     return _combine(config.mean(metric, seeds), operator, base.mean(metric, seeds)), None
 
 

@@ -248,10 +248,14 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _is_measurement(key: str) -> bool:
+    """Whether flattened config ``key`` is a measurement setting (``_MEASUREMENT``, ``measure.*``)."""
+    return key in _MEASUREMENT or key.startswith(_MEASUREMENT_SECTION)
+
+
 def _is_identity(key: str, value: Any) -> bool:
     """Whether flattened config ``key`` belongs to a cell's training identity (``config_hash``)."""
-    return not (key in _NOT_HASHED or key in _MEASUREMENT or key.startswith(_MEASUREMENT_SECTION)
-                or (key in _HASHED_WHEN_SET and value in ({}, "{}")))
+    return not (key in _NOT_HASHED or _is_measurement(key) or (key in _HASHED_WHEN_SET and value in ({}, "{}")))
 
 
 def config_hash(config: RunConfig) -> str:
@@ -265,8 +269,7 @@ def config_params(config: dict) -> dict[str, str]:
     """A resolved config (``to_dict``) as MLflow params: flattened keys, values as text (cut at
     ``MAX_PARAM_LENGTH``), measurement settings left out (they are recorded with each
     measurement and may change after training, which a run's params cannot)."""
-    return {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(config).items()
-            if not (k in _MEASUREMENT or k.startswith(_MEASUREMENT_SECTION))}
+    return {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(config).items() if not _is_measurement(k)}
 
 
 def seedless_settings(params: dict[str, str]) -> dict[str, str]:

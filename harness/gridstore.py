@@ -31,9 +31,9 @@ import yaml
 from harness.config import HASH_VERSION, RunConfig, config_hash, from_dict
 from harness.errors import InputError, first_line
 from harness.results import to_json
-from harness.tracking import (WEIGHTS_ARTIFACT, download_artifact, log_cell, open_client, quick_http_failures,
-                              read_artifact, read_per_image_counts, resolve_tracking_uri, search_all_runs, store_label,
-                              update_measurement)
+from harness.tracking import (WEIGHTS_ARTIFACT, log_cell, open_client, quick_http_failures, read_artifact,
+                              read_artifact_bytes, read_per_image_counts, resolve_tracking_uri, search_all_runs,
+                              store_label, update_measurement)
 
 _PARENT_TAG = "segheads.grid"
 
@@ -61,12 +61,19 @@ def read_results(path: str | Path) -> dict[str, dict]:
             raise InputError(f"{path}:{number}: not a JSON cell result") from None
         except (InputError, KeyError, TypeError) as exc:
             raise InputError(f"{path}:{number}: not a cell result with a valid config ({exc})") from None
-        if result["config_hash"] != digest:
-            result["config_hash_v1"], result["config_hash"] = result["config_hash"], digest
-            result["tags"]["config_hash"] = digest
+        _rehashed(result, digest)
         results.pop(digest, None)
         results[digest] = result
     return results
+
+
+def _rehashed(result: dict, digest: str) -> dict:
+    """``result`` under today's ``config_hash`` ``digest``; one it was written with before keeps
+    its old one as ``config_hash_v1``."""
+    if result["config_hash"] != digest:
+        result["config_hash_v1"], result["config_hash"] = result["config_hash"], digest
+        result["tags"]["config_hash"] = digest
+    return result
 
 
 def set_aside_torn_tail(path: Path) -> Path | None:
@@ -168,8 +175,8 @@ class GridStore:
         for digest in sorted(missing):
             self.record(lines[digest], self.open_parent(), append=False, weights=self._offline_weights(lines[digest]))
         for digest in sorted(set(logged) - {h for h, r in lines.items() if r["status"] == "FINISHED"}):
-            lines[digest] = json.loads(read_artifact(logged[digest], "cell_result.json", self.tracking_uri))
-            lines[digest]["config_hash"] = lines[digest]["tags"]["config_hash"] = digest
+            lines[digest] = _rehashed(json.loads(read_artifact(logged[digest], "cell_result.json", self.tracking_uri)),
+                                      digest)
             per_image = read_per_image_counts(logged[digest], self.tracking_uri)
             if per_image is not None:
                 lines[digest]["per_image"] = per_image
@@ -211,13 +218,10 @@ class GridStore:
         run_id = None if self.offline else self.run_ids.get(result["config_hash"])
         if run_id is None:
             return self._offline_weights(result)
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as folder:
-            try:
-                return download_artifact(run_id, WEIGHTS_ARTIFACT, self.tracking_uri, folder).read_bytes()
-            except InputError:
-                return None
+        try:
+            return read_artifact_bytes(run_id, WEIGHTS_ARTIFACT, self.tracking_uri)
+        except InputError:
+            return None
 
     def record_measurement(self, result: dict) -> None:
         """A FINISHED cell measured again: its run updated in place (``tracking.update_measurement``),

@@ -115,12 +115,17 @@ def experiment_id(client, experiment: str, uri: str) -> str:
     return found.experiment_id
 
 
-def read_artifact(run_id: str, name: str, tracking_uri: str) -> str:
-    """The text of a run's artifact ``name`` (``InputError`` naming the run if it has none)."""
+def read_artifact_bytes(run_id: str, name: str, tracking_uri: str) -> bytes:
+    """The bytes of a run's artifact ``name`` (``InputError`` naming the run if it has none)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        return download_artifact(run_id, name, tracking_uri, folder).read_text()
+        return download_artifact(run_id, name, tracking_uri, folder).read_bytes()
+
+
+def read_artifact(run_id: str, name: str, tracking_uri: str) -> str:
+    """The text of a run's artifact ``name`` (``InputError`` naming the run if it has none)."""
+    return read_artifact_bytes(run_id, name, tracking_uri).decode()
 
 
 def read_per_image_counts(run_id: str, tracking_uri: str) -> list | None:
@@ -187,6 +192,13 @@ def _finite(value) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def _metrics(result: dict, timestamp: int) -> list:
+    """A CellResult's finite metrics as MLflow ``Metric``s at step 0, under ``metric_name``s."""
+    from mlflow.entities import Metric
+
+    return [Metric(metric_name(k), float(v), timestamp, 0) for k, v in result["metrics"].items() if _finite(v)]
+
+
 def _log_result_files(client, run_id: str, result: dict) -> None:
     """``config.yaml``, ``cell_result.json`` and (measured) ``measurement.json``: what a re-measurement rewrites."""
     client.log_text(run_id, yaml.safe_dump(result["config"], sort_keys=False), "config.yaml")
@@ -200,13 +212,10 @@ def update_measurement(result: dict, run_id: str, tracking_uri: str | None = Non
     into its existing run ``run_id``: metrics logged again (MLflow keeps each metric's history;
     the latest value is the one shown and read), the result files rewritten. The run's params
     and its training stay as they were."""
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    now = int(time.time() * 1000)
-    metrics = [Metric(metric_name(k), float(v), now, 0) for k, v in result["metrics"].items() if _finite(v)]
-    for chunk in _chunks(metrics, 1000):
+    for chunk in _chunks(_metrics(result, int(time.time() * 1000)), 1000):
         client.log_batch(run_id, metrics=chunk)
     _log_result_files(client, run_id, result)
 
@@ -241,7 +250,7 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
     try:
         now = int(time.time() * 1000)
         params = [Param(k, v) for k, v in config_params(result["config"]).items()]
-        metrics = [Metric(metric_name(k), float(v), now, 0) for k, v in result["metrics"].items() if _finite(v)]
+        metrics = _metrics(result, now)
         for row in result["history"]:
             metrics += [Metric(f"curve/{k}", float(v), now, row["iteration"]) for k, v in row.items()
                         if k != "iteration" and _finite(v)]
