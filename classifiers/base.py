@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,15 @@ def pixel_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = 255
     return summed / (targets != ignore_index).sum().clamp(min=1)
 
 
+def full_precision(x: Tensor):
+    """A region that runs in float32 inside autocast (cast its inputs with ``.float()``): the
+    heads' cosine, similarity, softmax and Sinkhorn maths, as Mask2Former's matcher does.
+    (Devices without autocast, such as ``meta``, have nothing to turn off.)"""
+    if not torch.amp.is_autocast_available(x.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)
+
+
 class ChannelLayerNorm(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (each pixel's D values)."""
 
@@ -74,6 +84,11 @@ class PixelClassifier(nn.Module):
     - ``nonlearnable_state()``: persistent buffers that are part of the model but not
       learned by gradient (e.g. prototypes), excluding normalisation statistics;
     - ``training_only_modules()``: sub-modules that never run at inference (e.g. a teacher).
+
+    ``after_optimizer_step()`` is called by the trainer once per optimiser step, after the
+    forwards of every micro-batch on every worker: a head whose state moves outside the
+    gradient (ProtoSeg's momentum prototypes) gathers what its training forwards saw and
+    applies it there, all-reduced across workers, so that every worker holds the same state.
 
     A paper head sets ``PRESETS`` (``{"code": {...}, "paper": {...}}``, option -> value):
     each of those options is a keyword defaulting to ``None`` ("from the preset"), and the
@@ -119,6 +134,9 @@ class PixelClassifier(nn.Module):
 
     def training_only_modules(self) -> dict[str, nn.Module]:
         return {}
+
+    def after_optimizer_step(self) -> None:
+        """Apply what this step's training forwards gathered (default: nothing)."""
 
     def labels_at(self, targets: Tensor, size) -> Tensor:
         """Integer labels [B, h, w] sampled nearest from ``targets`` at the head's resolution ``size``."""

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ChannelLayerNorm, ClassifierOutput, PixelClassifier, check_choice, upsample
+from classifiers.base import ChannelLayerNorm, ClassifierOutput, PixelClassifier, check_choice, full_precision, upsample
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -321,27 +321,30 @@ class ECEClassifier(PixelClassifier):
                              "set classifier_kwargs.num_stages")
         stages, diverse = (list(x) for x in zip(*(fr(x) for fr, x in zip(self.reconstruct, features.pyramid))))
         size = stages[0].shape[-2:]
-        masks = [self.intermediate_masks(stages[-1])]  # coarse to fine
-        classes = self.extract[-1](masks[0])
-        for i in range(len(stages) - 2, -1, -1):
-            stages[i], mask = self.attend[i](stages[i], classes)
-            classes = self.update[i](self.extract[i](mask), classes)
-            masks.append(mask)
+        with full_precision(stages[0]):  # class embeddings, attention and masks in float32
+            stages = [x.float() for x in stages]
+            masks = [self.intermediate_masks(stages[-1])]  # coarse to fine
+            classes = self.extract[-1](masks[0])
+            for i in range(len(stages) - 2, -1, -1):
+                stages[i], mask = self.attend[i](stages[i], classes)
+                classes = self.update[i](self.extract[i](mask), classes)
+                masks.append(mask)
         if self.upsample is not None:
             stages[1:] = [up(x) for up, x in zip(self.upsample, stages[1:])]
         fused = self.fuse(torch.cat([upsample(x, size) for x in stages], dim=1))
-        masks = [upsample(m, size) for m in masks]
-        summed = torch.stack(masks).sum(0)
-        logits = fused + self._class_masks(classes, summed)
-        if targets is None:
-            return ClassifierOutput(logits)
-        supervised = summed if self.options["supervised_masks"] == "all" else torch.stack(masks[:-1]).sum(0)
-        focal, dice = _focal_and_dice(supervised, *self.one_hot(self.labels_at(targets, size), summed.dtype))
-        div = torch.stack([diversity_loss(d) for d in diverse]).mean()
-        return ClassifierOutput(logits, {
-            "ce": self.cross_entropy(logits, targets), "focal": self.options["focal_weight"] * focal,
-            "dice": self.options["dice_weight"] * dice, "div": self.div_weight * div,
-        })
+        with full_precision(fused):
+            masks = [upsample(m, size) for m in masks]
+            summed = torch.stack(masks).sum(0)
+            logits = fused.float() + self._class_masks(classes, summed)
+            if targets is None:
+                return ClassifierOutput(logits)
+            supervised = summed if self.options["supervised_masks"] == "all" else torch.stack(masks[:-1]).sum(0)
+            focal, dice = _focal_and_dice(supervised, *self.one_hot(self.labels_at(targets, size), summed.dtype))
+            div = torch.stack([diversity_loss(d.float()) for d in diverse]).mean()
+            return ClassifierOutput(logits, {
+                "ce": self.cross_entropy(logits, targets), "focal": self.options["focal_weight"] * focal,
+                "dice": self.options["dice_weight"] * dice, "div": self.div_weight * div,
+            })
 
     def _class_masks(self, classes: Tensor, summed: Tensor) -> Tensor:
         """Class probabilities times the sigmoid of the summed masks: ``own`` (code) takes class

@@ -46,11 +46,16 @@ Choices where both are open:
 - Targets are brought to the feature resolution by nearest-neighbour sampling for
   clustering, PPC, PPD and the update; Eq. 7's CE is computed on logits upsampled
   to the label resolution, like every other head here.
-- Eq. 14's mean i_{c,k} is over the pixels of the current batch assigned to
-  p_{c,k}; prototypes that got no pixel keep their value; updated ones are re-normalised.
-- Under ``torch.distributed`` the per-prototype sums and counts are all-reduced
-  before the update, so every rank applies the same global centres (Eq. 14 over the
-  global batch; the code averages each rank's updated prototypes instead).
+- Eq. 14's mean i_{c,k} is over the pixels of the optimiser step's global batch assigned
+  to p_{c,k}: each training forward gathers per-prototype sums and counts, and
+  ``after_optimizer_step`` (called by the trainer once per step) all-reduces them across
+  ranks under ``torch.distributed`` and applies one update, so every micro-batch of a
+  step (``train.accumulate``) and every rank count, all see the same prototypes, and every
+  rank holds the same ones after (the code updates once per iteration of batch 16 over 8
+  GPUs, averaging each rank's updated prototypes). Prototypes that got no pixel keep their
+  value; updated ones are re-normalised.
+- Under autocast the embeddings' normalisations, the cosines, Sinkhorn and the update
+  run in float32 (``full_precision``); only the projection's convolutions are autocast.
 - Initial prototypes: truncated-normal (std 0.02) vectors, l2-normalised (the code).
 - The Gumbel sample takes the Sinkhorn probabilities as logits; since they lie in
   [0, 1] it is close to uniform, which is why the code's prototypes of a class
@@ -67,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ChannelLayerNorm, ClassifierOutput, PixelClassifier
+from classifiers.base import ChannelLayerNorm, ClassifierOutput, PixelClassifier, full_precision
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -125,25 +130,33 @@ def sinkhorn(scores: Tensor, iters: int = 3, kappa: float = 0.05) -> Tensor:
     return class_sinkhorn(scores.t(), labels, 1, iters, kappa).t()
 
 
-def momentum_update(prototypes: Tensor, embeddings: Tensor, index: Tensor, momentum: float) -> Tensor:
-    """Eq. 14 for every prototype at once: p <- mu p + (1 - mu) normalise(mean of its pixels).
+def prototype_sums(prototypes: Tensor, embeddings: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-prototype sums [D, C*K] and counts [C*K] of ``embeddings`` [D, N] (channel-major, as
+    the head holds them: summing along the pixels of that layout is ~2x faster than along rows
+    of [N, D]) assigned to flat prototype ids ``index`` [N] (c*K + k)."""
+    flat = prototypes.reshape(-1, prototypes.shape[-1])
+    sums = flat.new_zeros(flat.shape[1], flat.shape[0]).index_add_(1, index, embeddings.to(flat.dtype))
+    return sums, torch.bincount(index, minlength=flat.shape[0]).to(flat.dtype)
 
-    prototypes: [C, K, D]; embeddings: [D, N] channel-major, as the head holds them
-    (summing along the pixels of that layout is ~2x faster than along rows of [N, D]);
-    index: [N] flat prototype ids c*K + k. Prototypes with no pixel keep their value
-    (bit for bit); updated ones are l2-normalised. Sums and counts are all-reduced
-    across ranks when ``torch.distributed`` is initialised.
-    """
+
+def apply_momentum(prototypes: Tensor, sums: Tensor, counts: Tensor, momentum: float) -> Tensor:
+    """Eq. 14 for every prototype at once: p <- mu p + (1 - mu) normalise(mean of its pixels),
+    from ``prototype_sums``. Sums and counts are all-reduced across ranks first when
+    ``torch.distributed`` is initialised (every rank must call it). Prototypes with no pixel
+    keep their value (bit for bit); updated ones are l2-normalised. Computed in float32."""
     num_classes, num_prototypes, dim = prototypes.shape
-    flat = prototypes.reshape(-1, dim)
-    sums = flat.new_zeros(dim, flat.shape[0]).index_add_(1, index, embeddings.to(flat.dtype))
-    counts = torch.bincount(index, minlength=flat.shape[0]).to(flat.dtype)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
         dist.all_reduce(counts)
-    hit = counts[:, None] > 0
-    updated = F.normalize(momentum * flat + (1 - momentum) * F.normalize(sums.t(), dim=1), dim=1)
-    return torch.where(hit, updated, flat).view(num_classes, num_prototypes, dim)
+    flat = prototypes.reshape(-1, dim)
+    with full_precision(flat):
+        updated = F.normalize(momentum * flat + (1 - momentum) * F.normalize(sums.t(), dim=1), dim=1)
+    return torch.where(counts[:, None] > 0, updated, flat).view(num_classes, num_prototypes, dim)
+
+
+def momentum_update(prototypes: Tensor, embeddings: Tensor, index: Tensor, momentum: float) -> Tensor:
+    """Eq. 14 from one set of pixels: ``apply_momentum`` of their ``prototype_sums``."""
+    return apply_momentum(prototypes, *prototype_sums(prototypes, embeddings, index), momentum)
 
 
 @register_classifier("protoseg")
@@ -203,34 +216,41 @@ class ProtoSegClassifier(PixelClassifier):
         prototypes = torch.empty(num_classes, num_prototypes, in_channels)
         nn.init.trunc_normal_(prototypes, std=0.02)
         self.register_buffer("prototypes", F.normalize(prototypes, dim=-1))
+        self._pending: tuple[Tensor, Tensor] | None = None  # this step's (sums, counts), ``prototype_sums``
 
     def _embed(self, pixel: Tensor) -> Tensor:
-        """Unit-length embeddings [B, D, H, W], as the code's ``proj_head`` + ``feat_norm``:
-        projected and l2-normalised along ``projection_l2`` (the code's ``l2_normalize`` takes
-        dim -1 of the NCHW map: each channel's row along the width), then (``feat_norm``)
-        LayerNorm over D, then l2 over D."""
+        """Unit-length float32 embeddings [B, D, H, W], as the code's ``proj_head`` + ``feat_norm``:
+        projected (under autocast, if any) and l2-normalised along ``projection_l2`` (the code's
+        ``l2_normalize`` takes dim -1 of the NCHW map: each channel's row along the width), then
+        (``feat_norm``) LayerNorm over D, then l2 over D; the normalisations in float32."""
         if self.projection is not None:
-            pixel = F.normalize(self.projection(pixel), dim=self.projection_l2_dim)
-        if self.feat_norm is not None:
-            pixel = self.feat_norm(pixel)
-        return F.normalize(pixel, dim=1)
+            pixel = self.projection(pixel)
+        with full_precision(pixel):
+            pixel = pixel.float()
+            if self.projection is not None:
+                pixel = F.normalize(pixel, dim=self.projection_l2_dim)
+            if self.feat_norm is not None:
+                pixel = self.feat_norm(pixel)
+            return F.normalize(pixel, dim=1)
 
     def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
+        """Logits (and losses) in float32 whatever the autocast: cosines, Sinkhorn and the
+        momentum sums are precision-sensitive."""
         embeddings = self._embed(features.pixel)
         batch, dim, height, width = embeddings.shape
-        flat_prototypes = self.prototypes.reshape(-1, dim).to(embeddings.dtype)
-        # [B, C*K, HW] cosines; Eq. 6: class score = max over the class's K prototypes.
-        cosines = torch.matmul(flat_prototypes, embeddings.flatten(2))
-        if self.num_prototypes == 1:
-            logits = cosines.view(batch, self.num_classes, height, width)
-        else:
-            logits = cosines.view(batch, self.num_classes, self.num_prototypes, height * width).amax(dim=2)
-            logits = logits.view(batch, self.num_classes, height, width)
-        if self.class_norm is not None:
-            logits = self.class_norm(logits.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        if targets is None:
-            return ClassifierOutput(logits)
-        return ClassifierOutput(logits, self._losses(embeddings, cosines, logits, targets))
+        with full_precision(embeddings):
+            # [B, C*K, HW] cosines; Eq. 6: class score = max over the class's K prototypes.
+            cosines = torch.matmul(self.prototypes.reshape(-1, dim).float(), embeddings.flatten(2))
+            if self.num_prototypes == 1:
+                logits = cosines.view(batch, self.num_classes, height, width)
+            else:
+                logits = cosines.view(batch, self.num_classes, self.num_prototypes, height * width).amax(dim=2)
+                logits = logits.view(batch, self.num_classes, height, width)
+            if self.class_norm is not None:
+                logits = self.class_norm(logits.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            if targets is None:
+                return ClassifierOutput(logits)
+            return ClassifierOutput(logits, self._losses(embeddings, cosines, logits, targets))
 
     def _losses(self, embeddings: Tensor, cosines: Tensor, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """Eq. 7, 11, 12 from the [B, C*K, HW] cosine map as it is (no [N, C*K] copy)."""
@@ -262,6 +282,7 @@ class ProtoSegClassifier(PixelClassifier):
         return losses
 
     def _update(self, embeddings, logits, valid, labels, probabilities, assigned) -> None:
+        """Gather this forward's pixels for the step's prototype update (``after_optimizer_step``)."""
         pixels = embeddings.detach().flatten(2).transpose(0, 1).flatten(1)[:, valid]  # [D, N]
         if self.assignment == "gumbel":
             probabilities = probabilities.t().float()
@@ -270,5 +291,17 @@ class ProtoSegClassifier(PixelClassifier):
         if self.update_on == "correct":
             correct = logits.argmax(dim=1).flatten()[valid] == labels
             pixels, index = pixels[:, correct], index[correct]
-        # A new tensor, not an in-place copy: autograd saved the old one for the backward pass.
-        self.prototypes = momentum_update(self.prototypes, pixels, index, self.momentum)
+        sums, counts = prototype_sums(self.prototypes, pixels, index)
+        if self._pending is not None:
+            sums, counts = sums + self._pending[0], counts + self._pending[1]
+        self._pending = sums, counts
+
+    def after_optimizer_step(self) -> None:
+        """Eq. 14 once per optimiser step, from the pixels of every micro-batch and worker (sums
+        all-reduced), as the authors' code updates once per iteration of batch 16 over 8 GPUs."""
+        if self._pending is None:
+            return
+        sums, counts = self._pending
+        self._pending = None
+        # A new tensor, not an in-place copy: autograd may hold the old one.
+        self.prototypes = apply_momentum(self.prototypes, sums, counts, self.momentum)

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, upsample
+from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, full_precision, upsample
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -236,23 +236,26 @@ class SSAClassifier(PixelClassifier):
         return _COSINE_SCALE * torch.einsum("bdhw,bkd->bkhw", F.normalize(pixels, dim=1), prototypes)
 
     def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
+        """The convolutions under autocast, if any; centres, adapters, logits and losses in float32."""
         s_f = features.pixel
         p_f = self.position(s_f)
         coarse_map = self.coarse(self.dropout(s_f))  # M_c
-        coarse = coarse_map.flatten(2)  # [B, K, HW]
-        flat_s, flat_p = s_f.flatten(2).transpose(1, 2), p_f.flatten(2).transpose(1, 2)  # [B, HW, D]
-        class_weights = coarse.softmax(dim=1)  # Softmax_K
-        semantic_centres = (class_weights @ flat_s) / class_weights.sum(-1, keepdim=True).clamp(min=1e-6)  # Eq. 4
-        spatial_centres = coarse.softmax(dim=-1) @ flat_p  # Eq. 6, Softmax_HW
-        prototypes = self.coarse.weight.flatten(1)  # S, [K, D]
-        basis = self.basis.expand_as(spatial_centres)
-        semantic, spatial = self._adapt(self.adapter, semantic_centres, prototypes, (basis, spatial_centres))
-        pixels = s_f + p_f
-        logits = self._classify(self.adapter, pixels, semantic, spatial)
-        if targets is None:
-            return ClassifierOutput(logits)
-        student = (coarse_map, logits, semantic, spatial)
-        return ClassifierOutput(logits, self._losses(pixels, flat_s, flat_p, prototypes, student, targets))
+        with full_precision(s_f):
+            s_f, p_f, coarse_map = s_f.float(), p_f.float(), coarse_map.float()
+            coarse = coarse_map.flatten(2)  # [B, K, HW]
+            flat_s, flat_p = s_f.flatten(2).transpose(1, 2), p_f.flatten(2).transpose(1, 2)  # [B, HW, D]
+            class_weights = coarse.softmax(dim=1)  # Softmax_K
+            semantic_centres = (class_weights @ flat_s) / class_weights.sum(-1, keepdim=True).clamp(min=1e-6)  # Eq. 4
+            spatial_centres = coarse.softmax(dim=-1) @ flat_p  # Eq. 6, Softmax_HW
+            prototypes = self.coarse.weight.flatten(1)  # S, [K, D]
+            basis = self.basis.expand_as(spatial_centres)
+            semantic, spatial = self._adapt(self.adapter, semantic_centres, prototypes, (basis, spatial_centres))
+            pixels = s_f + p_f
+            logits = self._classify(self.adapter, pixels, semantic, spatial)
+            if targets is None:
+                return ClassifierOutput(logits)
+            student = (coarse_map, logits, semantic, spatial)
+            return ClassifierOutput(logits, self._losses(pixels, flat_s, flat_p, prototypes, student, targets))
 
     def _teacher(self, pixels, flat_s, flat_p, prototypes, onehot) -> tuple[Tensor, Tensor, Tensor]:
         """The GT-guided teacher (Eq. 15 note) from the head-resolution one-hot labels M_g: logits,

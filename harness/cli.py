@@ -50,12 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--image-size", type=int, help="square training crop size")
     run.add_argument("--seed", type=int, help="random seed")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    run.add_argument("--output-dir", help="where checkpoints go (default outputs/)")
+    run.add_argument("--output-dir", help="checkpoints go to OUTPUT_DIR/<experiment>/checkpoints unless --storage "
+                                          "says (default outputs/)")
     run.add_argument("--experiment", help="MLflow experiment name (default segheads)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     run.add_argument("--json", type=Path, help="also write the cell result, all metrics included, to this file")
     run.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.01")
-    run.add_argument("--resume", action="store_true", help="continue from the cell's checkpoint if there is one")
+    run.add_argument("--resume", action="store_true",
+                     help="one worker: continue from the cell's newest checkpoint under --storage, if any "
+                          "(a Ray Train run, --workers > 1, always resumes)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="data-parallel workers (default 1: this process; more: a Ray Train run on local Ray)")
+    run.add_argument("--storage", help="checkpoint folder or URI Ray Train accepts "
+                                       "(default OUTPUT_DIR/<experiment>/checkpoints)")
     run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
     measure = commands.add_parser("measure", help="params, FLOPs, latency, throughput and memory of one model")
@@ -93,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     grid.add_argument("--results", type=Path, help="results.jsonl to append to (default outputs/<grid name>/results.jsonl)")
     grid.add_argument("--max-concurrent", type=int, help="at most this many cells training at once")
+    grid.add_argument("--storage", help="checkpoint folder or URI Ray Train accepts, e.g. s3://bucket/x or a shared "
+                                        "filesystem (default: beside the results, outputs/<grid name>/checkpoints)")
     grid.add_argument("--dry-run", action="store_true", help="list the cells and their resources, run nothing")
     grid.add_argument("--no-tracking", action="store_true",
                       help="write results.jsonl only (log them later with `segheads import-results`)")
@@ -159,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from harness.config import RunConfig, apply_overrides
     from harness.results import to_json
-    from harness.run import run_cell, state_dict_bytes
+    from harness.run import default_storage, run_cell, state_dict_bytes
     from harness.tracking import log_cell, resolve_tracking_uri
 
     flags = [f"{key}={getattr(args, flag)}" for flag, key in _RUN_FLAGS.items() if getattr(args, flag) is not None]
@@ -167,7 +176,10 @@ def _run(args: argparse.Namespace) -> int:
     cfg.tracking_uri = resolve_tracking_uri(args.tracking_uri)
     if args.json is not None and not args.json.parent.is_dir():
         raise InputError(f"--json {args.json}: folder {args.json.parent} does not exist")
-    result, model = run_cell(cfg, resume=args.resume, log=_stderr)
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: expected >= 1")
+    result, model = run_cell(cfg, resume=args.resume, log=_stderr, workers=args.workers,
+                             storage=args.storage or default_storage(cfg))
     if args.json is not None:
         args.json.write_text(to_json(result))
     if not args.no_tracking:
@@ -305,9 +317,10 @@ def _grid(args: argparse.Namespace) -> int:
         raise InputError(f"--max-concurrent {args.max_concurrent}: expected >= 1")
     if args.dry_run:
         cells = expand(spec)
-        validate_cells(cells)
+        validate_cells(cells, spec.resources.workers)
         r = spec.resources
-        print(f"grid {spec.name!r}: {len(cells)} cells; per cell {r.cpus:g} CPU, {r.gpus:g} GPU (training), "
+        print(f"grid {spec.name!r}: {len(cells)} cells; per cell {r.workers} worker(s) x {r.cpus:g} CPU, "
+              f"{r.gpus:g} GPU (training), "
               f"{r.measure_cpus:g} CPU, {r.measure_gpus:g} GPU (measurement, holding its whole node); "
               f"{r.retries} retries on lost workers"
               + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else ""))
@@ -322,7 +335,7 @@ def _grid(args: argparse.Namespace) -> int:
             raise InputError(f"{len(problems)} bad file(s) in the grid's datasets (listed above); "
                              "fix them or drop them from the dataset")
     outcome = run_grid(spec, args.tracking_uri, args.address, args.max_concurrent, args.results,
-                       log=_stderr, tracking=not args.no_tracking)
+                       log=_stderr, tracking=not args.no_tracking, storage=args.storage)
     print(comparison_table(outcome.results))
     cost = overhead(outcome)
     if cost:

@@ -38,6 +38,8 @@ class ModelConfig:
     backbone_kwargs: dict = field(default_factory=dict)
     classifier_kwargs: dict = field(default_factory=dict)
     neck_kwargs: dict = field(default_factory=dict)  # the neck's options, and ``auxiliary: true|false``
+    # SyncBatchNorm across a cell's workers: auto = when it has more than one worker on CUDA.
+    sync_bn: bool | str = _bounded("auto", choices=(True, False, "auto"))
 
 
 @dataclass
@@ -56,6 +58,12 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    """``iters`` optimiser steps of ``data.batch_size`` samples (the global batch, split over the
+    cell's workers and ``accumulate`` micro-batches each); ``precision`` fp32 | bf16 | fp16
+    (autocast; fp16 with a gradient scaler); every ``log_period`` steps the loss terms are read
+    from the device once and reported, every ``checkpoint_period`` (0: at the end only) a
+    checkpoint is written, every ``eval_period`` (0: at the end only) the model is evaluated."""
+
     iters: int = _bounded(2000, min=1)
     optimizer: str = _bounded("adamw", choices=("adamw", "sgd"))
     lr: float = _bounded(3e-3, above=0)
@@ -68,6 +76,9 @@ class TrainConfig:
     threads: int = _bounded(0, min=0)
     log_period: int = _bounded(20, min=1)
     checkpoint_period: int = _bounded(0, min=0)
+    eval_period: int = _bounded(0, min=0)
+    accumulate: int = _bounded(1, min=1)
+    precision: str = _bounded("fp32", choices=("fp32", "bf16", "fp16"))
 
 
 @dataclass
@@ -100,14 +111,16 @@ class RunConfig:
 
 
 # Settings that change where or how fast a cell runs, not what it computes.
-# Keys added after cells were logged: left out of the hash while empty, so those cells keep theirs.
-_HASHED_WHEN_SET = {"model.neck_kwargs"}
+# Keys added after cells were logged, with the value they had implicitly: left out of the hash
+# at that value, so those cells keep theirs.
+_HASHED_WHEN_SET = {"model.neck_kwargs": {}, "model.sync_bn": "auto", "train.accumulate": 1, "train.precision": "fp32"}
 _NOT_HASHED = {"device", "output_dir", "tracking_uri", "experiment", "data.num_workers", "train.threads",
-               "train.log_period", "train.checkpoint_period"}
+               "train.log_period", "train.checkpoint_period", "train.eval_period"}
 # How a trained cell's cost is measured (recorded with each measurement, never its identity)
 # and how fast it is evaluated: changing them re-measures a FINISHED cell, never retrains it.
 _MEASUREMENT = {"data.eval_batch_size"}
 _MEASUREMENT_SECTION = "measure."
+ENGINE_PARAM_PREFIX = "engine."  # MLflow params saying how a cell trained (workers, precision, SyncBN): not its identity
 HASH_VERSION = "2"  # the ``hash_version`` tag of cells logged with this config_hash (1: measure included)
 MAX_PARAM_LENGTH = 6000  # MLflow's longest param value; longer values are cut to it
 
@@ -199,7 +212,7 @@ def _check_limits(value: Any, limits: dict, key: str) -> None:
             _check_limits(item, {k: v for k, v in limits.items() if k != "length"}, f"{key}[{index}]")
         return
     if "choices" in limits and value not in limits["choices"]:
-        raise InputError(f"{key}={value!r}; expected one of: {', '.join(limits['choices'])}")
+        raise InputError(f"{key}={value!r}; expected one of: {', '.join(map(str, limits['choices']))}")
     if isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"{key}={value!r}; expected a finite number")
     for name, broken, text in (("min", lambda b: value < b, ">="), ("max", lambda b: value > b, "<="),
@@ -255,7 +268,8 @@ def _is_measurement(key: str) -> bool:
 
 def _is_identity(key: str, value: Any) -> bool:
     """Whether flattened config ``key`` belongs to a cell's training identity (``config_hash``)."""
-    return not (key in _NOT_HASHED or _is_measurement(key) or (key in _HASHED_WHEN_SET and value in ({}, "{}")))
+    return not (key in _NOT_HASHED or _is_measurement(key) or key.startswith(ENGINE_PARAM_PREFIX)
+                or (key in _HASHED_WHEN_SET and str(value) == str(_HASHED_WHEN_SET[key])))
 
 
 def config_hash(config: RunConfig) -> str:

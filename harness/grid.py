@@ -19,11 +19,10 @@ that Ray retries (``resources.retries`` times) before the cell counts as FAILED.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import resource
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -38,12 +37,13 @@ _SECTIONS = ("model", "data", "train", "measure")  # RunConfig sections a spec m
 
 @dataclass
 class Resources:
-    """Per task. ``cpus`` also sets the cell's torch threads; ``gpus`` may be a fraction
-    (0.5 packs two training cells on one GPU). The cost measurement runs alone on a node
+    """Per training worker: a cell trains on ``workers`` data-parallel workers (1: the engine in
+    one Ray task; more: a Ray Train run), each holding ``cpus`` CPUs (also its torch threads)
+    and ``gpus`` GPUs (a fraction packs several cells on one GPU). The cost measurement runs alone on a node
     with at least ``measure_cpus`` CPUs and ``measure_gpus`` GPUs, reserving the whole node,
     and times with ``measure_cpus`` torch threads (``measure_gpus: 1``: latency on a GPU,
-    ``0``: on CPU); ``retries`` re-runs a task after
-    a lost worker or node (never after an exception in the cell); ``memory_gb`` (0: none)
+    ``0``: on CPU); ``retries`` restarts a cell after a lost worker or node, from its latest
+    checkpoint (never after an exception in the cell); ``memory_gb`` (0: none)
     reserves host memory for each task in Ray's scheduler and caps the task's process at
     it (its data segment, ``RLIMIT_DATA``, the Ray worker's own ~1 GB included), so a cell
     that needs more fails with an out-of-memory error instead of the kernel's OOM killer
@@ -51,6 +51,7 @@ class Resources:
 
     cpus: float = _bounded(1, above=0)
     gpus: float = _bounded(0, min=0)
+    workers: int = _bounded(1, min=1)
     measure_cpus: float = _bounded(1, above=0)
     measure_gpus: float = _bounded(0, min=0)
     retries: int = _bounded(3, min=0)
@@ -212,14 +213,20 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     return cells
 
 
-def validate_cells(cells: list[RunConfig]) -> None:
-    """What needs a whole cell's config, for every cell, before any runs: the classifier's
-    hyper-parameters (names are checked by ``load_grid``; value ranges, the measure settings'
-    included, by ``from_dict`` as ``expand`` builds each cell)."""
+def validate_cells(cells: list[RunConfig], workers: int = 1) -> None:
+    """What needs a whole cell's config, for every cell, before any runs: the global batch splits
+    over ``workers`` x ``train.accumulate``, the classifier's hyper-parameters (names are checked by
+    ``load_grid``; value ranges, the measure settings' included, by ``from_dict`` as ``expand``
+    builds each cell)."""
     from classifiers import build_classifier
+    from harness.data import split_batch
 
     seen = set()
     for cfg in cells:
+        try:
+            split_batch(cfg.data.batch_size, workers, cfg.train.accumulate)
+        except InputError as exc:
+            raise InputError(f"cell {describe(cfg)}: {exc} (resources.workers={workers})") from None
         m = cfg.model
         key = (m.classifier, json.dumps(m.classifier_kwargs, sort_keys=True))
         if key in seen:
@@ -263,41 +270,46 @@ def failed_result(cfg: RunConfig, exc: BaseException) -> dict:
     return {
         "status": "FAILED", "config": to_dict(cfg), "config_hash": config_hash(cfg), "tags": cell_tags(cfg),
         "metrics": {}, "per_class": None, "history": [], "environment": {}, "measurement": None,
-        "error": _one_line(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "error": getattr(exc, "error", None) or _one_line(exc),  # a Ray Train worker's error (CellFailed)
+        "traceback": getattr(exc, "remote_traceback", None) or "".join(traceback.format_exception(exc)),
         "failed_at_iteration": getattr(exc, "iteration", None),
     }
 
 
-@contextlib.contextmanager
-def _memory_cap(gigabytes: float):
-    """Lower this process's RLIMIT_DATA soft limit to ``gigabytes`` while inside (0: no cap);
-    the previous limit comes back after, since Ray reuses the worker for other tasks."""
-    if not gigabytes:
-        yield
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    cap = int(gigabytes * 2**30)
-    resource.setrlimit(resource.RLIMIT_DATA, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+def via_ray_train(r: Resources, storage: str) -> bool:
+    """Whether cells train as Ray Train runs: with several workers, or when the checkpoints go
+    to a URI (Ray Train persists to any storage it accepts). A one-worker cell on a local or
+    shared path runs the same engine directly in its Ray task, as detectron2's ``launch`` calls
+    ``main`` for one process: a Ray Train run costs ~20 s more to start (docs/architecture.md)."""
+    return r.workers > 1 or "://" in storage
 
 
-def _train_task(cfg_dict: dict, memory_gb: float = 0) -> tuple[dict, bytes | None]:
-    """Train and evaluate one cell in a worker: (CellResult, trained weights or None), as two
-    Ray objects, so that the driver fetches the weights only when it logs them."""
-    from harness.run import state_dict_bytes, train_and_evaluate
+def _train_task(cfg_dict: dict, r: dict, storage: str) -> tuple[dict, bytes | None]:
+    """Train and evaluate one cell: (CellResult, trained weights or None), as two Ray objects, so
+    that the driver fetches the weights only when it logs them. The cell resumes from its newest
+    checkpoint under ``storage``/<config_hash> (a restart after a lost worker or driver)."""
+    from harness.engine import LocalContext
+    from harness.engine.launch import CELL_ERRORS, launch, memory_cap
+    from harness.run import resolve_device, state_dict_bytes, train_cell
 
     started = time.time()
-    cfg = from_dict(RunConfig, cfg_dict)
+    cfg, resources = from_dict(RunConfig, cfg_dict), from_dict(Resources, r)
     weights = None
     try:
-        with _memory_cap(memory_gb):
-            result, model, _ = train_and_evaluate(cfg, log=lambda msg: None)
-        weights = state_dict_bytes(model)
-        del model
+        if via_ray_train(resources, storage):
+            result, weights = launch(train_cell, cfg, resources.workers, storage, resources.cpus, resources.gpus,
+                                     resources.memory_gb, resources.retries)
+        else:
+            run = Path(storage) / config_hash(cfg)
+            try:
+                with memory_cap(resources.memory_gb):
+                    result, model = train_cell(cfg, LocalContext(resolve_device(cfg.device), run, resume=True),
+                                               log=lambda msg: None)
+            except CELL_ERRORS:
+                shutil.rmtree(run, ignore_errors=True)  # as Ray Train's path: a failed cell run again starts over
+                raise
+            weights = state_dict_bytes(model)
+            del model
     except Exception as exc:  # the cell fails, the grid goes on
         result = failed_result(cfg, exc)
     result["environment"]["ray"] = _placement(started)
@@ -308,6 +320,7 @@ def _train_task(cfg_dict: dict, memory_gb: float = 0) -> tuple[dict, bytes | Non
 def _measure_task(cfg_dict: dict, weights: bytes, threads: int, reserved: dict, memory_gb: float = 0) -> dict:
     """Measure a trained cell's cost alone on its node: {"metrics", "record", "seconds"}, or
     {"error", "seconds"}. ``reserved`` is what the task holds of its node (all of it)."""
+    from harness.engine.launch import memory_cap
     from harness.measure import measure_model
     from harness.run import load_segmentor, resolve_device
 
@@ -316,7 +329,7 @@ def _measure_task(cfg_dict: dict, weights: bytes, threads: int, reserved: dict, 
         cfg = from_dict(RunConfig, cfg_dict)
         device = resolve_device(cfg.device)
         model = load_segmentor(cfg, weights)
-        with _memory_cap(memory_gb):
+        with memory_cap(memory_gb):
             metrics, record = measure_model(model.to(device), cfg.measure, device, threads)
         record["node"] = {"exclusive": True, "reserved": reserved, **_placement(started)}
         return {"metrics": metrics, "record": record, "seconds": time.time() - started}
@@ -348,27 +361,13 @@ class GridOutcome:
         return [r for r in self.results if r["status"] != "FINISHED"]
 
 
-def _init_ray(address: str | None) -> bool:
-    """Connect to ``address`` or start Ray locally on loopback; True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:  # a user's dataset registrations reach the cluster's workers (local workers inherit them)
-        datasets = os.environ.get("SEGHEADS_DATASETS")
-        ray.init(address=address, log_to_driver=False,
-                 runtime_env={"env_vars": {"SEGHEADS_DATASETS": datasets}} if datasets else None)
-    else:  # loopback: harness/__init__.py set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray was imported
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    return True
-
-
 def _memory_request(r: Resources) -> dict[str, int]:
     """Ray's ``memory`` resource (bytes) for each task, when ``memory_gb`` asks for one."""
     return {"memory": int(r.memory_gb * 2**30)} if r.memory_gb else {}
 
 
 def _demands(r: Resources) -> dict[str, dict[str, float]]:
+    """What one task needs of one node: a training worker (a cell has ``r.workers``), a measurement."""
     memory = _memory_request(r)
     return {"training": {"CPU": r.cpus, "GPU": r.gpus, **memory},
             "measurement": {"CPU": r.measure_cpus, "GPU": r.measure_gpus, **memory}}
@@ -406,34 +405,41 @@ def _slots(spec: GridSpec, max_concurrent: int | None, cells: int) -> int:
     import ray
 
     total = ray.cluster_resources()
-    fits = [total.get(k, 0) / v for k, v in _demands(spec.resources)["training"].items() if v]
+    fits = [total.get(k, 0) / (v * spec.resources.workers) for k, v in _demands(spec.resources)["training"].items() if v]
     slots = int(min(fits)) if fits else cells
     return max(1, min(slots, max_concurrent or cells, cells))
 
 
 def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | None = None,
              max_concurrent: int | None = None, results_path: str | Path | None = None, log=print,
-             tracking: bool = True) -> GridOutcome:
+             tracking: bool = True, storage: str | Path | None = None) -> GridOutcome:
     """Run every cell of ``spec`` not already FINISHED (in MLflow, or in ``results.jsonl``
-    with ``tracking=False``); returns all cells' results. One driver at a time: a second one
-    for a grid whose driver is alive raises ``harness.lease.GridBusy`` before touching anything."""
+    with ``tracking=False``); returns all cells' results. Checkpoints go to ``storage`` (a path or
+    a URI Ray Train accepts; default ``checkpoints/`` beside the results), one run folder per cell named by
+    its ``config_hash``: an unfinished cell resumes from its newest checkpoint there. One driver
+    at a time: a second one for a grid whose driver is alive raises ``harness.lease.GridBusy``
+    before touching anything."""
     from harness.gridstore import GridStore
 
     cells = expand(spec)
-    validate_cells(cells)
-    store = GridStore(spec.name, tracking_uri, results_path or Path("outputs") / spec.name / "results.jsonl",
-                      tracking=tracking, log=log)
+    validate_cells(cells, spec.resources.workers)
+    results_path = Path(results_path or Path("outputs") / spec.name / "results.jsonl")
+    store = GridStore(spec.name, tracking_uri, results_path, tracking=tracking, log=log)
     lease = store.lease()
     lease.acquire()  # before sync(): a second driver would mark the first's running cells KILLED
     try:
-        return _run_cells(spec, cells, store, lease, address, max_concurrent, log)
+        storage = str(storage or results_path.parent / "checkpoints")
+        storage = storage if "://" in storage else str(Path(storage).resolve())  # as the workers see it
+        return _run_cells(spec, cells, store, lease, address, max_concurrent, log, storage)
     finally:
         lease.release()
 
 
 def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: str | None,
-               max_concurrent: int | None, log) -> GridOutcome:
+               max_concurrent: int | None, log, storage: str) -> GridOutcome:
     import ray
+
+    from harness.engine.launch import init_ray
 
     from harness.data import DatasetCatalog
     from harness.pretrain import uncached_builtin_weights
@@ -445,7 +451,8 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
     remeasure = _to_remeasure(cells, done, store, log)
     log(f"[segheads] grid {spec.name!r}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED"
         + (f" ({len(remeasure)} to measure again at the spec's measure settings)" if remeasure else "")
-        + f", {len(todo)} to run; MLflow {'off' if store.offline else store.tracking_uri}, results {store.results_path}")
+        + f", {len(todo)} to run; MLflow {'off' if store.offline else store.tracking_uri}, results {store.results_path}, "
+        f"checkpoints {storage}")
     if not todo and not remeasure:
         return GridOutcome([done[config_hash(c)] for c in cells], [], 0.0, 0, store.parent_run_id,
                            store.unlogged, store.results_path)
@@ -457,7 +464,7 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
                                   if (path := uncached_builtin_weights(cfg.model.backbone, cfg.model.backbone_kwargs))}):
         log(f"[segheads] {backbone}: builtin:digits weights are not made on this machine yet; the first cell "
             f"that needs them pretrains them once ({path}), cells that need them too wait")
-    started_ray = _init_ray(address)
+    started_ray = init_ray(address)
     try:
         _check_feasible(spec.resources, autoscaling=bool(address), log=log)
     except InputError:
@@ -467,8 +474,9 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
     parent = store.open_parent(len(cells))
     r = spec.resources
     memory = _memory_request(r)
-    train_task = ray.remote(_train_task).options(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=r.retries,
-                                                 retry_exceptions=False, num_returns=2, **memory)
+    # A Ray Train run's task is only its driver: Ray Train reserves its workers' resources.
+    holds = {"num_cpus": 0} if via_ray_train(r, storage) else {"num_cpus": r.cpus, "num_gpus": r.gpus, **memory}
+    train_task = ray.remote(_train_task).options(max_retries=r.retries, retry_exceptions=False, num_returns=2, **holds)
     measure_task, nodes = ray.remote(_measure_task), []
     slots = _slots(spec, max_concurrent, len(todo))
     queue, pending, began = list(todo), {}, time.time()
@@ -498,7 +506,7 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
         while queue or pending or unmeasured:
             while queue and sum(1 for kind, _ in pending.values() if kind == "train") < slots:
                 cfg = queue.pop(0)
-                result_ref, weights_ref = train_task.remote(to_dict(cfg), r.memory_gb)
+                result_ref, weights_ref = train_task.remote(to_dict(cfg), to_dict(r), storage)
                 pending[result_ref] = ("train", (cfg, weights_ref))
                 progress.started()
             if not queue and unmeasured:  # every training task has started: measure, each cell alone

@@ -12,7 +12,7 @@ samples only (the val scenes' digits are never trained on; they only score the r
 Recipe (``_VERSION``): 16,384 crops of 32 px drawn once (seed 0); the encoder, a
 global average pool of its last map and a linear layer over the 10 digits; 1,500
 AdamW steps of 64 crops, lr 1e-3 with 150 warm-up steps and poly decay, weight decay
-0.05 (``harness.train``'s optimiser and schedule); the torch threads the caller set.
+0.05 (``harness.engine``'s optimiser and schedule); the torch threads the caller set.
 For resnet10t on one core it takes about 2 minutes and gets 84 % of 1,000 crops of the
 held-out (val half) digits right (lr 3e-3 reached 54-89 % depending on the seed: the loss
 sits on a plateau until the shapes are found; 1e-3 gave 80-84 % over three seeds). The
@@ -141,7 +141,7 @@ def _crops(pool: tuple[np.ndarray, np.ndarray], count: int, rng: np.random.Gener
 
 def _pretrain(backbone: str, backbone_kwargs: dict, steps: int) -> tuple[dict, dict]:
     from backbones import build_backbone
-    from harness.train import build_optimizer, lr_factor
+    from harness.engine import build_optimizer, lr_factor
 
     began = time.perf_counter()
     pools = digit_pools(_SEED)

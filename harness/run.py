@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import random
 import time
@@ -16,15 +17,26 @@ from backbones import build_backbone, build_neck
 from backbones.necks import neck_accepts, neck_uses_auxiliary
 from classifiers import build_classifier, classifier_accepts, resolve_classifier_kwargs
 from harness.config import RunConfig, config_hash, to_dict
-from harness.data import AugmentConfig, DatasetCatalog, MetadataCatalog, SemSegMapper, build_test_loader, build_train_loader
+from harness.data import (
+    AugmentConfig,
+    DataParallelLayout,
+    DatasetCatalog,
+    MetadataCatalog,
+    SemSegMapper,
+    build_test_loader,
+    build_train_loader,
+    split_batch,
+)
 from harness.data.builtin import SPLIT_NAMES
+from harness.engine import CheckpointHook, EvalHook, LocalContext, MetricsHook, Trainer, WorkerContext, checkpoint
+from harness.engine.hooks import save
+from harness.engine.launch import RESULT_FILE
 from harness.errors import InputError
 from harness.evaluate import evaluate
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
 from harness.metrics import SemSegEvaluator
 from harness.model import AuxiliaryFCNHead, Segmentor
 from harness.pretrain import INITIAL_WEIGHTS, resolve_backbone_kwargs, without_checkpoint
-from harness.train import train
 
 SPLITS = ("train", "val")
 
@@ -144,70 +156,136 @@ def cell_tags(cfg: RunConfig, digest: str | None = None) -> dict[str, str]:
             "seed": str(cfg.train.seed), "neck": cfg.model.neck, "config_hash": digest or config_hash(cfg)}
 
 
-def run_cell(cfg: RunConfig, resume: bool = False, log=print) -> tuple[dict, Segmentor]:
+def resolve_sync_bn(setting: bool | str, world_size: int, device: torch.device) -> bool:
+    """``model.sync_bn``: auto = SyncBatchNorm when the cell has several workers on CUDA (it is
+    CUDA-only); ``true`` on the CPU is an ``InputError``."""
+    if setting == "auto":
+        return world_size > 1 and device.type == "cuda"
+    if setting and device.type != "cuda":
+        raise InputError(f"model.sync_bn=true: SyncBatchNorm needs CUDA and this cell runs on {device}; "
+                         "use model.sync_bn=auto or false")
+    return bool(setting)
+
+
+def default_storage(cfg: RunConfig) -> Path:
+    """Where ``segheads run`` keeps checkpoints unless ``--storage`` says: <output_dir>/<experiment>/checkpoints."""
+    return Path(cfg.output_dir) / cfg.experiment / "checkpoints"
+
+
+def run_cell(cfg: RunConfig, resume: bool = False, log=print, workers: int = 1,
+             storage: str | Path | None = None, retries: int = 3) -> tuple[dict, Segmentor]:
     """Train, evaluate and (``measure.enabled``) measure one cell: (the JSON-serialisable
-    CellResult, the trained model)."""
-    result, model, device = train_and_evaluate(cfg, resume, log)
+    CellResult, the trained model). One worker trains in this process (checkpoints under
+    ``storage``/<config_hash> when given; ``resume`` continues from the newest); ``workers`` > 1,
+    or a URI ``storage``, is a Ray Train run under ``storage`` (local Ray on loopback unless one
+    is running) that restarts lost workers ``retries`` times and resumes by itself."""
+    if workers > 1 or "://" in str(storage):
+        from harness.engine.launch import init_ray, launch
+
+        resolved = resolve_classifier(cfg)
+        split_batch(cfg.data.batch_size, workers, cfg.train.accumulate)
+        started = init_ray(None)
+        try:
+            result, weights = launch(train_cell, resolved, workers, storage or default_storage(cfg),
+                                     cpus=max(1, cfg.train.threads), retries=retries)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+        model, device = load_segmentor(resolved, weights), resolve_device(cfg.device)
+        model.to(device)
+    else:
+        device = resolve_device(cfg.device)
+        run_dir = Path(storage) / config_hash(resolve_classifier(cfg)) if storage is not None else None
+        result, model = train_cell(cfg, LocalContext(device, run_dir, resume), log)
     if cfg.measure.enabled:
         add_measurement(result, model, cfg, device, log)
     return result, model
 
 
-def train_and_evaluate(cfg: RunConfig, resume: bool = False, log=print) -> tuple[dict, Segmentor, torch.device]:
-    """Train and evaluate one cell: (CellResult without cost measurement, trained model, device)."""
+def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[dict | None, Segmentor]:
+    """The engine's work for one cell on one worker: build the model (SyncBN per
+    ``model.sync_bn``, DDP through ``context``), resume from ``context``'s checkpoint, train this
+    worker's share of each step with the hooks, then on rank 0 evaluate and write the final
+    checkpoint with the CellResult. Returns (rank 0's CellResult, None elsewhere; the trained model)."""
     cfg = resolve_classifier(cfg)
     splits = dataset_splits(cfg.data.dataset)
     if cfg.measure.enabled:
         check_settings(cfg.measure)  # before training, not after
     meta = MetadataCatalog.get(splits["train"])
     classes, ignore = label_space(cfg.data.dataset)
-    device = resolve_device(cfg.device)
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-    seed_everything(cfg.train.seed)
+    device, d, t = context.device, cfg.data, cfg.train
+    layout = DataParallelLayout(d.batch_size, context.world_size, context.rank, t.accumulate)
+    split_batch(d.batch_size, context.world_size, t.accumulate)
+    sync_bn = resolve_sync_bn(cfg.model.sync_bn, context.world_size, device)
+    torch.set_num_threads(t.threads or os.cpu_count() or 1)
+    seed_everything(t.seed)  # every worker builds the same initial model
     digest = config_hash(cfg)
 
     train_records = DatasetCatalog.get(splits["train"])
     val_records = DatasetCatalog.get(splits["val"])
     model = build_segmentor(cfg, len(classes), ignore).to(device)
-    d = cfg.data
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    trainer = Trainer(model, None, t, device, module=context.wrap(model), micro_index=layout.micro_index,
+                      micro_batches=context.world_size * t.accumulate)
+    resumed = context.resume_folder()
+    if resumed is not None:
+        trainer.load_state_dict(checkpoint.read(resumed, context.rank))
     augment = AugmentConfig(crop_size=d.image_size, scale_range=tuple(d.scale_range),
                             hflip_prob=d.hflip_prob if meta.get("allow_hflip", True) else 0.0,
                             color_jitter=d.color_jitter)
-    batches = build_train_loader(train_records, SemSegMapper(len(classes), ignore, augment),
-                                 d.batch_size, d.num_workers, cfg.train.seed)
+    trainer.batches = build_train_loader(train_records, SemSegMapper(len(classes), ignore, augment), d.batch_size,
+                                         d.num_workers, t.seed, layout, trainer.iteration, device.type == "cuda")
+
+    def validate(evaluator: SemSegEvaluator | None = None) -> dict[str, float]:
+        loader = build_test_loader(val_records, SemSegMapper(len(classes), ignore), d.eval_batch_size, d.num_workers)
+        return evaluate(model, loader, evaluator or SemSegEvaluator(len(classes), ignore, classes), device)
+
+    trainer.register_hooks([MetricsHook(context, t.log_period), CheckpointHook(context, t.checkpoint_period),
+                            EvalHook(context, t.eval_period, validate)])
     log(f"[segheads] {cfg.model.classifier} on {cfg.model.backbone}/{cfg.model.neck}, {cfg.data.dataset} "
-        f"({len(train_records)} train / {len(val_records)} val), {cfg.train.iters} iters on {device}")
-    trained = train(model, batches, cfg.train, device, Path(cfg.output_dir) / digest, resume=resume)
-    for row in trained.history[:: max(1, len(trained.history) // 10)] + trained.history[-1:]:
+        f"({len(train_records)} train / {len(val_records)} val), {t.iters} iters on {device}"
+        + (f" x {context.world_size} workers" if context.world_size > 1 else "")
+        + (f", resumed at iteration {trainer.iteration}" if resumed is not None else ""))
+    trained = trainer.train()
+    losses = [row for row in trained.history if "loss/total" in row]
+    for row in losses[:: max(1, len(losses) // 10)] + losses[-1:]:
         log(f"  iter {row['iteration']:>6}  loss {row['loss/total']:.4f}  lr {row['lr']:.2e}")
 
-    began = time.perf_counter()
-    test_loader = build_test_loader(val_records, SemSegMapper(len(classes), ignore), d.eval_batch_size, d.num_workers)
-    evaluator = SemSegEvaluator(len(classes), ignore, classes)
-    evaluation = evaluate(model, test_loader, evaluator, device)
-    eval_seconds = time.perf_counter() - began
-
-    metrics = {
-        **evaluation, **count_parameters(model),
-        "train/seconds": trained.seconds, "train/iters_per_second": trained.iterations / max(trained.seconds, 1e-9),
-        "eval/seconds": eval_seconds,
-    }
-    if trained.history:
-        metrics.update({k: v for k, v in trained.history[-1].items() if k.startswith("loss/")})
-    result = {
-        "status": "FINISHED",
-        "config": to_dict(cfg),
-        "config_hash": digest,
-        "tags": cell_tags(cfg, digest),
-        "metrics": metrics,
-        "per_class": {"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
-                      "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
-        "history": trained.history,
-        "per_image": evaluator.per_image_counts(),
-        "environment": fingerprint(device),
-        "measurement": None,
-    }
-    return result, model, device
+    result = None
+    if context.rank == 0:
+        began = time.perf_counter()
+        evaluator = SemSegEvaluator(len(classes), ignore, classes)
+        evaluation = validate(evaluator)
+        metrics = {
+            **evaluation, **count_parameters(model),
+            "train/seconds": trained.seconds,
+            "train/iters_per_second": trained.iterations / max(trained.seconds, 1e-9),
+            "eval/seconds": time.perf_counter() - began,
+        }
+        if losses:
+            metrics.update({k: v for k, v in losses[-1].items() if k.startswith("loss/")})
+        result = {
+            "status": "FINISHED",
+            "config": to_dict(cfg),
+            "config_hash": digest,
+            "tags": cell_tags(cfg, digest),
+            "metrics": metrics,
+            "per_class": {"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
+                          "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
+            "history": trained.history,
+            "per_image": evaluator.per_image_counts(),
+            "environment": {**fingerprint(device), "engine": {
+                "workers": context.world_size, "accumulate": t.accumulate, "micro_batch": layout.micro_batch,
+                "precision": t.precision, "sync_bn": sync_bn, "resumed_at": trainer.start_iteration}},
+            "measurement": None,
+        }
+    if context.keeps_checkpoints:
+        save(context, trainer, {"iteration": trainer.iteration, "finished": True},
+             lambda folder: (folder / RESULT_FILE).write_text(json.dumps(result)))
+    return result, model
 
 
 def add_measurement(result: dict, model: Segmentor, cfg: RunConfig, device: torch.device, log=print) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.config import HASH_VERSION, MAX_PARAM_LENGTH, config_params
+from harness.config import ENGINE_PARAM_PREFIX, HASH_VERSION, MAX_PARAM_LENGTH, config_params
 from harness.results import to_json
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -250,6 +250,9 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
     try:
         now = int(time.time() * 1000)
         params = [Param(k, v) for k, v in config_params(result["config"]).items()]
+        # How it trained (workers, accumulation, precision, SyncBN as resolved): said, never its identity.
+        params += [Param(f"{ENGINE_PARAM_PREFIX}{k}", str(v))
+                   for k, v in result.get("environment", {}).get("engine", {}).items()]
         metrics = _metrics(result, now)
         for row in result["history"]:
             metrics += [Metric(f"curve/{k}", float(v), now, row["iteration"]) for k, v in row.items()

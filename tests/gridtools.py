@@ -1,5 +1,7 @@
 """Helpers shared by the grid tests and the fault suite: tiny grid specs and MLflow checks."""
 
+from pathlib import Path
+
 from mlflow.tracking import MlflowClient
 import yaml
 
@@ -50,3 +52,16 @@ def _lines(path):
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def processes_titled(title: str) -> list[int]:
+    """PIDs whose command line starts with ``title`` (Ray retitles a worker ``ray::<task>`` while
+    it runs one, an actor ``ray::<class>``); the test session's own cluster is the only Ray here."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title.encode()):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids

@@ -147,16 +147,19 @@ def test_auxiliary_head_is_counted_as_training_only_and_follows_the_neck_s_defau
         build_segmentor(apply_overrides(RunConfig(), [*_TINY, "model.neck=fcn", "model.neck_kwargs.pool_scale=3"]), 5, 255)
 
 
-def test_neck_kwargs_change_the_hash_only_when_set():
-    """Cells logged before ``model.neck_kwargs`` existed keep their ``config_hash``."""
+def test_keys_added_later_change_the_hash_only_when_set():
+    """Cells logged before ``model.neck_kwargs``, ``model.sync_bn``, ``train.accumulate`` and
+    ``train.precision`` existed keep their ``config_hash``."""
     import hashlib
     import json
 
-    from harness.config import _NOT_HASHED, flatten, to_dict
+    from harness.config import _HASHED_WHEN_SET, _NOT_HASHED, flatten, to_dict
 
     base = RunConfig()
     measurement = {k for k in flatten(to_dict(base)) if k.startswith("measure.")} | {"data.eval_batch_size"}
     before = {k: v for k, v in flatten(to_dict(base)).items()
-              if k not in _NOT_HASHED | measurement and k != "model.neck_kwargs"}
+              if k not in _NOT_HASHED | measurement | set(_HASHED_WHEN_SET)}
     assert config_hash(base) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
-    assert config_hash(apply_overrides(base, ["model.neck_kwargs.auxiliary=true"])) != config_hash(base)
+    for setting in ("model.neck_kwargs.auxiliary=true", "model.sync_bn=false", "train.accumulate=2",
+                    "train.precision=bf16"):
+        assert config_hash(apply_overrides(base, [setting])) != config_hash(base), setting

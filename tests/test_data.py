@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from harness.data import AugmentConfig, SemSegMapper, build_train_loader, load_sem_seg
-from harness.data.loader import InfiniteSampler
+from harness.data.loader import DataParallelLayout, StepSampler, split_batch
 from harness.errors import InputError
 
 
@@ -75,11 +75,42 @@ def test_test_mapper_keeps_original_size(folder_dataset):
     assert out["image"].shape == (3, 40, 48) and out["sem_seg"].shape == (40, 48)
 
 
-def test_infinite_sampler_reshuffles_each_pass():
-    indices = iter(InfiniteSampler(5, seed=1))
-    passes = [[next(indices) for _ in range(5)] for _ in range(3)]
+def _micro_batches(sampler, count):
+    batches = iter(sampler)
+    return [next(batches) for _ in range(count)]
+
+
+def test_step_sampler_reshuffles_each_epoch_and_seeds_each_sample_by_its_position():
+    stream = [item for batch in _micro_batches(StepSampler(5, 1, DataParallelLayout(5)), 3) for item in batch]
+    passes = [[index for index, _ in stream[i : i + 5]] for i in (0, 5, 10)]
     assert all(sorted(p) == list(range(5)) for p in passes)
     assert len({tuple(p) for p in passes}) > 1
+    assert len({seed for _, seed in stream}) == 15
+
+
+def test_step_sampler_layouts_split_one_stream_and_resume_at_a_step():
+    """2 workers x 1 micro-batch and 1 worker x 2 micro-batches take the same samples per step;
+    a sampler started at step 3 continues the stream of one started at 0."""
+    single = _micro_batches(StepSampler(7, 4, DataParallelLayout(4, accumulate=2)), 10)
+    ranks = [_micro_batches(StepSampler(7, 4, DataParallelLayout(4, world_size=2, rank=r)), 5) for r in (0, 1)]
+    assert single[0::2] == ranks[0] and single[1::2] == ranks[1]
+    assert _micro_batches(StepSampler(7, 4, DataParallelLayout(4, accumulate=2), start_step=3), 4) == single[6:10]
+
+
+def test_a_global_batch_that_does_not_split_is_named():
+    assert split_batch(16, 2, 4) == 2
+    with pytest.raises(InputError, match=r"data.batch_size=6 .* 2 worker\(s\) x train.accumulate=2"):
+        split_batch(6, 2, 2)
+
+
+def test_augmentation_does_not_depend_on_the_loader_processes(folder_dataset):
+    image_root, gt_root = folder_dataset
+    records = load_sem_seg(gt_root, image_root)
+    mapper = SemSegMapper(3, 255, AugmentConfig(crop_size=24, scale_range=(0.7, 1.3), hflip_prob=0.5, color_jitter=0.3))
+    batches = [build_train_loader(records, mapper, 2, workers, seed=3) for workers in (0, 2)]
+    for _ in range(4):
+        inline, spawned = (next(b) for b in batches)
+        assert torch.equal(inline["image"], spawned["image"]) and torch.equal(inline["sem_seg"], spawned["sem_seg"])
 
 
 def test_train_loader_batches_forever(folder_dataset):

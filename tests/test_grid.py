@@ -71,10 +71,15 @@ def test_dry_run_lists_cells_and_resources_and_rejects_unknown_names(tmp_path, c
     path = write_spec(tmp_path, "dry", classifiers=["softmax", "ssa"], resources={"gpus": 0.5, "measure_gpus": 1})
     assert main(["grid", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "2 cells; per cell 1 CPU, 0.5 GPU (training), 1 CPU, 1 GPU (measurement, holding its whole node)" in out
+    assert ("2 cells; per cell 1 worker(s) x 1 CPU, 0.5 GPU (training), 1 CPU, 1 GPU (measurement, holding its "
+            "whole node)") in out
     assert "softmax@test_convnext/mlp digits_sem_seg s0" in out and "ssa@test_convnext/mlp" in out
     assert main(["grid", str(write_spec(tmp_path, "dry2", classifiers=["softmaxx"])), "--dry-run"]) == 2
     assert "unknown classifier 'softmaxx'" in capsys.readouterr().err
+    uneven = write_spec(tmp_path, "dry3", classifiers=["softmax"], resources={"workers": 3})  # batch 4 over 3
+    assert main(["grid", str(uneven), "--dry-run"]) == 2
+    assert ("cell softmax@test_convnext/mlp digits_sem_seg s0: data.batch_size=4 is the global batch; it must split "
+            "evenly over 3 worker(s) x train.accumulate=1") in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
 
 

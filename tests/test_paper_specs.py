@@ -25,7 +25,7 @@ def test_dry_run_lists_every_cell_and_the_reference_selects_them(spec, capsys, t
     assert main(["grid", str(spec), "--dry-run"]) == 0
     out = capsys.readouterr().out
     cells = expand(load_grid(spec))
-    assert f"{len(cells)} cells; per cell 8 CPU, 1 GPU (training)" in out
+    assert f"{len(cells)} cells; per cell 8 worker(s) x 7 CPU, 1 GPU (training)" in out  # the papers' 8 GPUs
     assert all(f"{c.model.classifier}@{c.model.backbone}/{c.model.neck}" in out for c in cells)
     assert not (tmp_path / "mlflow.db").exists()  # a dry run touches no store
     if spec.name.startswith("ecenet"):  # ECENet on the backbone's stages, its baselines Table 1's models

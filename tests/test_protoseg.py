@@ -84,6 +84,7 @@ def _train_prototypes(assignment, sub, steps=300, side=24):
     torch.manual_seed(0)
     for _ in range(steps):
         head(*batch(side))
+        head.after_optimizer_step()
     protos = head.prototypes
     recovered = torch.einsum("csd,ckd->csk", centres, protos).amax(-1)  # best prototype per true centre
     gram = torch.einsum("ckd,cjd->ckj", protos, protos)
@@ -122,6 +123,8 @@ def test_losses_named_weighted_and_prototypes_only_move_in_training():
     ref = unweighted.eval()(features, labels).losses
     torch.testing.assert_close(out.losses["ppc"], 0.01 * ref["ppc"])
     head(features, labels)
+    assert torch.equal(head.prototypes, before)  # gathered; applied once per optimiser step
+    head.after_optimizer_step()
     assert not torch.equal(head.prototypes, before)
     torch.testing.assert_close(head.prototypes.norm(dim=-1), torch.ones(3, 4))
 
@@ -164,6 +167,7 @@ def test_losses_and_update_equal_a_pixel_major_computation(preset, tau, ppd_weig
     labels = torch.randint(0, c, (2, 5, 6))
     labels[0, :2] = 255
     losses = head(Features(pixel, [pixel], (5, 6)), labels).losses
+    head.after_optimizer_step()
 
     x = _embed_by_hand(head, pixel).detach().permute(0, 2, 3, 1).reshape(-1, d)
     y = labels.flatten()
@@ -210,10 +214,12 @@ def test_code_preset_updates_by_gumbel_sample_from_correct_pixels_only():
     before = code.prototypes.clone()
     wrong = (code.eval()(features).logits.argmax(1) + 1) % 3  # every pixel labelled with a class it is not predicted as
     code.train()(features, wrong)
+    code.after_optimizer_step()
     assert torch.equal(code.prototypes, before)
     paper = build_classifier("protoseg", num_classes=3, in_channels=32, num_prototypes=4, preset="paper").train()
     paper.prototypes.copy_(before)
     paper(features, wrong)
+    paper.after_optimizer_step()
     assert not torch.equal(paper.prototypes, before)
 
 

@@ -2,12 +2,13 @@
 
 from harness.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
 from harness.data.builtin import register_sem_seg
-from harness.data.loader import build_test_loader, build_train_loader
+from harness.data.loader import DataParallelLayout, build_test_loader, build_train_loader, split_batch
 from harness.data.mapper import AugmentConfig, SemSegMapper
 from harness.data.sem_seg import load_sem_seg
 
 __all__ = [
     "AugmentConfig",
+    "DataParallelLayout",
     "DatasetCatalog",
     "Metadata",
     "MetadataCatalog",
@@ -16,4 +17,5 @@ __all__ = [
     "build_train_loader",
     "load_sem_seg",
     "register_sem_seg",
+    "split_batch",
 ]

@@ -29,15 +29,16 @@ class AugmentConfig:
     color_jitter: float = 0.0
 
 
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * torch.rand(()).item()
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
 
 
 class SemSegMapper:
     """Reads one dataset dict and returns ``{"image": uint8 [3,H,W], "sem_seg": long [H,W], ...}``.
 
     At test time the image keeps its size (evaluation is at original resolution).
-    Randomness comes from torch's RNG, which the loaders seed per worker.
+    Augmentation draws from ``generator`` (the training sampler seeds one per sample, so a
+    sample's crop does not depend on which process maps it), else from torch's global RNG.
     """
 
     def __init__(self, num_classes: int, ignore_label: int, augment: AugmentConfig | None = None) -> None:
@@ -45,7 +46,7 @@ class SemSegMapper:
         self.ignore_label = ignore_label
         self.augment = augment
 
-    def __call__(self, record: dict) -> dict:
+    def __call__(self, record: dict, generator: torch.Generator | None = None) -> dict:
         image = read_image(record["file_name"])
         label = read_sem_seg(record["sem_seg_file_name"], self.num_classes, self.ignore_label)
         if image.size != label.size:
@@ -54,15 +55,16 @@ class SemSegMapper:
                 f"{record['sem_seg_file_name']} is {label.size[0]}x{label.size[1]}; expected equal sizes"
             )
         if self.augment is not None:
-            image, label = self._augment(image, label)
+            image, label = self._augment(image, label, generator)
         else:
             image = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
             label = torch.from_numpy(np.asarray(label).astype(np.int64))
         return {"image": image, "sem_seg": label, "file_name": record["file_name"]}
 
-    def _augment(self, image: Image.Image, label: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    def _augment(self, image: Image.Image, label: Image.Image,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         aug = self.augment
-        scale = _uniform(*aug.scale_range) * aug.crop_size / min(image.size)
+        scale = _uniform(*aug.scale_range, generator) * aug.crop_size / min(image.size)
         size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
         image = torch.from_numpy(np.asarray(image.resize(size, Image.BILINEAR)).copy()).permute(2, 0, 1)
         label = torch.from_numpy(np.asarray(label.resize(size, Image.NEAREST)).astype(np.int64))
@@ -70,15 +72,15 @@ class SemSegMapper:
         if pad_h or pad_w:
             image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=0)
             label = torch.nn.functional.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_label)
-        top = int(torch.randint(0, label.shape[0] - aug.crop_size + 1, ()))
-        left = int(torch.randint(0, label.shape[1] - aug.crop_size + 1, ()))
+        top = int(torch.randint(0, label.shape[0] - aug.crop_size + 1, (), generator=generator))
+        left = int(torch.randint(0, label.shape[1] - aug.crop_size + 1, (), generator=generator))
         image = image[:, top : top + aug.crop_size, left : left + aug.crop_size]
         label = label[top : top + aug.crop_size, left : left + aug.crop_size]
-        if torch.rand(()).item() < aug.hflip_prob:
+        if torch.rand((), generator=generator).item() < aug.hflip_prob:
             image, label = image.flip(-1), label.flip(-1)
         if aug.color_jitter > 0:
             low, high = 1 - aug.color_jitter, 1 + aug.color_jitter
-            image = TF.adjust_brightness(image, _uniform(low, high))
-            image = TF.adjust_contrast(image, _uniform(low, high))
-            image = TF.adjust_saturation(image, _uniform(low, high))
+            image = TF.adjust_brightness(image, _uniform(low, high, generator))
+            image = TF.adjust_contrast(image, _uniform(low, high, generator))
+            image = TF.adjust_saturation(image, _uniform(low, high, generator))
         return image.contiguous(), label.contiguous()

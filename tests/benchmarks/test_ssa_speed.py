@@ -5,7 +5,7 @@ import torch
 
 from harness.config import RunConfig, apply_overrides
 from harness.run import build_segmentor
-from harness.train import build_optimizer
+from harness.engine import build_optimizer
 from timing import interleaved_medians
 
 

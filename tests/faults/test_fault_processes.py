@@ -9,34 +9,26 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import ray
 
-from gridtools import assert_finished_once, write_spec
+from gridtools import assert_finished_once, processes_titled, write_spec
 from harness.config import config_hash
+from harness.engine import checkpoint
 from harness.grid import expand, load_grid, run_grid
 from harness.gridstore import read_results
 
 _FOUR = ["softmax", "query", "protoseg", "ssa"]
 
 
-def _processes_titled(title: str) -> list[int]:
-    """PIDs whose command line starts with ``title`` (Ray retitles a worker ``ray::<task>`` while it runs one)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title.encode()):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_per_cell(ray_cluster, tmp_path):
+    """The re-run resumes each cell that had a checkpoint from it (the newest, here at iteration
+    20 or 40 of 60), and records every cell exactly once."""
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
+    storage = tmp_path / "checkpoints"  # the default: beside the results
     # unmeasured cells are recorded as they finish training (measured ones wait for every training task to start)
-    path = write_spec(tmp_path, "killed", classifiers=_FOUR, train={"iters": 60}, measure={"enabled": False})
+    path = write_spec(tmp_path, "killed", classifiers=_FOUR, train={"iters": 60, "checkpoint_period": 20},
+                      measure={"enabled": False})
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would be
     driver = subprocess.Popen(
         [sys.executable, "-m", "harness", "grid", str(path), "--tracking-uri", uri, "--results", str(results),
@@ -44,18 +36,27 @@ def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_pe
         start_new_session=True)
     deadline = time.time() + 300
 
-    def finished_lines():
-        return sum(r["status"] == "FINISHED" for r in read_results(results).values())
+    def finished():
+        return {h for h, r in read_results(results).items() if r["status"] == "FINISHED"}
 
-    while time.time() < deadline and driver.poll() is None and finished_lines() < 1:
+    def checkpointed():
+        """config_hash -> iteration of the newest checkpoint, of the cells not recorded yet."""
+        runs = storage.iterdir() if storage.is_dir() else []
+        return {run.name: int(newest.name.removeprefix(checkpoint.PREFIX)) for run in runs
+                if run.name not in finished() and (newest := checkpoint.latest(run)) is not None}
+
+    while time.time() < deadline and driver.poll() is None and not (finished() and checkpointed()):
         time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
-    killed_after = finished_lines()
-    assert 1 <= killed_after < 4
+    killed_after, waiting = len(finished()), checkpointed()
+    assert 1 <= killed_after < 4 and waiting
     spec = load_grid(path)
     outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
     assert outcome.ran == 4 - killed_after
+    resumed = {r["config_hash"]: r["environment"]["engine"]["resumed_at"] for r in outcome.results}
+    assert {digest: resumed[digest] for digest in waiting} == waiting
+    assert all(iteration in (20, 40, 60) for iteration in waiting.values())
     assert_finished_once(uri, "killed", expand(spec), results)
     lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     assert sorted(r["config_hash"] for r in lines if r["status"] == "FINISHED") == sorted(
@@ -71,7 +72,7 @@ def test_a_worker_killed_mid_cell_is_retried(ray_cluster, tmp_path):
     driver.start()
     deadline, killed = time.time() + 120, None
     while time.time() < deadline and killed is None:
-        running = _processes_titled("ray::_train_task")
+        running = processes_titled("ray::_train_task")
         if running:
             killed = running[0]
             os.kill(killed, signal.SIGKILL)

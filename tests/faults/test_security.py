@@ -123,7 +123,7 @@ def test_local_ray_and_the_mlflow_ui_bind_to_loopback():
 
 _LISTENERS = """
 import ipaddress, json, os, re, subprocess, time
-from harness.grid import _init_ray
+from harness.engine.launch import init_ray
 
 def tree(pid):
     pids = {pid}
@@ -136,7 +136,7 @@ def tree(pid):
             pids |= tree(int(entry))
     return pids
 
-_init_ray(None)
+init_ray(None)
 import ray
 ray.get(ray.remote(lambda: 1).remote())  # a worker is up
 time.sleep(2)  # the dashboard agent and runtime-env agent bind after the raylet

@@ -1,0 +1,94 @@
+"""The trainer's hooks: metrics every ``log_period``, checkpoints every ``checkpoint_period``,
+evaluation every ``eval_period``. Each reports through the worker's ``WorkerContext``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from harness.engine import checkpoint
+from harness.engine.context import WorkerContext, staging_folder
+from harness.engine.trainer import HookBase, NonFiniteLossError
+
+
+def _due(iteration: int, period: int, last: int) -> bool:
+    return bool(period) and iteration % period == 0 and iteration != last
+
+
+class MetricsHook(HookBase):
+    """Every ``period`` steps (and at the last) one history row: each loss term, their sum and
+    the learning rate, averaged over the period and over the workers. The period's losses
+    are copied from the device once, then reported (``context.report``). Raises
+    ``NonFiniteLossError`` naming the first step whose loss was NaN or inf on any worker:
+    every worker raises it at the same step, so none waits on the others."""
+
+    def __init__(self, context: WorkerContext, period: int) -> None:
+        self.context, self.period = context, period
+        self._steps: list[torch.Tensor] = []
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        self._steps.append(trainer.step_losses)
+        if trainer.iteration % self.period and trainer.iteration != trainer.cfg.iters:
+            return
+        losses = self.context.all_mean(torch.stack(self._steps)).cpu()  # [steps, terms]: the period's one copy
+        first = trainer.iteration - len(self._steps)
+        self._steps = []
+        names = trainer.loss_names
+        finite = torch.isfinite(losses.sum(dim=1))
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0])
+            raise NonFiniteLossError(first + bad, dict(zip(names, losses[bad].tolist())))
+        means = losses.mean(dim=0).tolist()
+        row = {"iteration": trainer.iteration, "lr": trainer.optimizer.param_groups[0]["lr"],
+               **{f"loss/{k}": v for k, v in zip(names, means)}, "loss/total": sum(means)}
+        trainer.history.append(row)
+        self.context.report(row)
+
+
+class CheckpointHook(HookBase):
+    """Every ``period`` steps (not the last: the cell's final checkpoint carries its result), each
+    worker writes its part of checkpoint ``checkpoint_<iteration>`` and reports it."""
+
+    def __init__(self, context: WorkerContext, period: int) -> None:
+        self.context, self.period = context, period
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if self.context.keeps_checkpoints and _due(trainer.iteration, self.period, trainer.cfg.iters):
+            save(self.context, trainer, {"iteration": trainer.iteration})
+
+
+def save(context: WorkerContext, trainer, metrics: dict, extra: Callable[[object], None] | None = None) -> None:
+    """Write and report this worker's part of a checkpoint at ``trainer.iteration``; ``extra(folder)``
+    adds files (rank 0)."""
+    folder = staging_folder()
+    checkpoint.write(folder, trainer.state_dict() if context.rank == 0 else None, context.rank)
+    if extra is not None and context.rank == 0:
+        extra(folder)
+    context.report(metrics, folder, checkpoint.folder_name(trainer.iteration))
+
+
+class EvalHook(HookBase):
+    """Every ``period`` steps (not the last: the cell evaluates after training), rank 0 runs
+    ``evaluate()`` -> metrics, added as ``val/<name>`` to the history row of that step; every
+    worker reports."""
+
+    def __init__(self, context: WorkerContext, period: int, evaluate: Callable[[], dict[str, float]]) -> None:
+        self.context, self.period, self.evaluate = context, period, evaluate
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if not _due(trainer.iteration, self.period, trainer.cfg.iters):
+            return
+        metrics = {}
+        if self.context.rank == 0:
+            metrics = {f"val/{k}": v for k, v in self.evaluate().items()}
+            trainer.model.train()
+        rows = trainer.history
+        if rows and rows[-1]["iteration"] == trainer.iteration:
+            rows[-1].update(metrics)
+        else:
+            rows.append({"iteration": trainer.iteration, **metrics})
+        self.context.report({"iteration": trainer.iteration, **metrics})

@@ -1,0 +1,196 @@
+"""Run a cell's engine on Ray Train workers (detectron2's ``launch``: the same function, in
+each worker, through ``TorchTrainer``; one process calls it directly instead).
+
+``launch(fn, cfg, ...)`` fits a ``TorchTrainer`` named by the cell's ``config_hash`` under
+``storage``: Ray Train starts the workers (``ScalingConfig``, gloo on CPU, nccl on CUDA), its
+``FailureConfig(max_failures=retries)`` restarts them from the latest reported checkpoint after a
+lost worker, and a later launch of the same cell under the same storage resumes the run there.
+``fn(cfg, context, log)`` is the worker function (``harness.run.train_cell``); it returns rank 0's
+CellResult, which travels to the caller in the final checkpoint with the trained weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import resource
+import shutil
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.config import RunConfig, config_hash, from_dict, to_dict
+from harness.engine import checkpoint
+from harness.engine.context import WorkerContext, staging_folder
+from harness.engine.trainer import NonFiniteLossError
+from harness.errors import InputError
+
+RESULT_FILE = "result.json"
+ERROR_FILE = "error.json"  # in a cell's last checkpoint folder, ``failed_<iteration>``, when it failed
+_FAILED_PREFIX = "failed_"
+# Errors every worker raises at the same point (a bad setting, a non-finite loss, which the
+# metrics hook checks over all workers): the cell fails without the retries a lost worker gets.
+CELL_ERRORS = (InputError, NonFiniteLossError)
+
+
+class CellFailed(RuntimeError):
+    """A cell's worker function raised one of ``CELL_ERRORS``: ``error`` is its one line,
+    ``remote_traceback`` its traceback, ``iteration`` where it happened (if known)."""
+
+    def __init__(self, error: str, remote_traceback: str, iteration: int | None) -> None:
+        super().__init__(error)
+        self.error, self.remote_traceback, self.iteration = error, remote_traceback, iteration
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start Ray locally on loopback; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:  # a user's dataset registrations reach the cluster's workers (local workers inherit them)
+        datasets = os.environ.get("SEGHEADS_DATASETS")
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"env_vars": {"SEGHEADS_DATASETS": datasets}} if datasets else None)
+    else:  # loopback: harness/__init__.py set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray was imported
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    return True
+
+
+@contextlib.contextmanager
+def memory_cap(gigabytes: float):
+    """Lower this process's RLIMIT_DATA soft limit to ``gigabytes`` while inside (0: no cap);
+    the previous limit comes back after, since Ray reuses worker processes."""
+    if not gigabytes:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = int(gigabytes * 2**30)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+class RayTrainContext(WorkerContext):
+    """A Ray Train worker: rank and device from Ray Train, DDP through ``prepare_model``
+    (``broadcast_buffers=False``, as detectron2's ``create_ddp_model``; ``find_unused_parameters``,
+    since a head may leave part of its neck unused, e.g. ECENet reads the mlp neck's pyramid,
+    not its fused map), checkpoints and metrics through ``ray.train.report``, resumption from
+    ``ray.train.get_checkpoint``."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._resumed: str | None = None
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return model
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, move_to_device=False,
+                                             parallel_strategy_kwargs={"broadcast_buffers": False,
+                                                                       "find_unused_parameters": True})
+
+    def resume_folder(self) -> Path | None:
+        import ray.train
+
+        found = ray.train.get_checkpoint()
+        if found is None:
+            return None
+        self._resumed = found.to_directory()
+        return Path(self._resumed)
+
+    def report(self, metrics: dict, folder: Path | None = None, name: str | None = None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)) if folder else None,
+                         checkpoint_dir_name=name if folder else None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._resumed:
+            shutil.rmtree(self._resumed, ignore_errors=True)
+
+
+def _worker(config: dict) -> None:
+    """Ray Train's per-worker function: ``config["fn"]`` on this worker's context, under the cell's
+    memory cap. A ``CELL_ERRORS`` error (every worker reaches it at the same point) is reported
+    as the run's last checkpoint, ``failed_<iteration>`` holding ``error.json``, instead of being
+    raised, so that Ray Train does not retry it (a run's result carries its last checkpoint's
+    metrics only); anything else is a worker failure Ray Train retries."""
+    cfg = from_dict(RunConfig, config["cell"])
+    context = RayTrainContext()
+    try:
+        with memory_cap(config["memory_gb"]):
+            config["fn"](cfg, context, lambda message: None)
+    except CELL_ERRORS as exc:
+        iteration = getattr(exc, "iteration", None)
+        folder = staging_folder()
+        if context.rank == 0:
+            (folder / ERROR_FILE).write_text(json.dumps({
+                "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+                "traceback": "".join(traceback.format_exception(exc)), "iteration": iteration}))
+        context.report({"failed": True}, folder, f"{_FAILED_PREFIX}{iteration or 0:08d}")
+    finally:
+        context.close()
+
+
+def _forget_failed_run(storage: str, name: str) -> None:
+    """Delete run ``name`` under ``storage`` if its last checkpoint says it failed: a failed
+    cell run again starts over (its error would come back from the same checkpoint)."""
+    import pyarrow.fs
+
+    if "://" in storage:
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
+    else:
+        filesystem, root = pyarrow.fs.LocalFileSystem(), storage
+    run = f"{root.rstrip('/')}/{name}"
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(run, allow_not_found=True))
+    if any(entry.base_name.startswith(_FAILED_PREFIX) for entry in entries):
+        filesystem.delete_dir(run)
+
+
+def launch(fn, cfg: RunConfig, workers: int, storage: str | Path, cpus: float = 1, gpus: float = 0,
+           memory_gb: float = 0, retries: int = 3) -> tuple[dict, bytes]:
+    """Fit cell ``cfg`` as a Ray Train run of ``workers`` workers (each ``cpus`` CPUs, ``gpus`` GPUs,
+    ``memory_gb`` reserved and capped) named ``config_hash(cfg)`` under ``storage`` (a path or
+    any URI Ray Train accepts): (rank 0's CellResult, the trained weights as ``torch.save``
+    bytes). Raises ``CellFailed`` for a ``CELL_ERRORS`` error (and deletes that run before a
+    later launch of the cell, which starts over) and Ray Train's ``TrainingFailedError`` once
+    ``retries`` restarts are spent."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {}),
+                 **({"memory": int(memory_gb * 2**30)} if memory_gb else {})}
+    trainer = TorchTrainer(
+        _worker, train_loop_config={"fn": fn, "cell": to_dict(cfg), "memory_gb": memory_gb},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=config_hash(cfg), storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=retries),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoint.KEEP)))
+    _forget_failed_run(storage, config_hash(cfg))
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        if (Path(folder) / ERROR_FILE).is_file():
+            error = json.loads((Path(folder) / ERROR_FILE).read_text())
+            raise CellFailed(error["error"], error["traceback"], error["iteration"])
+        cell = json.loads((Path(folder) / RESULT_FILE).read_text())
+        state = torch.load(Path(folder) / checkpoint.STATE_FILE, map_location="cpu", weights_only=True)
+    weights = io.BytesIO()
+    torch.save(state["model"], weights)
+    return cell, weights.getvalue()
