@@ -174,6 +174,7 @@ def launch(fn, cfg: RunConfig, workers: int, storage: str | Path, cpus: float = 
     from ray.train.torch import TorchTrainer
 
     storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
+    _forget_failed_run(storage, config_hash(cfg))
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {}),
                  **({"memory": int(memory_gb * 2**30)} if memory_gb else {})}
     trainer = TorchTrainer(
@@ -183,7 +184,6 @@ def launch(fn, cfg: RunConfig, workers: int, storage: str | Path, cpus: float = 
             name=config_hash(cfg), storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=retries),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoint.KEEP)))
-    _forget_failed_run(storage, config_hash(cfg))
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         if (Path(folder) / ERROR_FILE).is_file():
