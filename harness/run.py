@@ -158,13 +158,15 @@ def cell_tags(cfg: RunConfig, digest: str | None = None) -> dict[str, str]:
 
 def resolve_sync_bn(setting: bool | str, world_size: int, device: torch.device) -> bool:
     """``model.sync_bn``: auto = SyncBatchNorm when the cell has several workers on CUDA (it is
-    CUDA-only); ``true`` on the CPU is an ``InputError``."""
+    CUDA-only); ``true`` on the CPU is an ``InputError``; ``true`` in one process without a
+    process group is plain BatchNorm (the same statistics)."""
     if setting == "auto":
         return world_size > 1 and device.type == "cuda"
     if setting and device.type != "cuda":
         raise InputError(f"model.sync_bn=true: SyncBatchNorm needs CUDA and this cell runs on {device}; "
                          "use model.sync_bn=auto or false")
-    return bool(setting)
+    # One process without a process group: SyncBatchNorm would normalise exactly as BatchNorm does.
+    return bool(setting) and (world_size > 1 or torch.distributed.is_initialized())
 
 
 def default_storage(cfg: RunConfig) -> Path:
@@ -182,12 +184,13 @@ def run_cell(cfg: RunConfig, resume: bool = False, log=print, workers: int = 1,
     if workers > 1 or "://" in str(storage):
         from harness.engine.launch import init_ray, launch
 
-        resolved = resolve_classifier(cfg)
+        threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)  # each worker's share of the cores
+        resolved = resolve_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads)))
         split_batch(cfg.data.batch_size, workers, cfg.train.accumulate)
         started = init_ray(None)
         try:
-            result, weights = launch(train_cell, resolved, workers, storage or default_storage(cfg),
-                                     cpus=max(1, cfg.train.threads), retries=retries)
+            result, weights = launch(train_cell, resolved, workers, storage or default_storage(cfg), cpus=threads,
+                                     retries=retries)
         finally:
             if started:
                 import ray

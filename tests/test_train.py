@@ -11,7 +11,8 @@ from classifiers import ClassifierOutput, PixelClassifier, register_classifier
 from harness.config import RunConfig, TrainConfig, apply_overrides
 from harness.data import AugmentConfig, DatasetCatalog, SemSegMapper, build_train_loader
 from harness.engine import LocalContext, MetricsHook, NonFiniteLossError, Trainer, checkpoint, lr_factor
-from harness.run import build_segmentor, seed_everything, train_cell
+from harness.errors import InputError
+from harness.run import build_segmentor, resolve_sync_bn, seed_everything, train_cell
 
 _TINY = ["model.backbone=test_convnext", "model.embed_dim=32", "data.image_size=48", "train.warmup_iters=5",
          "data.num_workers=0", "measure.enabled=false", "train.threads=2"]
@@ -155,3 +156,21 @@ def test_periodic_evaluation_adds_validation_columns_to_the_history():
     assert sorted(rows) == [2, 4, 6]
     assert 0 <= rows[4]["val/mIoU"] <= 100 and "loss/total" in rows[4]  # the same row as the period's losses
     assert not any(k.startswith("val/") for k in {**rows[2], **rows[6]})  # the end is the cell's own evaluation
+
+
+def test_sync_bn_is_resolved_per_layout_and_refused_on_the_cpu():
+    assert resolve_sync_bn("auto", 2, torch.device("cuda")) and not resolve_sync_bn("auto", 2, _CPU)
+    assert not resolve_sync_bn("auto", 1, torch.device("cuda")) and not resolve_sync_bn(False, 8, torch.device("cuda"))
+    with pytest.raises(InputError, match="model.sync_bn=true: SyncBatchNorm needs CUDA and this cell runs on cpu"):
+        resolve_sync_bn(True, 2, _CPU)
+
+
+@pytest.mark.parametrize("interval, reported", [(0.0, [1, 2, 3, 4]), (3600.0, [4])])
+def test_rows_are_reported_at_most_once_per_interval_and_always_at_the_end(interval, reported):
+    cfg, model, batches = _setup(["train.iters=4", "train.log_period=1"])
+    context = LocalContext(_CPU)
+    trainer = Trainer(model, batches, cfg.train, _CPU)
+    trainer.register_hooks([MetricsHook(context, 1, report_interval=interval)])
+    result = trainer.train()
+    assert [row["iteration"] for row in result.history] == [1, 2, 3, 4]  # the history keeps every period
+    assert [row["iteration"] for row in context.reported] == reported

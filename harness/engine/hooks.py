@@ -3,6 +3,7 @@ evaluation every ``eval_period``. Each reports through the worker's ``WorkerCont
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -12,6 +13,9 @@ from harness.engine.context import WorkerContext, staging_folder
 from harness.engine.trainer import HookBase, NonFiniteLossError
 
 
+REPORT_INTERVAL_S = 2.0  # Ray Train V2's controller poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, default 2 s)
+
+
 def _due(iteration: int, period: int, last: int) -> bool:
     return bool(period) and iteration % period == 0 and iteration != last
 
@@ -19,20 +23,29 @@ def _due(iteration: int, period: int, last: int) -> bool:
 class MetricsHook(HookBase):
     """Every ``period`` steps (and at the last) one history row: each loss term, their sum and
     the learning rate, averaged over the period and over the workers. The period's losses
-    are copied from the device once, then reported (``context.report``). Raises
-    ``NonFiniteLossError`` naming the first step whose loss was NaN or inf on any worker:
-    every worker raises it at the same step, so none waits on the others."""
+    are copied from the device once. The row is reported (``context.report``) when every
+    worker's last report is ``report_interval`` seconds old or the run ends: Ray Train V2's
+    controller takes one report per worker per poll (every 2 s), and a worker that reports
+    sooner waits for it, so fast periods only reach the history. Raises ``NonFiniteLossError``
+    naming the first step whose loss was NaN or inf on any worker: every worker raises it at
+    the same step, so none waits on the others."""
 
-    def __init__(self, context: WorkerContext, period: int) -> None:
-        self.context, self.period = context, period
+    def __init__(self, context: WorkerContext, period: int, report_interval: float = REPORT_INTERVAL_S) -> None:
+        self.context, self.period, self.report_interval = context, period, report_interval
         self._steps: list[torch.Tensor] = []
+        self._reported = time.monotonic()
 
     def after_step(self) -> None:
         trainer = self.trainer
         self._steps.append(trainer.step_losses)
-        if trainer.iteration % self.period and trainer.iteration != trainer.cfg.iters:
+        last = trainer.iteration == trainer.cfg.iters
+        if trainer.iteration % self.period and not last:
             return
-        losses = self.context.all_mean(torch.stack(self._steps)).cpu()  # [steps, terms]: the period's one copy
+        losses = torch.stack(self._steps)  # [steps, terms]
+        due = float(time.monotonic() - self._reported >= self.report_interval)
+        # One collective and one copy for the period: the losses and whether this worker may report.
+        packed = self.context.all_mean(torch.cat([losses.flatten(), losses.new_tensor([due])])).cpu()
+        losses, report = packed[:-1].view(losses.shape), bool(packed[-1] == 1.0) or last  # every worker agrees
         first = trainer.iteration - len(self._steps)
         self._steps = []
         names = trainer.loss_names
@@ -44,7 +57,9 @@ class MetricsHook(HookBase):
         row = {"iteration": trainer.iteration, "lr": trainer.optimizer.param_groups[0]["lr"],
                **{f"loss/{k}": v for k, v in zip(names, means)}, "loss/total": sum(means)}
         trainer.history.append(row)
-        self.context.report(row)
+        if report:
+            self.context.report(row)
+            self._reported = time.monotonic()
 
 
 class CheckpointHook(HookBase):
