@@ -1,7 +1,9 @@
 """Classifier x backbone grids on Ray (docs/architecture.md, "Grid").
 
 A grid spec (``jobs/*.yaml``, safe-loaded) expands to cells, one ``RunConfig`` each.
-Each cell trains and evaluates in one Ray task with the cell's resources. Its cost is
+Each cell trains and evaluates in one Ray task: itself on one worker, or as the driver of a
+Ray Train run over ``resources.workers`` (``harness.engine``), checkpointing under the
+grid's storage so that a restarted cell resumes. Its cost is
 then measured from the trained weights in a second task that times alone: measurements
 start once every training task has started, and each reserves all CPUs and GPUs of the
 node it is pinned to, so no training, data loading or other measurement shares its cores
@@ -14,7 +16,8 @@ updated, never retrained (``config_hash`` leaves measurement out).
 
 Failures: an exception or a non-finite loss inside a cell makes that cell FAILED (error
 and traceback recorded) and the grid goes on; a lost worker or node is a system failure
-that Ray retries (``resources.retries`` times) before the cell counts as FAILED.
+that Ray (a task retry, or Ray Train's ``FailureConfig``) retries ``resources.retries`` times,
+from the cell's newest checkpoint, before the cell counts as FAILED.
 """
 
 from __future__ import annotations
