@@ -279,27 +279,19 @@ def failed_result(cfg: RunConfig, exc: BaseException) -> dict:
     }
 
 
-def via_ray_train(r: Resources, storage: str) -> bool:
-    """Whether cells train as Ray Train runs: with several workers, or when the checkpoints go
-    to a URI (Ray Train persists to any storage it accepts). A one-worker cell on a local or
-    shared path runs the same engine directly in its Ray task, as detectron2's ``launch`` calls
-    ``main`` for one process: a Ray Train run costs ~20 s more to start (docs/architecture.md)."""
-    return r.workers > 1 or "://" in storage
-
-
 def _train_task(cfg_dict: dict, r: dict, storage: str) -> tuple[dict, bytes | None]:
     """Train and evaluate one cell: (CellResult, trained weights or None), as two Ray objects, so
     that the driver fetches the weights only when it logs them. The cell resumes from its newest
     checkpoint under ``storage``/<config_hash> (a restart after a lost worker or driver)."""
     from harness.engine import LocalContext
-    from harness.engine.launch import CELL_ERRORS, launch, memory_cap
+    from harness.engine.launch import CELL_ERRORS, launch, memory_cap, needs_ray_train
     from harness.run import resolve_device, state_dict_bytes, train_cell
 
     started = time.time()
     cfg, resources = from_dict(RunConfig, cfg_dict), from_dict(Resources, r)
     weights = None
     try:
-        if via_ray_train(resources, storage):
+        if needs_ray_train(resources.workers, storage):
             result, weights = launch(train_cell, cfg, resources.workers, storage, resources.cpus, resources.gpus,
                                      resources.memory_gb, resources.retries)
         else:
@@ -422,6 +414,7 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
     its ``config_hash``: an unfinished cell resumes from its newest checkpoint there. One driver
     at a time: a second one for a grid whose driver is alive raises ``harness.lease.GridBusy``
     before touching anything."""
+    from harness.engine.launch import resolve_storage
     from harness.gridstore import GridStore
 
     cells = expand(spec)
@@ -431,8 +424,7 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
     lease = store.lease()
     lease.acquire()  # before sync(): a second driver would mark the first's running cells KILLED
     try:
-        storage = str(storage or results_path.parent / "checkpoints")
-        storage = storage if "://" in storage else str(Path(storage).resolve())  # as the workers see it
+        storage = resolve_storage(storage or results_path.parent / "checkpoints")
         return _run_cells(spec, cells, store, lease, address, max_concurrent, log, storage)
     finally:
         lease.release()
@@ -442,7 +434,7 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
                max_concurrent: int | None, log, storage: str) -> GridOutcome:
     import ray
 
-    from harness.engine.launch import init_ray
+    from harness.engine.launch import init_ray, needs_ray_train
 
     from harness.data import DatasetCatalog
     from harness.pretrain import uncached_builtin_weights
@@ -478,7 +470,7 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store, lease, address: st
     r = spec.resources
     memory = _memory_request(r)
     # A Ray Train run's task is only its driver: Ray Train reserves its workers' resources.
-    holds = {"num_cpus": 0} if via_ray_train(r, storage) else {"num_cpus": r.cpus, "num_gpus": r.gpus, **memory}
+    holds = {"num_cpus": 0} if needs_ray_train(r.workers, storage) else {"num_cpus": r.cpus, "num_gpus": r.gpus, **memory}
     train_task = ray.remote(_train_task).options(max_retries=r.retries, retry_exceptions=False, num_returns=2, **holds)
     measure_task, nodes = ray.remote(_measure_task), []
     slots = _slots(spec, max_concurrent, len(todo))

@@ -30,7 +30,7 @@ from harness.data import (
 from harness.data.builtin import SPLIT_NAMES
 from harness.engine import CheckpointHook, EvalHook, LocalContext, MetricsHook, Trainer, WorkerContext, checkpoint
 from harness.engine.hooks import save
-from harness.engine.launch import RESULT_FILE
+from harness.engine.launch import RESULT_FILE, needs_ray_train
 from harness.errors import InputError
 from harness.evaluate import evaluate
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
@@ -181,7 +181,7 @@ def run_cell(cfg: RunConfig, resume: bool = False, log=print, workers: int = 1,
     ``storage``/<config_hash> when given; ``resume`` continues from the newest); ``workers`` > 1,
     or a URI ``storage``, is a Ray Train run under ``storage`` (local Ray on loopback unless one
     is running) that restarts lost workers ``retries`` times and resumes by itself."""
-    if workers > 1 or "://" in str(storage):
+    if needs_ray_train(workers, storage):
         from harness.engine.launch import init_ray, launch
 
         threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)  # each worker's share of the cores

@@ -46,6 +46,19 @@ class CellFailed(RuntimeError):
         self.error, self.remote_traceback, self.iteration = error, remote_traceback, iteration
 
 
+def resolve_storage(storage: str | Path) -> str:
+    """``storage`` as every worker sees it: a URI as given, a path made absolute."""
+    storage = str(storage)
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def needs_ray_train(workers: int, storage: str | Path | None) -> bool:
+    """Whether a cell trains as a Ray Train run: with several workers, or when its checkpoints go
+    to a URI (Ray Train persists to any storage it accepts); one worker on a path trains in the
+    calling process (a Ray Train run costs ~15-20 s more to start, docs/architecture.md)."""
+    return workers > 1 or "://" in str(storage)
+
+
 def init_ray(address: str | None) -> bool:
     """Connect to ``address`` or start Ray locally on loopback; True when this call started it."""
     import ray
@@ -173,7 +186,7 @@ def launch(fn, cfg: RunConfig, workers: int, storage: str | Path, cpus: float = 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
+    storage = resolve_storage(storage)
     _forget_failed_run(storage, config_hash(cfg))
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {}),
                  **({"memory": int(memory_gb * 2**30)} if memory_gb else {})}
