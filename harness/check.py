@@ -29,7 +29,7 @@ class CheckRow:
 
 def cells_from_results(path) -> list[Cell]:
     """FINISHED cells of a ``results.jsonl`` (the last line of each cell; later lines are newer)."""
-    from harness.gridstore import read_results
+    from harness.grid.store import read_results
 
     return [Cell.from_result(r, order) for order, r in enumerate(read_results(path).values())
             if r["status"] == "FINISHED"]

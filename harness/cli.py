@@ -358,7 +358,7 @@ def _stderr(message: str) -> None:
 
 
 def _import_results(args: argparse.Namespace) -> int:
-    from harness.gridstore import GridStore, read_results
+    from harness.grid.store import GridStore, read_results
 
     if not args.results.is_file():
         raise InputError(f"{args.results}: no such file; expected a grid's results.jsonl")

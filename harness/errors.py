@@ -37,3 +37,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _OOM_MESSAGES)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line`` of ``exc``; an out-of-memory error says so first."""
+    text = f"{type(exc).__name__}: {str(exc).strip()}".splitlines()[0]
+    if is_out_of_memory(exc) and "out of memory" not in text:
+        text = f"out of memory ({text})"
+    return text

@@ -182,15 +182,15 @@ def run_cell(cfg: RunConfig, resume: bool = False, log=print, workers: int = 1,
     or a URI ``storage``, is a Ray Train run under ``storage`` (local Ray on loopback unless one
     is running) that restarts lost workers ``retries`` times and resumes by itself."""
     if needs_ray_train(workers, storage):
-        from harness.engine.launch import init_ray, launch
+        from harness.engine.launch import init_ray, launch, read_cell
 
         threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)  # each worker's share of the cores
         resolved = resolve_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads)))
         split_batch(cfg.data.batch_size, workers, cfg.train.accumulate)
         started = init_ray(None)
         try:
-            result, weights = launch(train_cell, resolved, workers, storage or default_storage(cfg), cpus=threads,
-                                     retries=retries)
+            result, weights = read_cell(launch(train_cell, resolved, workers, storage or default_storage(cfg),
+                                               cpus=threads, retries=retries))
         finally:
             if started:
                 import ray

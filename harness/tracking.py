@@ -207,28 +207,53 @@ def _log_result_files(client, run_id: str, result: dict) -> None:
         client.log_dict(run_id, result["measurement"], "measurement.json")
 
 
-def update_measurement(result: dict, run_id: str, tracking_uri: str | None = None) -> None:
-    """Write a FINISHED cell's new cost measurement (``result["measurement"]`` and its metrics)
-    into its existing run ``run_id``: metrics logged again (MLflow keeps each metric's history;
-    the latest value is the one shown and read), the result files rewritten. The run's params
-    and its training stay as they were."""
+def update_measurement(result: dict, run_id: str, tracking_uri: str | None = None,
+                       prefixes: tuple[str, ...] = ()) -> None:
+    """Write a FINISHED cell's cost measurement (``result["measurement"]`` and its metrics, those
+    whose names start with one of ``prefixes``) into its existing run ``run_id``: metrics logged
+    again (MLflow keeps each metric's history; the latest value is the one shown and read), the
+    result files rewritten. The run's params and its training stay as they were."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    for chunk in _chunks(_metrics(result, int(time.time() * 1000)), 1000):
+    measured = [m for m in _metrics(result, int(time.time() * 1000)) if m.key.startswith(prefixes)]
+    for chunk in _chunks(measured, 1000):
         client.log_batch(run_id, metrics=chunk)
     _log_result_files(client, run_id, result)
 
 
-def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "segheads",
-             parent_run_id: str | None = None, weights: bytes | None = None) -> str:
-    """Write one CellResult as an MLflow run and return its run id.
+def cell_run_tags(tags: dict, parent_run_id: str | None) -> dict:
+    """A cell's child-run tags: the cell's tags (backbone, classifier, dataset, seed, neck,
+    config_hash), ``hash_version`` (what its ``config_hash`` covers, ``harness.config.HASH_VERSION``),
+    ``git_commit``, the run name and the grid's parent run."""
+    tags = {**tags, "hash_version": HASH_VERSION, "git_commit": git_commit(),
+            "mlflow.runName": f"{tags['classifier']}@{tags['backbone']}-s{tags['seed']}"}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return tags
 
-    Tags: the cell's tags (backbone, classifier, dataset, seed, neck, config_hash),
-    ``hash_version`` (what its ``config_hash`` covers, ``harness.config.HASH_VERSION``) and
-    ``git_commit``; params: the resolved config, flattened, without the measurement settings
+
+def log_rows(client, run_id: str, rows: list[dict]) -> None:
+    """Training rows (``{"iteration", "loss/...", "lr", "time/...", "val/..."}``) as step metrics of
+    run ``run_id``, step = the row's iteration."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(metric_name(k), float(v), now, int(row["iteration"])) for row in rows
+               for k, v in row.items() if k != "iteration" and _finite(v)]
+    for chunk in _chunks(metrics, 1000):
+        client.log_batch(run_id, metrics=chunk)
+
+
+def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "segheads",
+             parent_run_id: str | None = None, weights: bytes | None = None, run_id: str | None = None) -> str:
+    """Write one CellResult as an MLflow run and return its run id: a new run, or ``run_id``, the
+    cell's live run (created when it started, its training rows logged as they came; the history
+    rows it lacks are added, and its final metrics leave out the names its rows hold as step series).
+
+    Tags: ``cell_run_tags``; params: the resolved config, flattened, without the measurement settings
     (``config_params``: they live in ``measurement.json`` and ``config.yaml``); metrics: every finite
-    metric, plus the training curve as stepped ``loss/*`` and ``lr`` series;
+    metric, plus the training curve as stepped ``curve/*`` series;
     artifacts: ``per_class.csv``, ``config.yaml``, ``training_curve.json``, ``cell_result.json``
     and, when the cell was measured, ``measurement.json`` (settings, timer, machine fingerprint);
     ``weights.pt``, the trained state dict (``torch.load(..., weights_only=True)``), when given.
@@ -240,20 +265,21 @@ def log_cell(result: dict, tracking_uri: str | None = None, experiment: str = "s
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    tags = {**result["tags"], "hash_version": HASH_VERSION, "git_commit": git_commit(),
-            "mlflow.runName": f"{result['tags']['classifier']}@{result['tags']['backbone']}-s{result['tags']['seed']}"}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    live = {key for row in result["history"] for key in row} if run_id else set()
+    if run_id is None:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        run_id = client.create_run(experiment_id, tags=cell_run_tags(result["tags"], parent_run_id)).info.run_id
     try:
         now = int(time.time() * 1000)
         params = [Param(k, v) for k, v in config_params(result["config"]).items()]
         # How it trained (workers, accumulation, precision, SyncBN as resolved): said, never its identity.
         params += [Param(f"{ENGINE_PARAM_PREFIX}{k}", str(v))
                    for k, v in result.get("environment", {}).get("engine", {}).items()]
-        metrics = _metrics(result, now)
+        metrics = [m for m in _metrics(result, now) if m.key not in live]
+        if live:  # rows the driver never got (reported after the last it logged, before a resume point)
+            logged = {m.step for m in client.get_metric_history(run_id, "loss/total")}
+            log_rows(client, run_id, [row for row in result["history"] if row["iteration"] not in logged])
         for row in result["history"]:
             metrics += [Metric(f"curve/{k}", float(v), now, row["iteration"]) for k, v in row.items()
                         if k != "iteration" and _finite(v)]

@@ -6,8 +6,8 @@ from mlflow.tracking import MlflowClient
 import yaml
 
 from harness.config import config_hash
-from harness.gridstore import read_results
-from harness.lease import LEASE_TAG
+from harness.grid.store import read_results
+from harness.grid.lease import LEASE_TAG
 
 TINY = {
     "backbones": ["test_convnext"],
@@ -36,15 +36,19 @@ def children(uri, name):
 
 def assert_finished_once(uri, name, cells, results_path=None):
     """Each cell has exactly one FINISHED child run under the one parent run and, with
-    ``results_path``, exactly one FINISHED line in ``results.jsonl``."""
+    ``results_path``, FINISHED lines in ``results.jsonl``: at most one from its training and at
+    most one from its measurement (one line holding both when rebuilt from MLflow)."""
     runs, parents = children(uri, name)
     finished = [r.data.tags["config_hash"] for r in runs if r.info.status == "FINISHED"]
     expected = sorted(config_hash(c) for c in cells)
     assert sorted(finished) == expected
     assert len(parents) == 1 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs)
-    if results_path is not None:
+    if results_path is not None:  # a line when a cell trained, a second when it was measured
         lines = [r for r in _lines(results_path) if r["status"] == "FINISHED"]
-        assert sorted(r["config_hash"] for r in lines) == expected
+        assert sorted({r["config_hash"] for r in lines}) == expected
+        for measured in (False, True):
+            recorded = [r["config_hash"] for r in lines if (r["measurement"] is not None) == measured]
+            assert len(recorded) == len(set(recorded))
         assert set(read_results(results_path)) == set(expected)
 
 

@@ -1,3 +1,6 @@
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +122,18 @@ def test_train_loader_batches_forever(folder_dataset):
     batches = build_train_loader(records, SemSegMapper(3, 255, AugmentConfig(crop_size=32)), 3, 0, seed=0)
     shapes = [tuple(next(batches)["image"].shape) for _ in range(5)]  # 15 samples from 4 records
     assert shapes == [(3, 3, 32, 32)] * 5
+
+
+def test_a_folder_scan_is_kept_beside_it_and_done_again_when_the_listing_changes(folder_dataset):
+    image_root, gt_root = folder_dataset
+    first = load_sem_seg(gt_root, image_root)
+    assert (image_root.parent / f".segheads-scan-{image_root.name}.json").is_file()
+    victim = image_root / "img0.jpg"  # same size and time, no longer an image: a re-scan would fail on it
+    info = victim.stat()
+    victim.write_bytes(b"\0" * info.st_size)
+    os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert load_sem_seg(gt_root, image_root) == first  # the headers were not opened again
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(image_root / "img9.jpg")
+    shutil.copy(gt_root / "img1.png", gt_root / "img9.png")
+    with pytest.raises(InputError, match=f"cannot read image {victim}"):  # a new listing: scanned again
+        load_sem_seg(gt_root, image_root)

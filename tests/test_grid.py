@@ -113,7 +113,9 @@ def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_gr
     assert statuses == [("protoseg", "FAILED"), ("query", "FINISHED"), ("softmax", "FINISHED"), ("ssa", "FINISHED")]
     assert "non-finite loss" in next(r for r in runs if r.info.status == "FAILED").data.tags["error"]
     lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["status"] for r in lines) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    # a line when each cell trained (or failed), a second when a trained cell was measured
+    assert sorted((r["status"], r["measurement"] is not None) for r in lines) == [
+        ("FAILED", False)] + [("FINISHED", False)] * 3 + [("FINISHED", True)] * 3
 
 
 def test_rerun_skips_finished_cells_and_adds_new_ones(ray_cluster, tmp_path):
@@ -123,9 +125,10 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(ray_cluster, tmp_path):
     grown = load_grid(write_spec(tmp_path, "grow", classifiers=["softmax", "query"]))
     outcome = run_grid(grown, uri, results_path=results, log=lambda m: None)
     assert outcome.ran == 1 and [r["status"] for r in outcome.results] == ["FINISHED", "FINISHED"]
-    assert_finished_once(uri, "grow", expand(grown))
-    assert len(results.read_text().splitlines()) == 2
+    assert_finished_once(uri, "grow", expand(grown), results)
+    assert len(results.read_text().splitlines()) == 4  # each cell trained, then measured
     assert run_grid(grown, uri, results_path=results, log=lambda m: None).ran == 0
+    assert len(results.read_text().splitlines()) == 4
     # the report of this real grid: one row per cell, the delta over softmax, plots
     assert main(["report", "--parent", outcome.parent_run_id, "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     rows = {r["classifier"]: r for r in csv.DictReader(open(tmp_path / "r" / "results.csv"))}

@@ -1,4 +1,4 @@
-"""The one-driver-per-grid lease (``harness.lease``) on a real MLflow SQLite store and a real
+"""The one-driver-per-grid lease (``harness.grid.lease``) on a real MLflow SQLite store and a real
 lock file: a live holder is named and refused, a dead or silent one is taken over."""
 
 import json
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from harness.gridstore import GridStore
-from harness.lease import EXPIRY_SECONDS, LEASE_TAG, FileLease, GridBusy
+from harness.grid.store import GridStore
+from harness.grid.lease import EXPIRY_SECONDS, LEASE_TAG, FileLease, GridBusy
 
 
 def _store(tmp_path, name="leased"):
@@ -58,7 +58,7 @@ def test_a_silent_or_dead_driver_s_lease_expires_and_the_next_driver_takes_over(
 
 def test_without_tracking_the_lock_file_refuses_a_second_driver_until_the_first_ends(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from harness.lease import FileLease\n"
+        "import sys, time; from pathlib import Path; from harness.grid.lease import FileLease\n"
         f"lease = FileLease(Path({str(tmp_path / 'results.jsonl')!r}), 'offline'); lease.acquire(); "
         "print('held', flush=True); "
         "time.sleep(60)")], stdout=subprocess.PIPE, text=True)

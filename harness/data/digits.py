@@ -11,6 +11,7 @@ read through ``load_sem_seg`` like any folder dataset.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -115,30 +116,31 @@ def _paste(rng: np.random.Generator, image: np.ndarray, base: np.ndarray, digit:
 def ensure_digits(seed: int = 0, image_size: int = 48, num_train: int = 2000, num_val: int = 300) -> Path:
     """Write the scenes once and return their folder (``images/{split}``, ``annotations/{split}``).
 
-    Scenes are written to a temporary sibling folder that is renamed into place
-    when complete, so a crash or a concurrent writer never leaves a half-written set.
+    Scenes are written to a temporary sibling folder that is renamed into place when complete,
+    so a crash never leaves a half-written set; concurrent callers (a grid's first cells) wait
+    on a file lock for the one that writes them.
     """
     root = cache_root() / "digits_sem_seg" / f"{_VERSION}-seed{seed}-{image_size}px-{num_train}-{num_val}"
     if root.is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        pools = digit_pools(seed)
-        for split, count in (("train", num_train), ("val", num_val)):
-            (staging / "images" / split).mkdir(parents=True)
-            (staging / "annotations" / split).mkdir(parents=True)
-            for index in range(count):
-                rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-                image, label = make_scene(rng, pools[split], image_size)
-                Image.fromarray(image).save(staging / "images" / split / f"{index:05d}.png")
-                Image.fromarray(label).save(staging / "annotations" / split / f"{index:05d}.png")
+    with open(root.parent / f".{root.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if root.is_dir():  # written while this caller waited
+            return root
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         try:
+            pools = digit_pools(seed)
+            for split, count in (("train", num_train), ("val", num_val)):
+                (staging / "images" / split).mkdir(parents=True)
+                (staging / "annotations" / split).mkdir(parents=True)
+                for index in range(count):
+                    rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
+                    image, label = make_scene(rng, pools[split], image_size)
+                    Image.fromarray(image).save(staging / "images" / split / f"{index:05d}.png")
+                    Image.fromarray(label).save(staging / "annotations" / split / f"{index:05d}.png")
             staging.rename(root)
-        except OSError:  # another process finished first; its copy is identical
-            if not root.is_dir():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     return root

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from harness.data.digits import cache_root
 from harness.errors import InputError
 
 _LAYOUT = "IMAGE_ROOT/<stem>{image_suffix} paired with GT_ROOT/<stem>{gt_suffix} (same relative path and stem)"
@@ -77,7 +82,7 @@ def load_sem_seg(gt_root: str | Path, image_root: str | Path, gt_ext: str = "png
 
     Images and label maps are paired by relative path without extension. Each dict
     has ``file_name``, ``sem_seg_file_name``, ``height`` and ``width`` (read from the
-    image header). A missing folder, an empty folder or an unpaired file raises
+    image header once, then from the folder's scan, ``scanned_sizes``). A missing folder, an empty folder or an unpaired file raises
     ``InputError`` naming the path and the expected layout.
     """
     return load_pairs(gt_root, image_root, f".{gt_ext}", f".{image_ext}" if image_ext else None)
@@ -91,11 +96,51 @@ def load_pairs(gt_root: str | Path, image_root: str | Path, gt_suffix: str, imag
         layout = _LAYOUT.format(image_suffix=image_suffix, gt_suffix=gt_suffix)
         raise InputError(f"{unpaired[0]} ({len(unpaired)} unpaired file(s); `segheads validate-data` lists them); "
                          f"expected layout: {layout}")
-    dicts = []
-    for image, label in pairs:
-        width, height = image_size(image)
-        dicts.append({"file_name": str(image), "sem_seg_file_name": str(label), "height": height, "width": width})
-    return dicts
+    sizes = scanned_sizes([image for image, _ in pairs], Path(image_root))
+    return [{"file_name": str(image), "sem_seg_file_name": str(label), "height": height, "width": width}
+            for (image, label), (width, height) in zip(pairs, sizes)]
+
+
+def _listing_key(images: list[Path]) -> str:
+    """A digest of the images' paths, sizes and modification times: what a scan depends on."""
+    digest = hashlib.sha256()
+    for path in images:
+        info = path.stat()
+        digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _scan_files(image_root: Path) -> list[Path]:
+    """Where a folder's scan is kept: beside the folder, else (read-only data) in the segheads cache."""
+    name = f".segheads-scan-{image_root.name}.json"
+    fallback = hashlib.sha256(str(image_root.resolve()).encode()).hexdigest()[:16]
+    return [image_root.parent / name, cache_root() / "scans" / f"{fallback}.json"]
+
+
+def scanned_sizes(images: list[Path], image_root: Path) -> list[tuple[int, int]]:
+    """(width, height) of each of ``images`` (under ``image_root``), from the file headers once:
+    the scan is kept beside the folder, keyed by its listing (``_listing_key``), and read back
+    while the listing is unchanged, so the cells of a grid do not each open every image header."""
+    key = _listing_key(images)
+    places = _scan_files(image_root)
+    for place in places:
+        try:
+            kept = json.loads(place.read_text())
+            if kept["key"] == key and len(kept["sizes"]) == len(images):
+                return [tuple(size) for size in kept["sizes"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    sizes = [image_size(path) for path in images]
+    for place in places:  # written whole, then renamed into place
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=place.parent, prefix=place.name, delete=False) as out:
+                json.dump({"key": key, "sizes": sizes}, out)
+            os.replace(out.name, place)
+            break
+        except OSError:
+            continue
+    return sizes
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -23,17 +23,22 @@ def _due(iteration: int, period: int, last: int) -> bool:
 class MetricsHook(HookBase):
     """Every ``period`` steps (and at the last) one history row: each loss term, their sum and
     the learning rate, averaged over the period and over the workers. The period's losses
-    are copied from the device once. The row is reported (``context.report``) when every
-    worker's last report is ``report_interval`` seconds old or the run ends: Ray Train V2's
-    controller takes one report per worker per poll (every 2 s), and a worker that reports
-    sooner waits for it, so fast periods only reach the history. Raises ``NonFiniteLossError``
-    naming the first step whose loss was NaN or inf on any worker: every worker raises it at
-    the same step, so none waits on the others."""
+    are copied from the device once. The rows are reported (``context.report``: ``{"iteration",
+    "rows"}``, each row with ``time/iters_per_second`` and ``time/eta_seconds`` added) when every
+    worker's last report is ``report_interval`` seconds old or the run ends, all rows since the
+    last report at once: Ray Train V2's controller takes one report per worker per poll (every
+    2 s), and a worker that reports sooner waits for it. Raises ``NonFiniteLossError`` naming the
+    first step whose loss was NaN or inf on any worker: every worker raises it at the same step,
+    so none waits on the others."""
 
     def __init__(self, context: WorkerContext, period: int, report_interval: float = REPORT_INTERVAL_S) -> None:
         self.context, self.period, self.report_interval = context, period, report_interval
         self._steps: list[torch.Tensor] = []
-        self._reported = time.monotonic()
+        self._unreported: list[dict] = []
+        self._reported = self._row_time = time.monotonic()
+
+    def before_train(self) -> None:
+        self._reported = self._row_time = time.monotonic()
 
     def after_step(self) -> None:
         trainer = self.trainer
@@ -42,12 +47,13 @@ class MetricsHook(HookBase):
         if trainer.iteration % self.period and not last:
             return
         losses = torch.stack(self._steps)  # [steps, terms]
-        due = float(time.monotonic() - self._reported >= self.report_interval)
+        now = time.monotonic()
+        due = float(now - self._reported >= self.report_interval)
         # One collective and one copy for the period: the losses and whether this worker may report.
         packed = self.context.all_mean(torch.cat([losses.flatten(), losses.new_tensor([due])])).cpu()
         losses, report = packed[:-1].view(losses.shape), bool(packed[-1] == 1.0) or last  # every worker agrees
         first = trainer.iteration - len(self._steps)
-        self._steps = []
+        steps, self._steps = len(self._steps), []
         names = trainer.loss_names
         finite = torch.isfinite(losses.sum(dim=1))
         if not bool(finite.all()):
@@ -57,9 +63,13 @@ class MetricsHook(HookBase):
         row = {"iteration": trainer.iteration, "lr": trainer.optimizer.param_groups[0]["lr"],
                **{f"loss/{k}": v for k, v in zip(names, means)}, "loss/total": sum(means)}
         trainer.history.append(row)
+        speed = steps / max(now - self._row_time, 1e-9)
+        self._row_time = now
+        self._unreported.append({**row, "time/iters_per_second": speed,
+                                 "time/eta_seconds": (trainer.cfg.iters - trainer.iteration) / speed})
         if report:
-            self.context.report(row)
-            self._reported = time.monotonic()
+            self.context.report({"iteration": trainer.iteration, "rows": self._unreported})
+            self._unreported, self._reported = [], time.monotonic()
 
 
 class CheckpointHook(HookBase):
@@ -87,8 +97,8 @@ def save(context: WorkerContext, trainer, metrics: dict, extra: Callable[[object
 
 class EvalHook(HookBase):
     """Every ``period`` steps (not the last: the cell evaluates after training), rank 0 runs
-    ``evaluate()`` -> metrics, added as ``val/<name>`` to the history row of that step; every
-    worker reports."""
+    ``evaluate()`` -> metrics, added as ``val/<name>`` to the history row of that step and
+    reported as a row of their own; every worker reports."""
 
     def __init__(self, context: WorkerContext, period: int, evaluate: Callable[[], dict[str, float]]) -> None:
         self.context, self.period, self.evaluate = context, period, evaluate
@@ -106,4 +116,4 @@ class EvalHook(HookBase):
             rows[-1].update(metrics)
         else:
             rows.append({"iteration": trainer.iteration, **metrics})
-        self.context.report({"iteration": trainer.iteration, **metrics})
+        self.context.report({"iteration": trainer.iteration, "rows": [{"iteration": trainer.iteration, **metrics}]})

@@ -5,8 +5,8 @@ each worker, through ``TorchTrainer``; one process calls it directly instead).
 ``storage``: Ray Train starts the workers (``ScalingConfig``, gloo on CPU, nccl on CUDA), its
 ``FailureConfig(max_failures=retries)`` restarts them from the latest reported checkpoint after a
 lost worker, and a later launch of the same cell under the same storage resumes the run there.
-``fn(cfg, context, log)`` is the worker function (``harness.run.train_cell``); it returns rank 0's
-CellResult, which travels to the caller in the final checkpoint with the trained weights.
+``fn(cfg, context, log)`` is the worker function (``harness.run.train_cell``); rank 0's CellResult
+travels in the run's final checkpoint with the trained weights (``read_cell``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from harness.config import RunConfig, config_hash, from_dict, to_dict
 from harness.engine import checkpoint
 from harness.engine.context import WorkerContext, staging_folder
 from harness.engine.trainer import NonFiniteLossError
-from harness.errors import InputError
+from harness.errors import InputError, one_line
 
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"  # in a cell's last checkpoint folder, ``failed_<iteration>``, when it failed
@@ -153,7 +153,7 @@ def _worker(config: dict) -> None:
         folder = staging_folder()
         if context.rank == 0:
             (folder / ERROR_FILE).write_text(json.dumps({
-                "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+                "error": one_line(exc),
                 "traceback": "".join(traceback.format_exception(exc)), "iteration": iteration}))
         context.report({"failed": True}, folder, f"{_FAILED_PREFIX}{iteration or 0:08d}")
     finally:
@@ -176,13 +176,13 @@ def _forget_failed_run(storage: str, name: str) -> None:
 
 
 def launch(fn, cfg: RunConfig, workers: int, storage: str | Path, cpus: float = 1, gpus: float = 0,
-           memory_gb: float = 0, retries: int = 3) -> tuple[dict, bytes]:
+           memory_gb: float = 0, retries: int = 3, callbacks: tuple = ()):
     """Fit cell ``cfg`` as a Ray Train run of ``workers`` workers (each ``cpus`` CPUs, ``gpus`` GPUs,
     ``memory_gb`` reserved and capped) named ``config_hash(cfg)`` under ``storage`` (a path or
-    any URI Ray Train accepts): (rank 0's CellResult, the trained weights as ``torch.save``
-    bytes). Raises ``CellFailed`` for a ``CELL_ERRORS`` error (and deletes that run before a
-    later launch of the cell, which starts over) and Ray Train's ``TrainingFailedError`` once
-    ``retries`` restarts are spent."""
+    any URI Ray Train accepts), with Ray Train ``callbacks`` (e.g. Tune's ``TuneReportCallback``):
+    its final ``ray.train.Checkpoint``, ``checkpoint_<iters>`` (``read_cell`` reads it). Raises
+    ``CellFailed`` for a ``CELL_ERRORS`` error (and deletes that run before a later launch of the
+    cell, which starts over) and Ray Train's ``TrainingFailedError`` once ``retries`` restarts are spent."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -194,16 +194,35 @@ def launch(fn, cfg: RunConfig, workers: int, storage: str | Path, cpus: float = 
         _worker, train_loop_config={"fn": fn, "cell": to_dict(cfg), "memory_gb": memory_gb},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=config_hash(cfg), storage_path=storage,
+            name=config_hash(cfg), storage_path=storage, callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=retries),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoint.KEEP)))
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as folder:
-        if (Path(folder) / ERROR_FILE).is_file():
+    final = trainer.fit().checkpoint
+    if Path(final.path).name.startswith(_FAILED_PREFIX):
+        with final.as_directory() as folder:
             error = json.loads((Path(folder) / ERROR_FILE).read_text())
-            raise CellFailed(error["error"], error["traceback"], error["iteration"])
-        cell = json.loads((Path(folder) / RESULT_FILE).read_text())
-        state = torch.load(Path(folder) / checkpoint.STATE_FILE, map_location="cpu", weights_only=True)
+        raise CellFailed(error["error"], error["traceback"], error["iteration"])
+    return final
+
+
+def final_checkpoint(storage: str | Path, cfg: RunConfig):
+    """The ``ray.train.Checkpoint`` a cell's run ends with, ``<storage>/<config_hash>/checkpoint_<iters>``
+    (one process and Ray Train write the same layout), on a path or a URI."""
+    import ray.train
+
+    return ray.train.Checkpoint(f"{resolve_storage(storage).rstrip('/')}/{config_hash(cfg)}/"
+                                f"{checkpoint.folder_name(cfg.train.iters)}")
+
+
+def read_cell(final) -> tuple[dict, bytes]:
+    """(rank 0's CellResult, the trained weights as ``torch.save`` bytes) from a cell's final
+    ``ray.train.Checkpoint``; ``InputError`` naming it when it holds no result."""
+    with final.as_directory() as folder:
+        folder = Path(folder)
+        if not (folder / RESULT_FILE).is_file():
+            raise InputError(f"{final.path}: no {RESULT_FILE}; expected a cell's final checkpoint")
+        cell = json.loads((folder / RESULT_FILE).read_text())
+        state = torch.load(folder / checkpoint.STATE_FILE, map_location="cpu", weights_only=True)
     weights = io.BytesIO()
     torch.save(state["model"], weights)
     return cell, weights.getvalue()

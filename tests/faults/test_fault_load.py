@@ -5,7 +5,7 @@ from gridtools import assert_finished_once, write_spec
 from harness.grid import expand, load_grid, run_grid
 
 _CHEAP = {"model": {"embed_dim": 16}, "data": {"num_workers": 0, "image_size": 32, "batch_size": 2, "eval_batch_size": 32},
-          "train": {"iters": 2, "log_period": 1}, "measure": {"enabled": False}}
+          "train": {"iters": 2, "log_period": 1}, "measure": {"image_size": 32, "iters": 1, "warmup": 0}}
 
 
 def test_two_hundred_cells_each_finished_exactly_once(ray_cluster, tmp_path):
@@ -17,7 +17,8 @@ def test_two_hundred_cells_each_finished_exactly_once(ray_cluster, tmp_path):
     outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
     assert outcome.ran == 200 and [r["status"] for r in outcome.results] == ["FINISHED"] * 200
     assert_finished_once(uri, "load", cells, results)
-    assert len(results.read_text().splitlines()) == 200
+    assert len(results.read_text().splitlines()) == 400  # each cell trained, then measured
+    assert all(r["measurement"] is not None for r in outcome.results)
     again = run_grid(spec, uri, results_path=results, log=lambda m: None)
-    assert again.ran == 0 and len(results.read_text().splitlines()) == 200
+    assert again.ran == 0 and len(results.read_text().splitlines()) == 400
     assert_finished_once(uri, "load", cells, results)

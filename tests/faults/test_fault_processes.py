@@ -2,7 +2,6 @@
 (``ray_cluster``: loopback, logical GPU) and a real MLflow SQLite store; nothing is lost
 and nothing is counted twice."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,13 +11,13 @@ import time
 
 import ray
 
-from gridtools import assert_finished_once, processes_titled, write_spec
-from harness.config import config_hash
+from gridtools import assert_finished_once, children, processes_titled, write_spec
 from harness.engine import checkpoint
 from harness.grid import expand, load_grid, run_grid
-from harness.gridstore import read_results
+from harness.grid.store import read_results
 
 _FOUR = ["softmax", "query", "protoseg", "ssa"]
+TRIAL_PROCESS = "ray::ImplicitFunc"  # a Ray Tune function trial's actor
 
 
 def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_per_cell(ray_cluster, tmp_path):
@@ -26,9 +25,7 @@ def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_pe
     20 or 40 of 60), and records every cell exactly once."""
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
     storage = tmp_path / "checkpoints"  # the default: beside the results
-    # unmeasured cells are recorded as they finish training (measured ones wait for every training task to start)
-    path = write_spec(tmp_path, "killed", classifiers=_FOUR, train={"iters": 60, "checkpoint_period": 20},
-                      measure={"enabled": False})
+    path = write_spec(tmp_path, "killed", classifiers=_FOUR, train={"iters": 60, "checkpoint_period": 20})
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would be
     driver = subprocess.Popen(
         [sys.executable, "-m", "harness", "grid", str(path), "--tracking-uri", uri, "--results", str(results),
@@ -50,7 +47,7 @@ def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_pe
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
     orphans = time.time() + 60  # a worker notices its raylet is gone within seconds; until then it trains on
-    while time.time() < orphans and processes_titled("ray::_train_task"):
+    while time.time() < orphans and processes_titled(TRIAL_PROCESS):
         time.sleep(0.2)
     killed_after, waiting = len(finished()), checkpointed()
     assert 1 <= killed_after < 4 and waiting
@@ -61,9 +58,9 @@ def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_pe
     assert {digest: resumed[digest] for digest in waiting} == waiting
     assert all(iteration in (20, 40, 60) for iteration in waiting.values())
     assert_finished_once(uri, "killed", expand(spec), results)
-    lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    assert sorted(r["config_hash"] for r in lines if r["status"] == "FINISHED") == sorted(
-        config_hash(c) for c in expand(spec))
+    runs, _ = children(uri, "killed")
+    assert len(runs) == 4  # a cell the killed driver left RUNNING went on in the same run
+    assert all(r["measurement"] is not None for r in outcome.results)  # trained before the kill, measured after
 
 
 def test_a_worker_killed_mid_cell_is_retried(ray_cluster, tmp_path):
@@ -75,7 +72,7 @@ def test_a_worker_killed_mid_cell_is_retried(ray_cluster, tmp_path):
     driver.start()
     deadline, killed = time.time() + 120, None
     while time.time() < deadline and killed is None:
-        running = processes_titled("ray::_train_task")
+        running = processes_titled(TRIAL_PROCESS)
         if running:
             killed = running[0]
             os.kill(killed, signal.SIGKILL)
@@ -137,4 +134,4 @@ def test_two_drivers_started_at_once_on_one_spec_run_each_cell_once(tmp_path):
     assert message.strip().startswith("segheads: error: grid 'twice' is being run by another driver (process "
                                       f"{winner} on host ") and len(message.strip().splitlines()) == 1
     assert_finished_once(uri, "twice", expand(load_grid(path)), results)
-    assert len(results.read_text().splitlines()) == 2
+    assert len(results.read_text().splitlines()) == 4  # each cell trained, then measured, once

@@ -2,9 +2,12 @@
 append-only ``results.jsonl``, kept consistent so that each cell has exactly one FINISHED
 child run and a FINISHED line, whenever the driver was stopped.
 
-Write order per cell: MLflow child run first, then the ``results.jsonl`` line. On start,
-``sync()`` repairs what a killed driver or a tracking outage can leave behind: a child run
-left RUNNING is marked KILLED (its cell runs again); a FINISHED run without a line gets its
+A cell's child run is created RUNNING when the cell starts (``start_cell``) and receives its
+training rows as they come (``log_rows``); when the cell has trained, its result goes into that
+run (FINISHED or FAILED) and then to a ``results.jsonl`` line; its measurement, when it comes, is
+added to the same run and line (``record_measurement``). On start, ``sync()`` repairs what a
+killed driver or a tracking outage can leave behind: a child run left RUNNING is marked KILLED
+(its cell runs again and ``start_cell`` re-opens that run, so a cell keeps one run); a FINISHED run without a line gets its
 line back from the run's ``cell_result.json``; a line without its run is logged to MLflow
 with the weights an offline grid kept (``segheads import-results`` runs the same repair
 without a grid, under the grid's lease). Runs logged before ``config_hash`` left the
@@ -31,9 +34,11 @@ import yaml
 from harness.config import HASH_VERSION, RunConfig, config_hash, from_dict
 from harness.errors import InputError, first_line
 from harness.results import to_json
-from harness.tracking import (WEIGHTS_ARTIFACT, log_cell, open_client, quick_http_failures, read_artifact,
-                              read_artifact_bytes, read_per_image_counts, resolve_tracking_uri, search_all_runs,
-                              store_label, update_measurement)
+from harness.grid.lease import FileLease, TrackingLease
+from harness.measure import MEASUREMENT_PREFIXES
+from harness.tracking import (WEIGHTS_ARTIFACT, cell_run_tags, log_cell, log_rows, open_client, quick_http_failures,
+                              read_artifact, read_artifact_bytes, read_per_image_counts, resolve_tracking_uri,
+                              search_all_runs, store_label, update_measurement)
 
 _PARENT_TAG = "segheads.grid"
 
@@ -121,6 +126,7 @@ class GridStore:
         self.unlogged = self.imported = 0
         self.parent_run_id = None
         self.run_ids: dict[str, str] = {}  # config_hash -> its FINISHED run (after sync)
+        self.live: dict[str, str] = {}  # config_hash -> the run of a cell training now
         if not tracking:
             return
         self.client = open_client(self.tracking_uri, advice=(
@@ -139,10 +145,8 @@ class GridStore:
         self.parent_run_id = parents[0].info.run_id if parents else None
 
     def lease(self):
-        """The grid's driver lease (``harness.lease``): in the tracking store, or beside
+        """The grid's driver lease (``harness.grid.lease``): in the tracking store, or beside
         ``results.jsonl`` without one."""
-        from harness.lease import FileLease, TrackingLease
-
         if self.offline:
             return FileLease(self.results_path, self.name)
         return TrackingLease(self.client, self.experiment_id, self.name)
@@ -230,7 +234,7 @@ class GridStore:
         if run_id is not None:
             try:
                 with quick_http_failures(retries=2):
-                    update_measurement(result, run_id, self.tracking_uri)
+                    update_measurement(result, run_id, self.tracking_uri, MEASUREMENT_PREFIXES)
             except Exception as exc:
                 self._go_offline(exc)
         self._append(result)
@@ -253,14 +257,51 @@ class GridStore:
             self.client.set_tag(self.parent_run_id, "cells", str(cells))
         return self.parent_run_id
 
+    def start_cell(self, digest: str, tags: dict, parent_run_id: str | None) -> None:
+        """Open the child run of cell ``digest``, which starts (or restarts) training: the run a
+        killed driver left (RUNNING or KILLED) is re-opened, else one is created, RUNNING, with
+        the cell's ``tags``. Nothing offline."""
+        if self.offline or digest in self.live:
+            return
+        try:
+            with quick_http_failures(retries=2):
+                left = self._runs(f"tags.config_hash = '{digest}' and attributes.status != 'FINISHED' "
+                                  "and attributes.status != 'FAILED'")
+                if left:
+                    run_id = left[0].info.run_id
+                    self.client.update_run(run_id, status="RUNNING")
+                else:
+                    run_id = self.client.create_run(self.experiment_id,
+                                                    tags=cell_run_tags(tags, parent_run_id)).info.run_id
+            self.live[digest] = run_id
+        except Exception as exc:
+            self._go_offline(exc)
+
+    def log_rows(self, digest: str, rows: list[dict]) -> None:
+        """A training cell's new rows as step metrics of its live run (``tracking.log_rows``)."""
+        run_id = None if self.offline else self.live.get(digest)
+        if run_id is None:
+            return
+        try:
+            with quick_http_failures(retries=2):
+                log_rows(self.client, run_id, rows)
+        except Exception as exc:
+            self._go_offline(exc)
+
     def record(self, result: dict, parent_run_id: str | None, append: bool = True, weights: bytes | None = None) -> None:
-        """Log ``result`` (and the cell's trained ``weights``) to MLflow, then append its line;
-        if MLflow fails, go offline and append the line anyway (``unlogged`` counts those).
-        Offline, the weights go to ``weights/<config_hash>.pt`` beside ``results.jsonl``."""
+        """Log ``result`` (and the cell's trained ``weights``) to MLflow, into the cell's live run
+        when it has one, then append its line; if MLflow fails, go offline and append the line
+        anyway (``unlogged`` counts those). Offline, the weights go to ``weights/<config_hash>.pt``
+        beside ``results.jsonl``."""
+        digest = result["config_hash"]
+        live = self.live.pop(digest, None)
         if not self.offline:
             try:
                 with quick_http_failures(retries=2):
-                    log_cell(result, self.tracking_uri, self.name, parent_run_id, weights=weights)
+                    run_id = log_cell(result, self.tracking_uri, self.name, parent_run_id, weights=weights,
+                                      run_id=live)
+                if result["status"] == "FINISHED":
+                    self.run_ids[digest] = run_id
             except Exception as exc:
                 self._go_offline(exc)
         if self.offline:

@@ -1,0 +1,224 @@
+"""Grid specs: reading and checking a spec (``load_grid``), expanding it into one ``RunConfig`` per
+cell (``expand``) and checking every cell before any runs (``validate_cells``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.config import RunConfig, _bounded, from_dict, read_yaml, to_dict
+from harness.errors import InputError
+
+_SECTIONS = ("model", "data", "train", "measure")  # RunConfig sections a spec may set
+
+
+@dataclass
+class Resources:
+    """Per training worker: a cell trains on ``workers`` data-parallel workers (1: the engine in
+    its Ray Tune trial's process; more: a Ray Train run the trial drives), each holding ``cpus`` CPUs (also its torch threads)
+    and ``gpus`` GPUs (a fraction packs several cells on one GPU). The cost measurement runs alone on a node
+    with at least ``measure_cpus`` CPUs and ``measure_gpus`` GPUs, reserving the whole node (as soon as
+    one is free),
+    and times with ``measure_cpus`` torch threads (``measure_gpus: 1``: latency on a GPU,
+    ``0``: on CPU); ``retries`` restarts a cell after a lost worker, trial or node, from its latest
+    checkpoint (never after an exception in the cell); ``memory_gb`` (0: none)
+    reserves host memory for each task in Ray's scheduler and caps the task's process at
+    it (its data segment, ``RLIMIT_DATA``, the Ray worker's own ~1 GB included), so a cell
+    that needs more fails with an out-of-memory error instead of the kernel's OOM killer
+    taking the node, and the cells beside it, down."""
+
+    cpus: float = _bounded(1, above=0)
+    gpus: float = _bounded(0, min=0)
+    workers: int = _bounded(1, min=1)
+    measure_cpus: float = _bounded(1, above=0)
+    measure_gpus: float = _bounded(0, min=0)
+    retries: int = _bounded(3, min=0)
+    memory_gb: float = _bounded(0, min=0)
+
+
+@dataclass
+class GridSpec:
+    """Axes ``backbones`` x ``classifiers`` x ``datasets`` x ``seeds`` x ``necks``; shared
+    config sections ``model``/``data``/``train``/``measure`` (as in ``RunConfig``; evaluation
+    settings live in ``data``); ``backbone_overrides`` and ``classifier_overrides`` map a
+    name to config sections applied to that axis value's cells (classifier overrides last)."""
+
+    name: str = ""
+    backbones: list[str] = field(default_factory=list)
+    classifiers: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=lambda: ["digits_sem_seg"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    necks: list[str] = field(default_factory=lambda: ["mlp"])
+    model: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    measure: dict = field(default_factory=dict)
+    backbone_overrides: dict = field(default_factory=dict)
+    classifier_overrides: dict = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+
+
+_AXES = ("backbones", "classifiers", "datasets", "seeds", "necks")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    """Read and validate a grid spec before anything runs: keys, types and value ranges,
+    axes (non-empty, no repeats, registered names), override sections and resources.
+    ``InputError`` naming the file, the key path and what was expected otherwise."""
+    path = Path(path)
+    data = read_yaml(path, "grid spec")
+    try:
+        return _check_spec(from_dict(GridSpec, data if data is not None else {}))
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def _check_spec(spec: GridSpec) -> GridSpec:
+    if not spec.name:
+        raise InputError("name: required (the MLflow experiment the grid logs to)")
+    if not _NAME.fullmatch(spec.name):
+        raise InputError(f"name={spec.name!r}; expected 1-100 letters, digits, '_', '.' or '-' "
+                         "(it names an MLflow experiment and the folder outputs/<name>)")
+    for axis in _AXES:
+        values = getattr(spec, axis)
+        if not values:
+            raise InputError(f"{axis}: empty axis; list at least one value")
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise InputError(f"{axis}: {', '.join(repeated)} listed more than once")
+    _check_names(spec)
+    from_dict(RunConfig, {section: getattr(spec, section) for section in _SECTIONS})
+    for kind, axis in (("backbone_overrides", spec.backbones), ("classifier_overrides", spec.classifiers)):
+        overrides = getattr(spec, kind)
+        stray = sorted(set(overrides) - set(axis))
+        if stray:
+            raise InputError(f"{kind}: {', '.join(stray)} not on the grid's axis; axis values: {', '.join(axis)}")
+        for name, sections in overrides.items():
+            from_dict(RunConfig, _sections(sections, f"{kind}.{name}"), f"{kind}.{name}")
+            if "neck" in sections.get("model", {}) and len(spec.necks) > 1:
+                raise InputError(f"{kind}.{name}.model.neck: a neck can be set per backbone or classifier only when "
+                                 f"the necks axis has one value (it has {spec.necks})")
+            if "neck" in sections.get("model", {}):
+                from backbones import list_necks
+
+                _check_named(f"{kind}.{name}.model.neck", _registered("neck", list_necks()), sections["model"]["neck"])
+    gpus = spec.resources.gpus
+    if gpus > 1 and gpus != int(gpus):
+        raise InputError(f"resources.gpus={gpus:g}; a task can share one GPU (a fraction) or take whole GPUs, "
+                         "not a fraction above 1")
+    return spec
+
+
+def _registered(kind: str, known: list[str]):
+    """A check that ``name`` is one of ``known``, raising ``unknown_name_error`` otherwise."""
+    from harness.errors import unknown_name_error
+
+    def check(name: str) -> None:
+        if name not in known:
+            raise unknown_name_error(kind, name, known)
+    return check
+
+
+def _check_named(where: str, check, name: str) -> None:
+    try:
+        check(name)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def _check_names(spec: GridSpec) -> None:
+    """Every axis value is registered; the error names the axis entry and lists what is."""
+    from backbones import check_backbone, list_necks
+    from classifiers import list_classifiers
+    from harness.run import dataset_splits
+
+    checks = {"backbones": check_backbone, "datasets": dataset_splits,
+              "necks": _registered("neck", list_necks()), "classifiers": _registered("classifier", list_classifiers())}
+    for axis, check in checks.items():
+        for index, name in enumerate(getattr(spec, axis)):
+            _check_named(f"{axis}[{index}]", check, name)
+
+
+def _merge(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _sections(update: dict, where: str) -> dict:
+    if not isinstance(update, dict):
+        raise InputError(f"{where}: expected a mapping of config sections ({', '.join(_SECTIONS)})")
+    unknown = sorted(set(update) - set(_SECTIONS))
+    if unknown:
+        raise InputError(f"{where}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")
+    return update
+
+
+def expand(spec: GridSpec) -> list[RunConfig]:
+    """One ``RunConfig`` per cell, in axis order (dataset, backbone, neck, classifier, seed):
+    defaults <- shared sections <- backbone overrides <- classifier overrides <- axis values,
+    except that a backbone's or (first) a classifier's override of ``model.neck`` replaces the
+    (single) necks axis value for its cells (e.g. ``hrnetv2_w48: {model: {neck: ocr}}``,
+    ``ece: {model: {neck: stages}}``). Each cell's
+    classifier kwargs are resolved (``harness.run.resolve_classifier``)."""
+    from harness.run import resolve_classifier
+
+    threads = max(1, int(spec.resources.cpus))
+    cells = []
+    for dataset in spec.datasets:
+        for backbone in spec.backbones:
+            for neck in spec.necks:
+                for classifier in spec.classifiers:
+                    for seed in spec.seeds:
+                        data = to_dict(RunConfig())
+                        _merge(data, {s: getattr(spec, s) for s in _SECTIONS})
+                        _merge(data, _sections(spec.backbone_overrides.get(backbone, {}),
+                                               f"backbone_overrides.{backbone}"))
+                        _merge(data, _sections(spec.classifier_overrides.get(classifier, {}),
+                                               f"classifier_overrides.{classifier}"))
+                        own_neck = spec.classifier_overrides.get(classifier, {}).get("model", {}).get(
+                            "neck", spec.backbone_overrides.get(backbone, {}).get("model", {}).get("neck", neck))
+                        _merge(data, {"model": {"backbone": backbone, "classifier": classifier, "neck": own_neck},
+                                      "data": {"dataset": dataset}, "train": {"seed": seed, "threads": threads}})
+                        data["experiment"] = spec.name
+                        try:
+                            cells.append(resolve_classifier(from_dict(RunConfig, data)))
+                        except InputError as exc:
+                            raise InputError(f"cell {classifier}@{backbone}/{neck} {dataset} s{seed}: {exc}") from None
+    return cells
+
+
+def validate_cells(cells: list[RunConfig], workers: int = 1) -> None:
+    """What needs a whole cell's config, for every cell, before any runs: the global batch splits
+    over ``workers`` x ``train.accumulate``, the classifier's hyper-parameters (names are checked by
+    ``load_grid``; value ranges, the measure settings' included, by ``from_dict`` as ``expand``
+    builds each cell)."""
+    from classifiers import build_classifier
+    from harness.data import split_batch
+
+    seen = set()
+    for cfg in cells:
+        try:
+            split_batch(cfg.data.batch_size, workers, cfg.train.accumulate)
+        except InputError as exc:
+            raise InputError(f"cell {describe(cfg)}: {exc} (resources.workers={workers})") from None
+        m = cfg.model
+        key = (m.classifier, json.dumps(m.classifier_kwargs, sort_keys=True))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            build_classifier(m.classifier, num_classes=2, in_channels=8, **m.classifier_kwargs)
+        except InputError as exc:
+            raise InputError(f"cell {describe(cfg)}: {exc}") from None
+
+
+def describe(cfg: RunConfig) -> str:
+    return f"{cfg.model.classifier}@{cfg.model.backbone}/{cfg.model.neck} {cfg.data.dataset} s{cfg.train.seed}"
+
+

@@ -1,0 +1,81 @@
+"""A grid's outcome in numbers and text: ``GridOutcome``, the scheduling ``overhead`` and the
+``comparison_table`` printed after a grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.cells import Cell, baseline, baseline_name, configurations
+
+
+@dataclass
+class GridOutcome:
+    results: list[dict]          # one per cell of the spec, in expansion order
+    ran_hashes: list[str]        # config_hash of the cells run now (the rest were already FINISHED)
+    wall_seconds: float          # of this invocation's running phase
+    slots: int                   # the most cells that trained at once
+    parent_run_id: str | None
+    unlogged: int = 0            # results written to results.jsonl only (tracking store off or failed)
+    results_path: Path | None = None
+    measure_nodes: int = 1       # nodes measurements ran on, one at a time each
+
+    @property
+    def ran(self) -> int:
+        return len(self.ran_hashes)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.results if r["status"] != "FINISHED"]
+
+
+def overhead(outcome: GridOutcome) -> dict[str, float]:
+    """How much of this invocation's wall time was not cell work: wall time over the ideal
+    (the cells' training seconds / slots + their measurement seconds / measurement nodes,
+    since a measurement holds its whole node), and the idle slot-seconds per cell
+    (scheduling, worker start-up, result transfer, logging, waiting for the last cell)."""
+    ran = [r for r in outcome.results if r["config_hash"] in set(outcome.ran_hashes)]
+    if not ran or not outcome.slots:
+        return {}
+    training = sum(r.get("seconds", 0.0) for r in ran)
+    measuring = sum(r.get("measure_seconds", 0.0) for r in ran)
+    ideal = training / outcome.slots + measuring / max(1, outcome.measure_nodes)
+    if not ideal:
+        return {}
+    return {"wall_over_ideal": outcome.wall_seconds / ideal, "measure_seconds": measuring,
+            "idle_seconds_per_cell": (outcome.wall_seconds - ideal) * outcome.slots / len(ran)}
+
+
+def comparison_table(results: list[dict]) -> str:
+    """One row per cell: mIoU and its delta over the same seed of its baseline
+    (``harness.cells.baseline``: softmax on the same backbone, on the same neck where the grid
+    has one; named in the last column), head parameters, GFLOPs, latency p50 at the first
+    measured batch size, training time."""
+    finished = {id(r): Cell.from_result(r, order) for order, r in enumerate(results) if r["status"] == "FINISHED"}
+    configs = configurations(list(finished.values()))
+    config_of = {id(cell): config for config in configs for cell in config.cells.values()}
+    header = (f"{'dataset':<16}{'backbone':<18}{'neck':<14}{'classifier':<11}{'seed':>5} {'status':<9}{'mIoU':>7}"
+              f"{'vs base':>9}{'head params':>12}{'GFLOPs':>8}{'p50 ms':>9}{'train s':>9}  baseline")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        t, m = r["tags"], r["metrics"]
+        miou, delta, named = m.get("mIoU"), "", ""
+        cell = finished.get(id(r))
+        config = config_of.get(id(cell)) if cell is not None else None
+        base = baseline(config, configs) if config is not None else None
+        if base is not None and int(t["seed"]) in base.cells and miou is not None:
+            delta = f"{miou - base.cells[int(t['seed'])].metrics['mIoU']:+.2f}"
+            named = baseline_name(config, base)
+        measurement = r.get("measurement") or {}
+        batch = (measurement.get("measured_batch_sizes") or measurement.get("settings", {}).get("batch_sizes") or [1])[0]
+        p50 = m.get(f"latency/bs{batch}/p50_ms")
+        lines.append(
+            f"{t['dataset']:<16}{t['backbone']:<18}{t['neck']:<14}{t['classifier']:<11}{t['seed']:>5} {r['status']:<9}"
+            + (f"{miou:>7.2f}" if miou is not None else f"{'-':>7}") + f"{delta:>9}"
+            + (f"{m['params/head']:>12,}" if "params/head" in m else f"{'-':>12}")
+            + (f"{m['gflops/total']:>8.2f}" if "gflops/total" in m else f"{'-':>8}")
+            + (f"{p50:>9.1f}" if p50 is not None else f"{'-':>9}")
+            + (f"{m['train/seconds']:>9.0f}" if "train/seconds" in m else f"{'-':>9}") + f"  {named}".rstrip())
+        if r["status"] != "FINISHED":
+            lines.append(f"{'':<4}error: {r.get('error', 'unknown')}")
+    return "\n".join(lines)
