@@ -14,7 +14,7 @@ def test_scenes_are_deterministic_on_disk(tmp_path, monkeypatch):
     assert len(files) == 18
     for rel in files:
         assert np.array_equal(np.asarray(Image.open(roots[0] / rel)), np.asarray(Image.open(roots[1] / rel)))
-    assert not [p for p in roots[0].parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert not [p for p in roots[0].parent.iterdir() if p.is_dir() and p.name.startswith(".")]  # no staging folder left
 
 
 def test_other_seed_gives_other_scenes(tmp_path, monkeypatch):
