@@ -174,3 +174,6 @@ def test_rows_are_reported_at_most_once_per_interval_and_always_at_the_end(inter
     result = trainer.train()
     assert [row["iteration"] for row in result.history] == [1, 2, 3, 4]  # the history keeps every period
     assert [row["iteration"] for row in context.reported] == reported
+    rows = [row for report in context.reported for row in report["rows"]]  # every row reaches the driver once
+    assert [row["iteration"] for row in rows] == [1, 2, 3, 4]
+    assert all(row["time/iters_per_second"] > 0 for row in rows) and rows[-1]["time/eta_seconds"] == 0
