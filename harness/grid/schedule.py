@@ -132,16 +132,22 @@ class GridDriver(tune.Callback):
         self.progress, self.results = progress, results
         self.measure_nodes: set[str] = set()
         self._measuring: dict = {}  # measurement task ref -> the cell's result
+        self._cells: dict[str, tuple[RunConfig, str]] = {}  # trial id -> (its cell, the cell's config_hash)
+
+    def _cell(self, trial) -> tuple[RunConfig, str]:
+        """A trial's cell and ``config_hash``, parsed once per trial (results come every few seconds)."""
+        if trial.trial_id not in self._cells:
+            cfg = from_dict(RunConfig, trial.config["cell"])
+            self._cells[trial.trial_id] = cfg, config_hash(cfg)
+        return self._cells[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        cfg = from_dict(RunConfig, trial.config["cell"])
-        digest = config_hash(cfg)
+        cfg, digest = self._cell(trial)
         self.store.start_cell(digest, cell_tags(cfg, digest), self.parent)
         self.progress.started(digest, f"{cfg.model.classifier}@{cfg.model.backbone}", cfg.train.iters)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        cfg = from_dict(RunConfig, trial.config["cell"])
-        digest = config_hash(cfg)
+        cfg, digest = self._cell(trial)
         if result.get("rows"):
             self.store.log_rows(digest, result["rows"])
             self.progress.at(digest, result["rows"][-1]["iteration"])
@@ -149,14 +155,14 @@ class GridDriver(tune.Callback):
             self._trained(cfg, result)
         elif FAILED in result:
             self._record({**result[FAILED], "environment": {"ray": result["placement"]},
-                          "seconds": result["seconds"]}, None)
+                          "seconds": result["seconds"]}, cfg, None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         """Tune's retries of a lost trial are spent: the cell is FAILED."""
-        cfg = from_dict(RunConfig, trial.config["cell"])
+        cfg, _ = self._cell(trial)
         error = trial.get_pickled_error() or RuntimeError("the trial failed")
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).is_file() else None
-        self._record(failed_result(cfg, error, text), None)
+        self._record(failed_result(cfg, error, text), cfg, None)
 
     def on_step_end(self, iteration, trials, **info) -> None:
         self.poll()
@@ -166,14 +172,13 @@ class GridDriver(tune.Callback):
     def _trained(self, cfg: RunConfig, report: dict) -> None:
         result, weights = read_cell(final_checkpoint(self.storage, cfg))
         result["environment"]["ray"], result["seconds"] = report["placement"], report["seconds"]
-        self._record(result, weights)
+        self._record(result, cfg, weights)
         if cfg.measure.enabled:
             self.measure(result, cfg, weights)
 
-    def _record(self, result: dict, weights: bytes | None) -> None:
+    def _record(self, result: dict, cfg: RunConfig, weights: bytes | None) -> None:
         self.store.record(result, self.parent, weights=weights)
         self.results[result["config_hash"]] = result
-        cfg = from_dict(RunConfig, result["config"])
         self.progress.recorded(result, measuring=result["status"] == "FINISHED" and cfg.measure.enabled)
 
     def measure(self, result: dict, cfg: RunConfig, weights: bytes) -> None:
@@ -230,12 +235,17 @@ def _demands(r: Resources) -> dict[str, dict[str, float]]:
             "measurement": {"CPU": r.measure_cpus, "GPU": r.measure_gpus, **memory}}
 
 
+def _fits(demand: dict[str, float], node: dict[str, float]) -> bool:
+    """Whether a node with resources ``node`` can hold a task asking for ``demand``."""
+    return all(node.get(k, 0) >= v for k, v in demand.items())
+
+
 def _whole_node(r: Resources) -> dict[str, float]:
     """The CPUs and GPUs a measurement reserves: those of a whole node, the commonest shape among
     the alive nodes it fits on (ties: the smallest); its own demand when none is alive."""
     demand = _demands(r)["measurement"]
     shapes = Counter((node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0)) for node in ray.nodes()
-                     if node["Alive"] and all(node["Resources"].get(k, 0) >= v for k, v in demand.items()))
+                     if node["Alive"] and _fits(demand, node["Resources"]))
     if not shapes:
         return {"CPU": r.measure_cpus, "GPU": r.measure_gpus}
     (cpus, gpus), _ = min(shapes.items(), key=lambda item: (-item[1], item[0]))
@@ -247,7 +257,7 @@ def _check_feasible(r: Resources, autoscaling: bool, log) -> None:
     (on a cluster given by ``--address`` only a warning: an autoscaler may add the node)."""
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     for task, demand in _demands(r).items():
-        if any(all(node.get(k, 0) >= v for k, v in demand.items()) for node in nodes):
+        if any(_fits(demand, node) for node in nodes):
             continue
         largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in demand}
         message = (f"resources: no node can run a {task} task needing "
