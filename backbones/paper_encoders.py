@@ -1,5 +1,6 @@
 """The papers' encoders, by the names their tables use (ProtoSeg Tables 1-2, ECENet Table 1,
-SSA Table 2), built with ``pretrained=False`` (``checkpoint=PATH`` loads weights):
+SSA Table 2), built with ``pretrained=False``; ``checkpoint=PATH`` loads ImageNet weights whole
+(``backbones.weights``), ``pretrained=True`` downloads them where the machine may:
 
 | name | encoder | maps (strides) |
 |---|---|---|
@@ -13,13 +14,15 @@ ConvNeXt (``convnext_tiny`` ...) and MobileNetV2 (``mobilenetv2_100``) are timm 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from backbones.build import register_backbone
-from backbones.timm_backbone import TimmBackbone, load_checkpoint
-from harness.errors import InputError
+from backbones.timm_backbone import TimmBackbone
+from backbones.weights import WeightsReport, check_complete, read_state_dict
+from harness.errors import InputError, first_line
 
 _SWIN = {"swin_t": "swin_tiny_patch4_window7_224", "swin_b": "swin_base_patch4_window12_384",
          "swin_l": "swin_large_patch4_window12_384"}
@@ -27,6 +30,7 @@ _SWIN = {"swin_t": "swin_tiny_patch4_window7_224", "swin_b": "swin_base_patch4_w
 _MIT = {"mit_b0": ([32, 64, 160, 256], [2, 2, 2, 2]), "mit_b1": ([64, 128, 320, 512], [2, 2, 2, 2]),
         "mit_b2": ([64, 128, 320, 512], [3, 4, 6, 3]), "mit_b3": ([64, 128, 320, 512], [3, 4, 18, 3]),
         "mit_b4": ([64, 128, 320, 512], [3, 8, 27, 3]), "mit_b5": ([64, 128, 320, 512], [3, 6, 40, 3])}
+_MIT_HUB = "nvidia/mit-b{}"  # SegFormer's ImageNet-1K encoders on the model hub
 
 
 @register_backbone("resnet101_os8")
@@ -51,25 +55,128 @@ for _name, _timm_name in _SWIN.items():
 
 class MixTransformer(nn.Module):
     """SegFormer's hierarchical encoder (``transformers.SegformerModel``, random init): four
-    NCHW maps at strides 4, 8, 16, 32. ``checkpoint`` loads a state dict of that model."""
+    NCHW maps at strides 4, 8, 16, 32.
 
-    def __init__(self, variant: str, pretrained: bool = False, checkpoint: str | None = None) -> None:
+    ``checkpoint``: a ``transformers`` folder (``save_pretrained``: ``config.json`` and
+    ``model.safetensors`` or ``pytorch_model.bin``, e.g. a copy of ``nvidia/mit-b0``) or a state
+    dict file (of ``SegformerModel``, or of a Segformer classification or segmentation model, in
+    the hub's or this version's names; or MMSegmentation's ``mit_b*.pth``, converted by
+    ``_from_mmseg_mit``), read by ``transformers``' own ``from_pretrained`` (which
+    maps the names), loaded whole or an ``InputError`` (``backbones.weights.check_complete``).
+    ``pretrained=True`` downloads ``nvidia/mit-bN`` (ImageNet-1K) from the model hub."""
+
+    def __init__(self, variant: str, pretrained: bool = False, checkpoint: str | None = None,
+                 checkpoint_strict: bool = True) -> None:
         super().__init__()
         from transformers import SegformerConfig, SegformerModel
 
-        if pretrained:
-            raise InputError(f"backbone {variant!r}: pretrained=True would download weights; "
-                             "pass checkpoint=PATH to a local state dict instead")
         channels, depths = _MIT[variant]
         config = SegformerConfig(hidden_sizes=channels, depths=depths, num_attention_heads=[1, 2, 5, 8],
                                  sr_ratios=[8, 4, 2, 1], decoder_hidden_size=256 if variant == "mit_b0" else 768)
-        self.body = SegformerModel(config)
-        self.channels, self.strides = list(channels), [4, 8, 16, 32]
+        self.weights: WeightsReport | None = None
         if checkpoint is not None:
-            load_checkpoint(self.body, Path(checkpoint), variant)
+            self.body, self.weights = _segformer_checkpoint(variant, Path(checkpoint), config, checkpoint_strict)
+        else:
+            self.body = _pretrained_segformer(variant, _MIT_HUB.format(variant[-1])) if pretrained else SegformerModel(config)
+        if list(self.body.config.hidden_sizes) != channels or list(self.body.config.depths) != depths:
+            raise InputError(f"backbone {variant!r}: the weights' model has widths {self.body.config.hidden_sizes}, "
+                             f"depths {self.body.config.depths}; expected {channels}, {depths}")
+        self.channels, self.strides = list(channels), [4, 8, 16, 32]
 
     def forward(self, images: Tensor) -> list[Tensor]:
         return list(self.body(pixel_values=images, output_hidden_states=True).hidden_states)
+
+
+def _pretrained_segformer(variant: str, source, **kwargs):
+    """``SegformerModel.from_pretrained(source, **kwargs)`` with its loading info, quietly; an
+    ``InputError`` naming ``source`` when it cannot be read or its tensors do not fit."""
+    from transformers import SegformerModel
+    from transformers.utils import logging as hf_logging
+
+    where = kwargs.pop("checkpoint_name", source)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return SegformerModel.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"backbone {variant!r}: cannot load {where} here ({first_line(exc)}); "
+                         "expected a transformers folder or Segformer state dict, or checkpoint=PATH to a local copy "
+                         "(pretrained=True needs the model hub)") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+_MMSEG_MIT = re.compile(r"^(?:backbone\.)?layers\.(\d+)\.(.*)$")  # MMSegmentation's MixVisionTransformer names
+# MMSeg's names inside one stage -> the hub's (transformers' SegformerModel checkpoints), {j}: the block
+_MMSEG_MIT_PARTS = (
+    (r"0\.projection\.(weight|bias)", "patch_embeddings.{i}.proj.{0}"),
+    (r"0\.norm\.(weight|bias)", "patch_embeddings.{i}.layer_norm.{0}"),
+    (r"1\.(\d+)\.norm1\.(weight|bias)", "block.{i}.{0}.layer_norm_1.{1}"),
+    (r"1\.(\d+)\.norm2\.(weight|bias)", "block.{i}.{0}.layer_norm_2.{1}"),
+    (r"1\.(\d+)\.attn\.attn\.out_proj\.(weight|bias)", "block.{i}.{0}.attention.output.dense.{1}"),
+    (r"1\.(\d+)\.attn\.sr\.(weight|bias)", "block.{i}.{0}.attention.self.sr.{1}"),
+    (r"1\.(\d+)\.attn\.norm\.(weight|bias)", "block.{i}.{0}.attention.self.layer_norm.{1}"),
+    (r"1\.(\d+)\.ffn\.layers\.0\.(weight|bias)", "block.{i}.{0}.mlp.dense1.{1}"),
+    (r"1\.(\d+)\.ffn\.layers\.1\.(weight|bias)", "block.{i}.{0}.mlp.dwconv.dwconv.{1}"),
+    (r"1\.(\d+)\.ffn\.layers\.4\.(weight|bias)", "block.{i}.{0}.mlp.dense2.{1}"),
+    (r"2\.(weight|bias)", "layer_norm.{i}.{0}"),
+)
+
+
+def _from_mmseg_mit(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An MMSegmentation MiT state dict (``layers.<stage>.<0 patch embed | 1 blocks | 2 norm>``,
+    bare or under ``backbone.``) under the hub's Segformer names: attention's packed
+    ``in_proj`` split into query, key and value, 1x1-conv FFN weights as linear ones. Other
+    tensors (a decode head's) are left out; a state dict of another layout is returned as it is."""
+    if not any(_MMSEG_MIT.match(key) for key in state):
+        return state
+    converted = {}
+    for key, value in state.items():
+        found = _MMSEG_MIT.match(key)
+        if found is None:
+            continue
+        stage, rest = found.groups()
+        packed = re.fullmatch(r"1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", rest)
+        if packed:
+            block, kind = packed.groups()
+            for part, chunk in zip(("query", "key", "value"), value.chunk(3)):
+                converted[f"encoder.block.{stage}.{block}.attention.self.{part}.{kind}"] = chunk
+            continue
+        for pattern, target in _MMSEG_MIT_PARTS:
+            part = re.fullmatch(pattern, rest)
+            if part:
+                tensor = value.flatten(1) if "mlp.dense" in target and value.dim() == 4 else value
+                converted["encoder." + target.format(*part.groups(), i=stage)] = tensor
+                break
+        else:
+            converted[key] = value  # reported unexpected
+    return converted
+
+
+def _mismatch(entry) -> str:
+    """A ``transformers`` mismatched key, (name, file shape, model shape), as the error names it."""
+    name, found, expected = entry if isinstance(entry, tuple) else (entry, "?", "?")
+    return f"{name} {tuple(found)} for {tuple(expected)}"
+
+
+def _segformer_checkpoint(variant: str, path: Path, config, strict: bool):
+    """(encoder, ``WeightsReport``) from a ``transformers`` folder or a state dict file."""
+    if path.is_dir():
+        body, info = _pretrained_segformer(variant, str(path), local_files_only=True, output_loading_info=True,
+                                           ignore_mismatched_sizes=True)
+    else:
+        state = _from_mmseg_mit(read_state_dict(path))
+        body, info = _pretrained_segformer(variant, None, config=config, state_dict=state, output_loading_info=True,
+                                           ignore_mismatched_sizes=True,
+                                           checkpoint_name=str(path))
+    if info.get("mismatched_keys"):
+        raise InputError(f"backbone {variant!r}: checkpoint {path} has {len(info['mismatched_keys'])} tensors of the "
+                         f"wrong shape (first: {', '.join(_mismatch(k) for k in list(info['mismatched_keys'])[:3])})")
+    missing = tuple(sorted(info["missing_keys"]))
+    report = WeightsReport(str(path), len(body.state_dict()) - len(missing), missing, tuple(sorted(info["unexpected_keys"])))
+    return body, check_complete(report, variant, strict)
 
 
 def _mit(variant: str):

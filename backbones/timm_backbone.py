@@ -8,21 +8,11 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from backbones.weights import WeightsReport, is_own_layout, load_state_dict_whole, read_state_dict, timm_state_for_features
 from harness.errors import InputError
 
 _MIN_STRIDE = 4
-
-
-def load_checkpoint(body: nn.Module, path: Path, name: str) -> None:
-    """Load a state dict (``weights_only``; under ``state_dict``/``model`` or bare) into an
-    encoder's ``body``; ``InputError`` if the file is missing or no key matches."""
-    if not path.is_file():
-        raise InputError(f"backbone checkpoint {path} not found; expected a torch state_dict file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state.get("model", state))
-    missing, _ = body.load_state_dict(state, strict=False)
-    if len(missing) == len(body.state_dict()):
-        raise InputError(f"backbone checkpoint {path}: no key matches {name!r} (first keys: {list(state)[:3]})")
+_FEATURES_ONLY_KWARGS = ("out_indices", "feature_location", "feature_cls", "flatten_sequential")
 
 
 class TimmBackbone(nn.Module):
@@ -34,6 +24,10 @@ class TimmBackbone(nn.Module):
     the input's bottom and right edges to a multiple of it (Swin's patch merging needs
     even sizes) and crops each map back to ceil(size / stride), so the maps stay aligned
     with the unpadded image.
+
+    Initial weights: ``pretrained=True`` (timm's, downloaded) or ``checkpoint=PATH``, loaded
+    whole or an ``InputError`` (``backbones.weights``; ``checkpoint_strict=False`` lets tensors
+    stay missing); ``weights`` reports what loaded.
     """
 
     def __init__(
@@ -42,6 +36,7 @@ class TimmBackbone(nn.Module):
         *,
         pretrained: bool = False,
         checkpoint: str | None = None,
+        checkpoint_strict: bool = True,
         out_indices: tuple[int, ...] | None = None,
         input_multiple: int = 1,
         **timm_kwargs,
@@ -64,8 +59,13 @@ class TimmBackbone(nn.Module):
         self.channels = [channels[i] for i in keep]
         self._nhwc = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
         self._multiple = input_multiple
+        self.weights: WeightsReport | None = None
         if checkpoint is not None:
-            load_checkpoint(self.body, Path(checkpoint), name)
+            state = read_state_dict(Path(checkpoint))
+            if not is_own_layout(self.body, state):
+                create_kwargs = {k: v for k, v in timm_kwargs.items() if k not in _FEATURES_ONLY_KWARGS}
+                state = timm_state_for_features(name, state, create_kwargs, self.body)
+            self.weights = load_state_dict_whole(self.body, state, checkpoint, name, checkpoint_strict)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         height, width = images.shape[-2:]

@@ -90,6 +90,9 @@ class PixelClassifier(nn.Module):
     gradient (ProtoSeg's momentum prototypes) gathers what its training forwards saw and
     applies it there, all-reduced across workers, so that every worker holds the same state.
 
+    ``CONV_SEG`` names the sub-modules that play MMSegmentation's final classifier ``conv_seg``
+    (initialised N(0, 0.01) under ``model.init: mmseg``).
+
     A paper head sets ``PRESETS`` (``{"code": {...}, "paper": {...}}``, option -> value):
     each of those options is a keyword defaulting to ``None`` ("from the preset"), and the
     head reads its settings through ``preset_options``; ``PRESET_CHOICES`` lists the allowed
@@ -98,6 +101,7 @@ class PixelClassifier(nn.Module):
 
     PRESETS: dict[str, dict] = {}
     PRESET_CHOICES: dict[str, tuple[str, ...]] = {}
+    CONV_SEG: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, in_channels: int, ignore_index: int = 255) -> None:
         super().__init__()

@@ -18,6 +18,8 @@ class SoftmaxClassifier(PixelClassifier):
     before the projection. Loss: ``ce``, cross-entropy with ``ignore_index``.
     """
 
+    CONV_SEG = ("projection",)
+
     def __init__(self, num_classes: int, in_channels: int, ignore_index: int = 255, dropout: float = 0.0) -> None:
         super().__init__(num_classes, in_channels, ignore_index)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()

@@ -172,6 +172,8 @@ class SSAClassifier(PixelClassifier):
     (``cosine`` D^2, ``dot`` 0).
     """
 
+    CONV_SEG = ("coarse",)
+
     PRESETS = {
         "code": {"logit": "cosine", "coarse_ce": True, "adapter": "mlp", "rd_onehot": 0.5, "edge_size": 3,
                  "sd_similarity": "cosine", "pd_direction": "teacher_to_student", "rd_weight": 1.0,

@@ -266,7 +266,7 @@ def _predict(args: argparse.Namespace) -> int:
         split = args.dataset if args.dataset in DatasetCatalog else dataset_splits(args.dataset)["val"]
         mapper = SemSegMapper(len(classes), ignore)
         sources = [(Path(r["file_name"]).stem, mapper(r)["image"]) for r in DatasetCatalog.get(split)[: args.limit]]
-    written = write_predictions(model, classes, sources, args.out)
+    written = write_predictions(model, classes, sources, args.out, cfg.eval)
     print(f"[segheads] {len(sources)} predictions of {cfg.model.classifier}@{cfg.model.backbone} "
           f"(run {args.run}) in {args.out}, legend {written[-1]}", file=sys.stderr)
     return 0
@@ -311,6 +311,7 @@ def _format_measurement(cfg, num_classes: int, metrics: dict, record: dict) -> s
 def _grid(args: argparse.Namespace) -> int:
     from harness.config import config_hash
     from harness.grid import comparison_table, describe, expand, load_grid, overhead, run_grid, validate_cells
+    from harness.pretrain import describe_weights
 
     spec = load_grid(args.spec)
     if args.max_concurrent is not None and args.max_concurrent < 1:
@@ -325,7 +326,9 @@ def _grid(args: argparse.Namespace) -> int:
               f"{r.retries} retries on lost workers"
               + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else ""))
         for cfg in cells:
-            print(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}")
+            protocols = "; ".join([cfg.eval.describe()] + [f"{n}: {cfg.eval.protocol(n).describe()}" for n in cfg.eval.extra])
+            print(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}\n"
+                  f"      eval: {protocols}\n      weights: {describe_weights(cfg.model.backbone_kwargs)}")
         return 0
     if args.validate_data:
         from harness.data.validate import validate_registered

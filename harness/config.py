@@ -40,6 +40,9 @@ class ModelConfig:
     neck_kwargs: dict = field(default_factory=dict)  # the neck's options, and ``auxiliary: true|false``
     # SyncBatchNorm across a cell's workers: auto = when it has more than one worker on CUDA.
     sync_bn: bool | str = _bounded("auto", choices=(True, False, "auto"))
+    # Initialisation of the neck, auxiliary head and classifier: torch = PyTorch's defaults; mmseg =
+    # MMSegmentation's (ConvModule convs Kaiming-normal fan_out, norms 1/0, final classifiers N(0, 0.01)).
+    init: str = _bounded("torch", choices=("torch", "mmseg"))
 
 
 @dataclass
@@ -47,13 +50,26 @@ class DataConfig:
     """``dataset`` names a pair ``<dataset>_train`` / ``<dataset>_val`` in the catalog."""
 
     dataset: str = "digits_sem_seg"
-    image_size: int = _bounded(48, min=16)
+    image_size: int | list[int] = _bounded(48, min=16)  # the training crop: a square's side, or [h, w]
     batch_size: int = _bounded(8, min=1)
     eval_batch_size: int = _bounded(8, min=1)
     num_workers: int = _bounded(2, min=0)
     scale_range: list[float] = _bounded([0.8, 1.25], above=0, length=2)
     hflip_prob: float = _bounded(0.5, min=0, max=1)
     color_jitter: float = _bounded(0.2, min=0, max=1)
+
+    def check(self, section: str) -> None:
+        if isinstance(self.image_size, list) and len(self.image_size) != 2:
+            raise InputError(f"{section}.image_size={self.image_size!r}: expected a side or [h, w]")
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """The training crop as (h, w)."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
+_MULTIPLIERS = ("lr_mult", "decay_mult")  # what a train.param_groups entry may set
 
 
 @dataclass
@@ -79,6 +95,20 @@ class TrainConfig:
     eval_period: int = _bounded(0, min=0)
     accumulate: int = _bounded(1, min=1)
     precision: str = _bounded("fp32", choices=("fp32", "bf16", "fp16"))
+    # MMSegmentation's paramwise_cfg custom_keys: a substring of parameter names -> {lr_mult,
+    # decay_mult}; a parameter takes the longest key it contains (1-d parameters: no decay
+    # unless a key says otherwise; a multiplier a key leaves out keeps its default; "" is in every
+    # name), e.g. {backbone: {lr_mult: 0.1}, norm: {decay_mult: 0}}.
+    param_groups: dict = field(default_factory=dict)
+
+    def check(self, section: str) -> None:
+        for key, settings in self.param_groups.items():
+            where = f"{section}.param_groups.{key}"
+            if not isinstance(settings, dict) or not settings or set(settings) - set(_MULTIPLIERS):
+                raise InputError(f"{where}: expected a mapping of {' and/or '.join(_MULTIPLIERS)}, got {settings!r}")
+            for name, value in settings.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                    raise InputError(f"{where}.{name}={value!r}; expected a number >= 0")
 
 
 @dataclass
@@ -99,11 +129,58 @@ class MeasureConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How each validation image is predicted (``harness.evaluate.predict_logits``; MMSegmentation's
+    test protocols). The image is resized so its short side is ``short_side`` (``null``: native
+    size), capped so its long side stays within ``max_long_side`` (MMSeg's ``Resize(scale=(2048,
+    512), keep_ratio=True)`` is short_side 512, max_long_side 2048); then, for each factor of
+    ``scales`` (of that size) and each of {as is, flipped} when ``flip``, predicted ``whole`` or by
+    ``slide`` windows of ``crop_size`` [h, w] every ``stride`` [h, w], logits averaged where
+    windows overlap. Scores come back at the image's original size (bilinear); over several
+    scales x flips they are softmax probabilities averaged (MMSeg's ``SegTTAModel``).
+
+    ``extra`` maps a name to more protocols, each these keys over this one's, evaluated at the end
+    of training and logged as ``<metric>/<name>`` (``mIoU/ms_flip``)."""
+
+    mode: str = _bounded("whole", choices=("whole", "slide"))
+    short_side: int | None = _bounded(None, min=1)
+    max_long_side: int | None = _bounded(None, min=1)
+    crop_size: list[int] | None = _bounded(None, min=1, length=2)
+    stride: list[int] | None = _bounded(None, min=1, length=2)
+    scales: list[float] = _bounded([1.0], above=0)
+    flip: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def check(self, section: str) -> None:
+        """``InputError`` naming the key when slide mode lacks its window, or an ``extra`` protocol is not one."""
+        if self.mode == "slide" and (self.crop_size is None or self.stride is None):
+            raise InputError(f"{section}.mode=slide: expected {section}.crop_size and {section}.stride ([h, w] each)")
+        for name, update in self.extra.items():
+            if not isinstance(update, dict) or "extra" in update:
+                raise InputError(f"{section}.extra.{name}: expected a mapping of {section} keys (no nested extra)")
+            self.protocol(name)
+
+    def protocol(self, name: str) -> "EvalConfig":
+        """The ``extra`` protocol ``name``: its keys over this protocol's."""
+        base = {k: v for k, v in to_dict(self).items() if k != "extra"}
+        return from_dict(EvalConfig, {**base, **self.extra[name]}, f"eval.extra.{name}")
+
+    def describe(self) -> str:
+        """One line: the protocol as a reader of a table would name it."""
+        size = "native size" if self.short_side is None else f"short side {self.short_side}" + (
+            f" (long <= {self.max_long_side})" if self.max_long_side else "")
+        window = "whole" if self.mode == "whole" else f"slide {self.crop_size[0]}x{self.crop_size[1]} stride {self.stride[0]}x{self.stride[1]}"
+        views = "" if self.scales == [1.0] else f", scales {'/'.join(f'{s:g}' for s in self.scales)}"
+        return f"{window}, {size}{views}{', flip' if self.flip else ''}"
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     device: str = "auto"
     output_dir: str = "outputs"
     tracking_uri: str | None = None
@@ -113,7 +190,10 @@ class RunConfig:
 # Settings that change where or how fast a cell runs, not what it computes.
 # Keys added after cells were logged, with the value they had implicitly: left out of the hash
 # at that value, so those cells keep theirs.
-_HASHED_WHEN_SET = {"model.neck_kwargs": {}, "model.sync_bn": "auto", "train.accumulate": 1, "train.precision": "fp32"}
+_HASHED_WHEN_SET = {"model.neck_kwargs": {}, "model.sync_bn": "auto", "train.accumulate": 1, "train.precision": "fp32",
+                    "model.init": "torch", "train.param_groups": {},
+                    **{f"eval.{item.name}": item.default if item.default is not dataclasses.MISSING
+                       else item.default_factory() for item in dataclasses.fields(EvalConfig)}}
 _NOT_HASHED = {"device", "output_dir", "tracking_uri", "experiment", "data.num_workers", "train.threads",
                "train.log_period", "train.checkpoint_period", "train.eval_period"}
 # How a trained cell's cost is measured (recorded with each measurement, never its identity)
@@ -188,7 +268,10 @@ def from_dict(cls: type, data: dict, section: str = "") -> Any:
             kwargs[key] = from_dict(annotation, value, path)
         else:
             kwargs[key] = _coerce(value, annotation, path)
-    return check_fields(cls(**kwargs), section)
+    config = check_fields(cls(**kwargs), section)
+    if hasattr(config, "check"):
+        config.check(section or cls.__name__)
+    return config
 
 
 def check_fields(config: Any, section: str = "") -> Any:

@@ -1,16 +1,93 @@
-"""Inference over a test loader into a ``SemSegEvaluator``."""
+"""Test-time protocols (``predict_logits``: resize, sliding windows, scales x flips, MMSegmentation's
+``slide_inference`` and ``SegTTAModel``) and inference over a test loader into a ``SemSegEvaluator``."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
+from harness.config import EvalConfig
 from harness.metrics import SemSegEvaluator
+
+_WINDOWS_PER_FORWARD = 4  # sliding windows stacked into one forward (bounds memory, as MMSeg's one at a time)
+
+
+def _protocol_size(height: int, width: int, cfg: EvalConfig) -> tuple[int, int]:
+    """The size an image is predicted at before ``scales``: ``short_side`` with the long side
+    capped at ``max_long_side``, keeping the ratio (MMCV's ``rescale_size``: ``int(x * f + 0.5)``)."""
+    if cfg.short_side is None and cfg.max_long_side is None:
+        return height, width
+    factors = []
+    if cfg.short_side is not None:
+        factors.append(cfg.short_side / min(height, width))
+    if cfg.max_long_side is not None:
+        factors.append(cfg.max_long_side / max(height, width))
+    factor = min(factors)
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _slide(model: nn.Module, images: Tensor, crop: list[int], stride: list[int]) -> Tensor:
+    """Logits of ``images`` [B, 3, H, W] from windows of ``crop`` every ``stride``, summed where
+    they overlap and divided by the count (MMSeg ``EncoderDecoder.slide_inference``); windows
+    at the bottom and right edges end at the border, a window larger than the image is the image."""
+    batch, _, height, width = images.shape
+    (crop_h, crop_w), (stride_h, stride_w) = crop, stride
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    boxes = []
+    for row in range(rows):
+        for col in range(cols):
+            bottom, right = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
+            boxes.append((max(bottom - crop_h, 0), max(right - crop_w, 0), bottom, right))
+    total, count = None, images.new_zeros(1, 1, height, width)
+    for start in range(0, len(boxes), _WINDOWS_PER_FORWARD):
+        chunk = boxes[start : start + _WINDOWS_PER_FORWARD]
+        logits = model.predict(torch.cat([images[..., t:b, l:r] for t, l, b, r in chunk]))
+        if total is None:
+            total = images.new_zeros(batch, logits.shape[1], height, width)
+        for (top, left, bottom, right), window in zip(chunk, logits.split(batch)):
+            total[..., top:bottom, left:right] += window
+            count[..., top:bottom, left:right] += 1
+    return total / count
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, evaluator: SemSegEvaluator, device: torch.device) -> dict[str, float]:
-    """Predict every image at its own size (same-size images of a batch run together)."""
+def predict_logits(model: nn.Module, image: Tensor, cfg: EvalConfig) -> Tensor:
+    """Class scores of ``image`` (uint8 or float in [0, 255], [3, H, W], or same-size [B, 3, H, W])
+    at its original size: [C, H, W] (or [B, C, H, W]) under protocol ``cfg``. One view gives its
+    logits; several (scales x flips) the mean of their softmax probabilities. ``model`` is a
+    ``Segmentor`` in eval mode; the image moves to its device."""
+    single = image.dim() == 3
+    images = (image[None] if single else image).to(next(model.parameters()).device, torch.float32)
+    height, width = images.shape[-2:]
+    base = _protocol_size(height, width, cfg)
+    views = [(scale, flip) for scale in cfg.scales for flip in ((False, True) if cfg.flip else (False,))]
+    merged = None
+    for scale, flip in views:
+        size = base if scale == 1.0 else (int(base[0] * scale + 0.5), int(base[1] * scale + 0.5))
+        view = _resize(images, size)
+        view = view.flip(-1) if flip else view
+        logits = model.predict(view) if cfg.mode == "whole" else _slide(model, view, cfg.crop_size, cfg.stride)
+        logits = _resize(logits.flip(-1) if flip else logits, (height, width))
+        scores = logits if len(views) == 1 else logits.softmax(dim=1)
+        merged = scores if merged is None else merged + scores
+    merged = merged / len(views)
+    return merged[0] if single else merged
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, evaluator: SemSegEvaluator, device: torch.device,
+             protocol: EvalConfig | None = None) -> dict[str, float]:
+    """Predict every image under ``protocol`` (default: whole, native size) and score it against
+    its label at the original size; same-size images of a batch run together."""
+    protocol = protocol or EvalConfig()
     was_training = model.training
     model.eval()
     evaluator.reset()
@@ -20,7 +97,7 @@ def evaluate(model: nn.Module, loader, evaluator: SemSegEvaluator, device: torch
             by_size.setdefault(tuple(item["image"].shape), []).append(item)
         for items in by_size.values():
             images = torch.stack([item["image"] for item in items]).to(device)
-            preds = model.predict(images).argmax(dim=1).cpu()
+            preds = predict_logits(model, images, protocol).argmax(dim=1).cpu()
             for pred, item in zip(preds, items):
                 evaluator.process(pred, item["sem_seg"])
     model.train(was_training)

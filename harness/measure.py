@@ -7,7 +7,9 @@ Units and methods, stated once:
   convolutions, linear layers and every matmul (attention's QK^T and AV included,
   fused SDPA too); element-wise work (activations, norms, softmax, resizing) and bias
   additions are not counted, as in fvcore and timm's published GMACs.
-- Latency: the model alone (``predict`` where the model has it, else ``forward``) on
+- Latency: the model alone (``predict`` where the model has it, else ``forward``): one
+  whole-image forward of a square ``measure.image_size`` batch, not the cell's test protocol
+  (``eval``: resize, windows, scales x flips multiply it; the record's ``protocol`` says so), on
   inputs already on the device, in inference mode, after warm-up; every iteration is
   synchronised (CUDA events on GPU, ``perf_counter`` on CPU) and CPU threads are pinned.
 - Peak memory: on GPU the CUDA allocator's peak over the timed loop minus what was
@@ -39,6 +41,7 @@ from harness.errors import is_out_of_memory
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Metrics only a measurement makes (a re-measurement replaces them); parameter counts come with training too.
 MEASUREMENT_PREFIXES = ("gflops/", "gmacs/", "latency/", "throughput/", "memory/", "efficiency/", "oom/")
+TIMED_PROTOCOL = "whole image, one forward at measure.image_size (not the eval protocol)"  # what latency times
 _PART_NAMES = {"classifier": "head"}  # a Segmentor's children, named as in the parameter counts
 _PROC_STATUS = "/proc/self/status"
 
@@ -355,6 +358,7 @@ def measure_model(model: nn.Module, settings: MeasureConfig, device: torch.devic
         record = {
             "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
             "measured_batch_sizes": batches,  # differs from settings' after an out-of-memory retry
+            "protocol": TIMED_PROTOCOL,
             "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
             "memory": memory_method(device),
             "flop_counter": "torch.utils.flop_counter (gflops = 2 x gmacs)",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")  # the evaluator's scores over all classes
+
 
 def _as_numpy(labels) -> np.ndarray:
     if isinstance(labels, torch.Tensor):

@@ -2,7 +2,8 @@
 
 A FINISHED cell's MLflow run holds ``config.yaml`` (the resolved config) and ``weights.pt``
 (its state dict); ``load_run`` rebuilds the model from them. Predictions are the argmax of
-``Segmentor.predict`` at each image's own size, coloured with one fixed colour per class
+``harness.evaluate.predict_logits`` under the cell's test protocol (``eval``), at each image's
+own size, coloured with one fixed colour per class
 (``class_colors``) so the same class has the same colour in every file and panel.
 """
 
@@ -14,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.config import EvalConfig
 from harness.data.sem_seg import IMAGE_EXTENSIONS
 from harness.errors import InputError
+from harness.evaluate import predict_logits
 
 IGNORE_COLOR = (0, 0, 0)
 
@@ -57,10 +60,9 @@ def colorize(label_map: np.ndarray, colors: np.ndarray) -> np.ndarray:
     return out
 
 
-@torch.no_grad()
-def predict_labels(model, image: torch.Tensor) -> np.ndarray:
-    """[H, W] class ids for one uint8 [3, H, W] image."""
-    return model.predict(image[None].float()).argmax(dim=1)[0].numpy()
+def predict_labels(model, image: torch.Tensor, protocol: EvalConfig) -> np.ndarray:
+    """[H, W] class ids for one uint8 [3, H, W] image under the cell's test protocol."""
+    return predict_logits(model, image, protocol).argmax(dim=0).cpu().numpy()
 
 
 def image_iou(prediction: np.ndarray, truth: np.ndarray, num_classes: int, ignore_label: int) -> float:
@@ -97,8 +99,9 @@ def list_images(folder: Path) -> list[Path]:
     return found
 
 
-def write_predictions(model, classes: list[str], sources: list[tuple[str, torch.Tensor]], out: Path) -> list[Path]:
-    """For each (name, uint8 [3, H, W] image): ``out/<name>.png``, the prediction coloured by
+def write_predictions(model, classes: list[str], sources: list[tuple[str, torch.Tensor]], out: Path,
+                      protocol: EvalConfig) -> list[Path]:
+    """For each (name, uint8 [3, H, W] image): ``out/<name>.png``, the prediction under ``protocol`` coloured by
     class, and ``out/<name>_overlay.png``, blended over the image; plus ``out/legend.png``."""
     from PIL import Image
 
@@ -106,7 +109,7 @@ def write_predictions(model, classes: list[str], sources: list[tuple[str, torch.
     colors = class_colors(len(classes))
     written = []
     for name, image in sources:
-        coloured = colorize(predict_labels(model, image), colors)
+        coloured = colorize(predict_labels(model, image, protocol), colors)
         picture = image.permute(1, 2, 0).numpy()
         Image.fromarray(coloured).save(out / f"{name}.png")
         Image.fromarray((0.5 * picture + 0.5 * coloured).astype(np.uint8)).save(out / f"{name}_overlay.png")

@@ -1,4 +1,10 @@
-"""Built-in backbone weights: ``model.backbone_kwargs.checkpoint: builtin:digits``.
+"""Where an encoder's first weights come from: ``model.backbone_kwargs.checkpoint``.
+
+``weights:<file>`` is ``<file>`` under ``$SEGHEADS_WEIGHTS`` (default ``./weights``), read on the
+node that trains the cell, so a spec names ImageNet weights the same way on every machine
+(``jobs/papers/*.yaml``); any other value but ``builtin:`` is a path as it is.
+
+Built-in backbone weights: ``model.backbone_kwargs.checkpoint: builtin:digits``.
 
 Every paper head here was trained on an ImageNet-pretrained encoder, and some heads
 depend on it: ProtoSeg's code normalises the class scores with a LayerNorm, which
@@ -47,6 +53,7 @@ from harness.errors import InputError
 from harness.model import IMAGENET_MEAN, IMAGENET_STD
 
 BUILTIN_PREFIX = "builtin:"
+WEIGHTS_PREFIX = "weights:"  # a file under $SEGHEADS_WEIGHTS
 BUILTIN_WEIGHTS = ("digits",)
 _VERSION = "v1"
 _SEED = 0
@@ -59,8 +66,10 @@ _RECIPE = TrainConfig(iters=1500, lr=1e-3, weight_decay=0.05, warmup_iters=150)
 
 def resolve_backbone_kwargs(backbone: str, kwargs: dict) -> dict:
     """``kwargs`` with ``checkpoint: builtin:<weights>`` replaced by the path of those weights
-    (made on first use); any other ``kwargs`` unchanged."""
+    (made on first use), ``weights:<file>`` by ``$SEGHEADS_WEIGHTS/<file>``; any other ``kwargs`` unchanged."""
     checkpoint = kwargs.get("checkpoint")
+    if isinstance(checkpoint, str) and checkpoint.startswith(WEIGHTS_PREFIX):
+        return {**kwargs, "checkpoint": str(weights_root() / checkpoint[len(WEIGHTS_PREFIX):])}
     if not (isinstance(checkpoint, str) and checkpoint.startswith(BUILTIN_PREFIX)):
         return dict(kwargs)
     if checkpoint[len(BUILTIN_PREFIX):] not in BUILTIN_WEIGHTS:
@@ -69,6 +78,18 @@ def resolve_backbone_kwargs(backbone: str, kwargs: dict) -> dict:
                          f"expected a file path or one of: {known}")
     others = without_checkpoint(kwargs)
     return {**others, "checkpoint": str(ensure_digits_backbone(backbone, others))}
+
+
+def weights_root() -> Path:
+    """``$SEGHEADS_WEIGHTS``, default ``./weights``: where ``checkpoint: weights:<file>`` is read."""
+    return Path(os.environ.get("SEGHEADS_WEIGHTS", "weights"))
+
+
+def describe_weights(kwargs: dict) -> str:
+    """An encoder's first weights as a dry run lists them: the checkpoint named, the hub's, or none."""
+    if kwargs.get("checkpoint"):
+        return str(kwargs["checkpoint"]) + ("" if kwargs.get("checkpoint_strict", True) else " (not strict)")
+    return "hub (pretrained: true)" if kwargs.get("pretrained") else "none (random init)"
 
 
 def uncached_builtin_weights(backbone: str, kwargs: dict) -> Path | None:

@@ -295,11 +295,11 @@ def prediction_panels(configs: list[Configuration], tracking_uri: str, count: in
         columns = []
         for classifier in sorted(heads, key=lambda c: (not c.startswith("softmax"), c)):
             try:
-                _, model = load_run(heads[classifier].run_id, tracking_uri)
+                cfg, model = load_run(heads[classifier].run_id, tracking_uri)
             except InputError as exc:
                 notes.append(f"{classifier}@{backbone}/{neck}: no predictions ({exc})")
                 continue
-            columns.append((classifier, [predict_labels(model, s["image"]) for s in samples]))
+            columns.append((classifier, [predict_labels(model, s["image"], cfg.eval) for s in samples]))
         if not columns:
             continue
         colors = class_colors(len(classes))

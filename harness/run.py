@@ -16,7 +16,7 @@ import torch
 from backbones import build_backbone, build_neck
 from backbones.necks import neck_accepts, neck_uses_auxiliary
 from classifiers import build_classifier, classifier_accepts, resolve_classifier_kwargs
-from harness.config import RunConfig, config_hash, to_dict
+from harness.config import EvalConfig, RunConfig, config_hash, to_dict
 from harness.data import (
     AugmentConfig,
     DataParallelLayout,
@@ -34,8 +34,8 @@ from harness.engine.launch import RESULT_FILE, needs_ray_train
 from harness.errors import InputError
 from harness.evaluate import evaluate
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
-from harness.metrics import SemSegEvaluator
-from harness.model import AuxiliaryFCNHead, Segmentor
+from harness.metrics import SUMMARY_METRICS, SemSegEvaluator
+from harness.model import AuxiliaryFCNHead, Segmentor, mmseg_init
 from harness.pretrain import INITIAL_WEIGHTS, resolve_backbone_kwargs, without_checkpoint
 
 SPLITS = ("train", "val")
@@ -80,7 +80,8 @@ def resolve_classifier(cfg: RunConfig) -> RunConfig:
 def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segmentor:
     """Backbone (``checkpoint: builtin:digits`` pretrained on first use, ``harness.pretrain``),
     neck (``model.neck_kwargs``), classifier head and, when the neck trains
-    with one by default or ``neck_kwargs.auxiliary`` says so, the auxiliary FCN head."""
+    with one by default or ``neck_kwargs.auxiliary`` says so, the auxiliary FCN head;
+    ``model.init: mmseg`` initialises the decoder as MMSegmentation does (``mmseg_init``)."""
     m = cfg.model
     backbone = build_backbone(m.backbone, **resolve_backbone_kwargs(m.backbone, m.backbone_kwargs))
     neck_kwargs = dict(m.neck_kwargs)
@@ -105,7 +106,10 @@ def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segm
                          f"{m.classifier!r} needs a D-wide neck (mlp, fpn, ...)")
     classifier = build_classifier(m.classifier, num_classes=num_classes, in_channels=m.embed_dim,
                                   ignore_index=ignore_label, **kwargs)
-    return Segmentor(backbone, neck, classifier, auxiliary)
+    model = Segmentor(backbone, neck, classifier, auxiliary)
+    if m.init == "mmseg":
+        mmseg_init(model)
+    return model
 
 
 def state_dict_bytes(model: torch.nn.Module) -> bytes:
@@ -236,22 +240,23 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[dict 
     resumed = context.resume_folder()
     if resumed is not None:
         trainer.load_state_dict(checkpoint.read(resumed, context.rank))
-    augment = AugmentConfig(crop_size=d.image_size, scale_range=tuple(d.scale_range),
+    augment = AugmentConfig(crop_size=d.crop_size, scale_range=tuple(d.scale_range),
                             hflip_prob=d.hflip_prob if meta.get("allow_hflip", True) else 0.0,
                             color_jitter=d.color_jitter)
     trainer.batches = build_train_loader(train_records, SemSegMapper(len(classes), ignore, augment), d.batch_size,
                                          d.num_workers, t.seed, layout, trainer.iteration, device.type == "cuda")
 
-    def validate(evaluator: SemSegEvaluator | None = None) -> dict[str, float]:
+    def validate(evaluator: SemSegEvaluator | None = None, protocol: EvalConfig = cfg.eval) -> dict[str, float]:
         loader = build_test_loader(val_records, SemSegMapper(len(classes), ignore), d.eval_batch_size, d.num_workers)
-        return evaluate(model, loader, evaluator or SemSegEvaluator(len(classes), ignore, classes), device)
+        return evaluate(model, loader, evaluator or SemSegEvaluator(len(classes), ignore, classes), device, protocol)
 
     trainer.register_hooks([MetricsHook(context, t.log_period), CheckpointHook(context, t.checkpoint_period),
                             EvalHook(context, t.eval_period, validate)])
     log(f"[segheads] {cfg.model.classifier} on {cfg.model.backbone}/{cfg.model.neck}, {cfg.data.dataset} "
         f"({len(train_records)} train / {len(val_records)} val), {t.iters} iters on {device}"
         + (f" x {context.world_size} workers" if context.world_size > 1 else "")
-        + (f", resumed at iteration {trainer.iteration}" if resumed is not None else ""))
+        + (f", resumed at iteration {trainer.iteration}" if resumed is not None else "")
+        + f"; evaluated {cfg.eval.describe()}" + "".join(f"; {n}: {cfg.eval.protocol(n).describe()}" for n in cfg.eval.extra))
     trained = trainer.train()
     losses = [row for row in trained.history if "loss/total" in row]
     for row in losses[:: max(1, len(losses) // 10)] + losses[-1:]:
@@ -262,6 +267,9 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[dict 
         began = time.perf_counter()
         evaluator = SemSegEvaluator(len(classes), ignore, classes)
         evaluation = validate(evaluator)
+        for name in cfg.eval.extra:  # further protocols (multi-scale + flip): summary metrics under their name
+            summary = validate(protocol=cfg.eval.protocol(name))
+            evaluation.update({f"{key}/{name}": summary[key] for key in SUMMARY_METRICS})
         metrics = {
             **evaluation, **count_parameters(model),
             "train/seconds": trained.seconds,
@@ -282,13 +290,20 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[dict 
             "per_image": evaluator.per_image_counts(),
             "environment": {**fingerprint(device), "engine": {
                 "workers": context.world_size, "accumulate": t.accumulate, "micro_batch": layout.micro_batch,
-                "precision": t.precision, "sync_bn": sync_bn, "resumed_at": trainer.start_iteration}},
+                "precision": t.precision, "sync_bn": sync_bn, "resumed_at": trainer.start_iteration,
+                **_weights_params(model)}},
             "measurement": None,
         }
     if context.keeps_checkpoints:
         save(context, trainer, {"iteration": trainer.iteration, "finished": True},
              lambda folder: (folder / RESULT_FILE).write_text(json.dumps(result)))
     return result, model
+
+
+def _weights_params(model: Segmentor) -> dict[str, str]:
+    """What loading the backbone's first weights did (``backbones.weights.WeightsReport``), as engine params."""
+    report = getattr(model.backbone, "weights", None)
+    return report.params() if report is not None else {}
 
 
 def add_measurement(result: dict, model: Segmentor, cfg: RunConfig, device: torch.device, log=print) -> None:

@@ -60,7 +60,7 @@ def test_size_mismatch_names_both_files(folder_dataset):
 def test_train_mapper_crops_pads_with_ignore_and_is_seeded(folder_dataset):
     image_root, gt_root = folder_dataset
     record = load_sem_seg(gt_root, image_root)[0]
-    mapper = SemSegMapper(3, 255, AugmentConfig(crop_size=64, scale_range=(0.5, 0.5)))
+    mapper = SemSegMapper(3, 255, AugmentConfig(crop_size=(64, 64), scale_range=(0.5, 0.5)))
     torch.manual_seed(3)
     first = mapper(record)
     torch.manual_seed(3)
@@ -109,7 +109,7 @@ def test_a_global_batch_that_does_not_split_is_named():
 def test_augmentation_does_not_depend_on_the_loader_processes(folder_dataset):
     image_root, gt_root = folder_dataset
     records = load_sem_seg(gt_root, image_root)
-    mapper = SemSegMapper(3, 255, AugmentConfig(crop_size=24, scale_range=(0.7, 1.3), hflip_prob=0.5, color_jitter=0.3))
+    mapper = SemSegMapper(3, 255, AugmentConfig(crop_size=(24, 24), scale_range=(0.7, 1.3), hflip_prob=0.5, color_jitter=0.3))
     batches = [build_train_loader(records, mapper, 2, workers, seed=3) for workers in (0, 2)]
     for _ in range(4):
         inline, spawned = (next(b) for b in batches)
@@ -119,7 +119,7 @@ def test_augmentation_does_not_depend_on_the_loader_processes(folder_dataset):
 def test_train_loader_batches_forever(folder_dataset):
     image_root, gt_root = folder_dataset
     records = load_sem_seg(gt_root, image_root)
-    batches = build_train_loader(records, SemSegMapper(3, 255, AugmentConfig(crop_size=32)), 3, 0, seed=0)
+    batches = build_train_loader(records, SemSegMapper(3, 255, AugmentConfig(crop_size=(32, 32))), 3, 0, seed=0)
     shapes = [tuple(next(batches)["image"].shape) for _ in range(5)]  # 15 samples from 4 records
     assert shapes == [(3, 3, 32, 32)] * 5
 

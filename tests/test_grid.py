@@ -166,7 +166,7 @@ def test_a_finished_cell_keeps_its_weights_and_predict_and_measure_use_them(ray_
     for record in records:
         image = SemSegMapper(11, 255)(record)["image"]
         written = np.asarray(Image.open(out / f"{Path(record['file_name']).stem}.png"))
-        assert np.array_equal(written, colorize(predict_labels(model, image), colors))
+        assert np.array_equal(written, colorize(predict_labels(model, image, cfg.eval), colors))
     assert (out / "legend.png").exists()
     assert main(["predict", "--run", run.info.run_id, "--images", str(tmp_path / "nothing"), "--out", str(out),
                  "--tracking-uri", uri]) == 2

@@ -44,11 +44,12 @@ def test_hrnet_concat_neck_concatenates_every_branch_at_stride_4():
     assert [p.shape[-1] for p in features.pyramid] == [63, 32, 16, 8] and all(p.shape[1] == 64 for p in features.pyramid)
 
 
-def test_mit_refuses_to_download():
+def test_mit_pretrained_offline_is_a_one_line_error_pointing_to_a_local_checkpoint():
     from harness.errors import InputError
 
-    with pytest.raises(InputError, match="pretrained=True would download"):
-        build_backbone("mit_b0", pretrained=True)
+    with pytest.raises(InputError, match=r"cannot load nvidia/mit-b0 here .*checkpoint=PATH to a local copy \(pretrained=True needs the model hub\)") as info:
+        build_backbone("mit_b0", pretrained=True)  # HF_HUB_OFFLINE=1 in tests
+    assert "\n" not in str(info.value)
 
 
 def test_list_backbones_details_shows_channels_and_strides(capsys):

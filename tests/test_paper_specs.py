@@ -42,3 +42,55 @@ def test_dry_run_lists_every_cell_and_the_reference_selects_them(spec, capsys, t
     assert reference.cases
     for case in reference.cases:
         assert any(all(t.get(k) == str(v) for k, v in case.select.items()) for t in tags), case.select
+
+
+@pytest.mark.parametrize("spec", _SPECS, ids=lambda p: p.stem)
+def test_every_paper_cell_names_its_weights_protocol_and_recipe_and_the_dry_run_lists_them(spec, capsys, tmp_path,
+                                                                                           monkeypatch):
+    """ImageNet weights per backbone (a file under $SEGHEADS_WEIGHTS; none would train a random
+    encoder), the paper's test protocol and MMSeg's initialisation, as the dry run says."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["grid", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for cfg in expand(load_grid(spec)):
+        checkpoint = cfg.model.backbone_kwargs.get("checkpoint", "")
+        assert checkpoint.startswith("weights:") and cfg.model.backbone_kwargs.get("checkpoint_strict", True), cfg.model
+        assert cfg.model.init == "mmseg"
+        assert f"      weights: {checkpoint}\n" in out
+        assert f"      eval: {cfg.eval.describe()}" in out
+        if cfg.data.dataset.startswith("cityscapes"):  # ProtoSeg §5.1: sliding windows of 768x768
+            assert cfg.eval.mode == "slide" and cfg.eval.crop_size == [768, 768]
+        else:  # short side = the training crop, long side capped as MMSeg's Resize(scale=(4 x crop, crop))
+            assert cfg.eval.short_side == cfg.data.image_size and cfg.eval.max_long_side == 4 * cfg.data.image_size
+        if spec.name.startswith("ecenet"):  # Table 1's ms column: 6 scales with flips
+            ms = cfg.eval.protocol("ms_flip")
+            assert ms.scales == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and ms.flip and ms.short_side == cfg.eval.short_side
+
+
+@pytest.mark.parametrize("spec", _SPECS, ids=lambda p: p.stem)
+def test_paper_param_groups_name_parameters_of_their_models(spec):
+    """Each cell's ``train.param_groups`` keys match parameters of its model (built on the meta
+    device, without its weights), so no paper recipe is silently dropped."""
+    import dataclasses
+
+    import torch
+
+    from harness.engine import build_optimizer
+    from harness.pretrain import INITIAL_WEIGHTS, without_checkpoint
+    from harness.run import build_segmentor
+
+    seen = set()
+    for cfg in expand(load_grid(spec)):
+        key = (cfg.model.backbone, cfg.model.neck, cfg.model.classifier, str(cfg.train.param_groups))
+        if key in seen or not cfg.train.param_groups:
+            continue
+        seen.add(key)
+        bare = dataclasses.replace(cfg.model, backbone_kwargs=without_checkpoint(cfg.model.backbone_kwargs, INITIAL_WEIGHTS))
+        with torch.device("meta"):
+            model = build_segmentor(dataclasses.replace(cfg, model=bare), 150, 255)
+        names = [name for name, _ in model.named_parameters()]
+        assert all(any(key in name for name in names) for key in cfg.train.param_groups), key
+        groups = build_optimizer(model, cfg.train).param_groups
+        assert sum(len(g["params"]) for g in groups) == len(names)
+        assert all(g["lr"] == cfg.train.lr * g["lr_mult"] for g in groups)
+    assert seen

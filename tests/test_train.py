@@ -25,7 +25,7 @@ def _setup(overrides, classifier="softmax"):
     torch.set_num_threads(2)
     model = build_segmentor(cfg, 11, 255)
     records = DatasetCatalog.get("digits_sem_seg_train")[:64]
-    mapper = SemSegMapper(11, 255, AugmentConfig(crop_size=48, hflip_prob=0.0))
+    mapper = SemSegMapper(11, 255, AugmentConfig(crop_size=(48, 48), hflip_prob=0.0))
     return cfg, model, build_train_loader(records, mapper, 8, 0, seed=0)
 
 

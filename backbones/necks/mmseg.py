@@ -4,7 +4,8 @@ widths (``mmseg/models/decode_heads/fcn_head.py``, ``uper_head.py``, ``psp_head.
 
 Each neck is the decoder up to, not including, its final 1x1 classifier (``conv_seg``),
 which is the classifier head's job: ``Features.pixel`` is the map MMSegmentation's
-``cls_seg`` sees, after its Dropout2d(0.1). ``embed_dim`` is the decoder's ``channels``
+``cls_seg`` sees, after its Dropout2d(0.1) (none in HRNet's and OCRNet's heads,
+``dropout_ratio=-1``). ``embed_dim`` is the decoder's ``channels``
 (512 in the papers' FCN and UperNet configs, 768 for SegFormer on MiT-B1..B5, 720 for
 HRNetV2-W48). Convolutions are MMSegmentation's ``ConvModule``: conv without bias,
 BatchNorm, ReLU.
@@ -126,17 +127,11 @@ class SegFormerNeck(nn.Module):
 @register_neck("hrnet_fcn")
 class HRNetFCNNeck(HRNetConcatNeck):
     """MMSegmentation's FCNHead on HRNetV2 (``input_transform="resize_concat"``, one 1x1
-    ConvModule of ``channels`` = 720, ``concat_input=False``): ``hrnet_concat`` followed by
-    the Dropout2d(0.1) before ``conv_seg``."""
+    ConvModule of ``channels`` = 720, ``concat_input=False``, ``dropout_ratio=-1``: no dropout
+    before ``conv_seg``, ``configs/_base_/models/fcn_hr18.py``): ``hrnet_concat`` at 720 channels."""
 
     def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 720) -> None:
         super().__init__(in_channels, strides, embed_dim)
-        self.dropout = nn.Dropout2d(_DROPOUT)
-
-    def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
-        features = super().forward(feats, image_size)
-        features.pixel = self.dropout(features.pixel)
-        return features
 
 
 def _separable(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
@@ -189,6 +184,7 @@ class OCRNeck(nn.Module):
     object-contextual representation; ``Features.auxiliary_logits`` the regions."""
 
     REGION_LOSS_WEIGHT = 0.4
+    CONV_SEG = ("regions.1",)  # the cascaded FCNHead's conv_seg
 
     def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 512, num_classes: int = 150,
                  ocr_channels: int = 256) -> None:

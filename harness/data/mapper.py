@@ -17,13 +17,14 @@ from harness.errors import InputError
 class AugmentConfig:
     """Training augmentation; the defaults other than ``crop_size`` change nothing.
 
-    Images are rescaled so their short side is ``crop_size`` times a factor drawn from
-    ``scale_range``, padded (label: ignore) if smaller than the crop, randomly
-    cropped to ``crop_size`` squared, flipped with ``hflip_prob`` and colour-jittered
+    Images are rescaled so their short side is the crop's longer side times a factor drawn from
+    ``scale_range`` (MMSegmentation's ``RandomResize`` scales: 512 for 512x512 crops, 1024 for
+    Cityscapes' 512x1024), padded (label: ignore) if smaller than the crop, randomly
+    cropped to ``crop_size`` (h, w), flipped with ``hflip_prob`` and colour-jittered
     (brightness, contrast, saturation) with factors in [1 - ``color_jitter``, 1 + ``color_jitter``].
     """
 
-    crop_size: int
+    crop_size: tuple[int, int]
     scale_range: tuple[float, float] = (1.0, 1.0)
     hflip_prob: float = 0.0
     color_jitter: float = 0.0
@@ -64,18 +65,19 @@ class SemSegMapper:
     def _augment(self, image: Image.Image, label: Image.Image,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         aug = self.augment
-        scale = _uniform(*aug.scale_range, generator) * aug.crop_size / min(image.size)
+        crop_h, crop_w = aug.crop_size
+        scale = _uniform(*aug.scale_range, generator) * max(crop_h, crop_w) / min(image.size)
         size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
         image = torch.from_numpy(np.asarray(image.resize(size, Image.BILINEAR)).copy()).permute(2, 0, 1)
         label = torch.from_numpy(np.asarray(label.resize(size, Image.NEAREST)).astype(np.int64))
-        pad_h, pad_w = max(0, aug.crop_size - label.shape[0]), max(0, aug.crop_size - label.shape[1])
+        pad_h, pad_w = max(0, crop_h - label.shape[0]), max(0, crop_w - label.shape[1])
         if pad_h or pad_w:
             image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=0)
             label = torch.nn.functional.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_label)
-        top = int(torch.randint(0, label.shape[0] - aug.crop_size + 1, (), generator=generator))
-        left = int(torch.randint(0, label.shape[1] - aug.crop_size + 1, (), generator=generator))
-        image = image[:, top : top + aug.crop_size, left : left + aug.crop_size]
-        label = label[top : top + aug.crop_size, left : left + aug.crop_size]
+        top = int(torch.randint(0, label.shape[0] - crop_h + 1, (), generator=generator))
+        left = int(torch.randint(0, label.shape[1] - crop_w + 1, (), generator=generator))
+        image = image[:, top : top + crop_h, left : left + crop_w]
+        label = label[top : top + crop_h, left : left + crop_w]
         if torch.rand((), generator=generator).item() < aug.hflip_prob:
             image, label = image.flip(-1), label.flip(-1)
         if aug.color_jitter > 0:

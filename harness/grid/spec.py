@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.config import RunConfig, _bounded, from_dict, read_yaml, to_dict
 from harness.errors import InputError
 
-_SECTIONS = ("model", "data", "train", "measure")  # RunConfig sections a spec may set
+_SECTIONS = ("model", "data", "train", "measure", "eval")  # RunConfig sections a spec may set
 
 
 @dataclass
@@ -41,9 +41,10 @@ class Resources:
 @dataclass
 class GridSpec:
     """Axes ``backbones`` x ``classifiers`` x ``datasets`` x ``seeds`` x ``necks``; shared
-    config sections ``model``/``data``/``train``/``measure`` (as in ``RunConfig``; evaluation
-    settings live in ``data``); ``backbone_overrides`` and ``classifier_overrides`` map a
-    name to config sections applied to that axis value's cells (classifier overrides last)."""
+    config sections ``model``/``data``/``train``/``measure``/``eval`` (as in ``RunConfig``;
+    ``eval`` is the test protocol); ``dataset_overrides``, ``backbone_overrides`` and
+    ``classifier_overrides`` map a name to config sections applied to that axis value's cells,
+    in that order (e.g. a dataset's own test protocol, a backbone's weights)."""
 
     name: str = ""
     backbones: list[str] = field(default_factory=list)
@@ -55,6 +56,8 @@ class GridSpec:
     data: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     measure: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+    dataset_overrides: dict = field(default_factory=dict)
     backbone_overrides: dict = field(default_factory=dict)
     classifier_overrides: dict = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
@@ -91,13 +94,16 @@ def _check_spec(spec: GridSpec) -> GridSpec:
             raise InputError(f"{axis}: {', '.join(repeated)} listed more than once")
     _check_names(spec)
     from_dict(RunConfig, {section: getattr(spec, section) for section in _SECTIONS})
-    for kind, axis in (("backbone_overrides", spec.backbones), ("classifier_overrides", spec.classifiers)):
+    for kind, axis in (("dataset_overrides", spec.datasets), ("backbone_overrides", spec.backbones),
+                       ("classifier_overrides", spec.classifiers)):
         overrides = getattr(spec, kind)
         stray = sorted(set(overrides) - set(axis))
         if stray:
             raise InputError(f"{kind}: {', '.join(stray)} not on the grid's axis; axis values: {', '.join(axis)}")
         for name, sections in overrides.items():
             from_dict(RunConfig, _sections(sections, f"{kind}.{name}"), f"{kind}.{name}")
+            if "neck" in sections.get("model", {}) and kind == "dataset_overrides":
+                raise InputError(f"{kind}.{name}.model.neck: a neck is set per backbone or classifier, not per dataset")
             if "neck" in sections.get("model", {}) and len(spec.necks) > 1:
                 raise InputError(f"{kind}.{name}.model.neck: a neck can be set per backbone or classifier only when "
                                  f"the necks axis has one value (it has {spec.necks})")
@@ -161,7 +167,7 @@ def _sections(update: dict, where: str) -> dict:
 
 def expand(spec: GridSpec) -> list[RunConfig]:
     """One ``RunConfig`` per cell, in axis order (dataset, backbone, neck, classifier, seed):
-    defaults <- shared sections <- backbone overrides <- classifier overrides <- axis values,
+    defaults <- shared sections <- dataset, backbone, classifier overrides <- axis values,
     except that a backbone's or (first) a classifier's override of ``model.neck`` replaces the
     (single) necks axis value for its cells (e.g. ``hrnetv2_w48: {model: {neck: ocr}}``,
     ``ece: {model: {neck: stages}}``). Each cell's
@@ -177,6 +183,7 @@ def expand(spec: GridSpec) -> list[RunConfig]:
                     for seed in spec.seeds:
                         data = to_dict(RunConfig())
                         _merge(data, {s: getattr(spec, s) for s in _SECTIONS})
+                        _merge(data, _sections(spec.dataset_overrides.get(dataset, {}), f"dataset_overrides.{dataset}"))
                         _merge(data, _sections(spec.backbone_overrides.get(backbone, {}),
                                                f"backbone_overrides.{backbone}"))
                         _merge(data, _sections(spec.classifier_overrides.get(classifier, {}),

@@ -41,7 +41,7 @@ def _step_timings(cfg, context) -> dict[str, float]:
     torch.set_num_threads(cfg.train.threads)
     seed_everything(0)
     records = DatasetCatalog.get("digits_sem_seg_train")[:256]
-    batches = build_train_loader(records, SemSegMapper(11, 255, AugmentConfig(crop_size=48)), 8, 0, seed=0)
+    batches = build_train_loader(records, SemSegMapper(11, 255, AugmentConfig(crop_size=(48, 48))), 8, 0, seed=0)
     plain_model, engine_model = build_segmentor(cfg, 11, 255).train(), build_segmentor(cfg, 11, 255)
     optimizer = build_optimizer(plain_model, cfg.train)
     trainer = Trainer(engine_model, batches, cfg.train, _CPU)
