@@ -4,8 +4,12 @@ SSA Table 2), built with ``pretrained=False``; ``checkpoint=PATH`` loads ImageNe
 
 | name | encoder | maps (strides) |
 |---|---|---|
-| ``resnet101_os8`` | ResNet-101 (timm ``resnet101``), last two stages dilated: output stride 8 as in FCN/PSPNet | 4, 8, 8, 8 |
+| ``resnet101_os8`` | ResNet-101 V1c (timm ``resnet101c``: the deep stem of three 3x3 convs, MMSegmentation's ``ResNetV1c``), last two stages dilated: output stride 8 as in FCN/PSPNet | 4, 8, 8, 8 |
 | ``hrnetv2_w48`` | HRNetV2-W48 (timm ``hrnet_w48``), the four branches (48/96/192/384 ch); pair with the ``hrnet_concat`` neck | 4, 8, 16, 32 |
+
+Both also load MMSegmentation's files (``resnet101_v1c``, ``hrnetv2_w48``, bare or a segmentor's
+``backbone.*``): ``_from_mmseg`` renames V1c's ``stem`` to timm's ``conv1``/``bn1``; HRNet's names
+are the same in both.
 | ``swin_t``, ``swin_b``, ``swin_l`` | Swin-T (window 7), Swin-B/L (window 12) from timm, any input size | 4, 8, 16, 32 |
 | ``mit_b0`` .. ``mit_b5`` | SegFormer's Mix Transformer from ``transformers``' ``SegformerModel`` built from its config | 4, 8, 16, 32 |
 
@@ -33,14 +37,32 @@ _MIT = {"mit_b0": ([32, 64, 160, 256], [2, 2, 2, 2]), "mit_b1": ([64, 128, 320, 
 _MIT_HUB = "nvidia/mit-b{}"  # SegFormer's ImageNet-1K encoders on the model hub
 
 
+_MMSEG_PREFIX = "backbone."  # an MMSegmentation segmentor checkpoint's encoder
+# MMSeg ResNetV1c's stem (Sequential: conv, norm, ReLU x 3) -> timm's deep stem (conv1 Sequential + bn1)
+_V1C_STEM = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3.", "stem.4.": "conv1.4.",
+             "stem.6.": "conv1.6.", "stem.7.": "bn1."}
+
+
+def _from_mmseg(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An MMSegmentation ResNet or HRNet state dict under timm's names: a segmentor checkpoint's
+    ``backbone.*`` tensors only, V1c's ``stem.N`` as timm's deep stem; others as they are."""
+    if any(key.startswith(_MMSEG_PREFIX) for key in state):
+        state = {k.removeprefix(_MMSEG_PREFIX): v for k, v in state.items() if k.startswith(_MMSEG_PREFIX)}
+    renamed = {}
+    for key, value in state.items():
+        prefix = next((p for p in _V1C_STEM if key.startswith(p)), None)
+        renamed[_V1C_STEM[prefix] + key[len(prefix):] if prefix else key] = value
+    return renamed
+
+
 @register_backbone("resnet101_os8")
 def resnet101_os8(**kw) -> nn.Module:
-    return TimmBackbone("resnet101", output_stride=8, **kw)
+    return TimmBackbone("resnet101c", output_stride=8, convert=_from_mmseg, **kw)
 
 
 @register_backbone("hrnetv2_w48")
 def hrnetv2_w48(**kw) -> nn.Module:
-    return TimmBackbone("hrnet_w48", feature_location="", input_multiple=32, **kw)
+    return TimmBackbone("hrnet_w48", feature_location="", input_multiple=32, convert=_from_mmseg, **kw)
 
 
 def _swin(timm_name: str):

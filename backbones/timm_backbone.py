@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import timm
@@ -27,7 +28,7 @@ class TimmBackbone(nn.Module):
 
     Initial weights: ``pretrained=True`` (timm's, downloaded) or ``checkpoint=PATH``, loaded
     whole or an ``InputError`` (``backbones.weights``; ``checkpoint_strict=False`` lets tensors
-    stay missing); ``weights`` reports what loaded.
+    stay missing; ``convert`` renames another library's file first); ``weights`` reports what loaded.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class TimmBackbone(nn.Module):
         pretrained: bool = False,
         checkpoint: str | None = None,
         checkpoint_strict: bool = True,
+        convert: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
         out_indices: tuple[int, ...] | None = None,
         input_multiple: int = 1,
         **timm_kwargs,
@@ -62,6 +64,7 @@ class TimmBackbone(nn.Module):
         self.weights: WeightsReport | None = None
         if checkpoint is not None:
             state = read_state_dict(Path(checkpoint))
+            state = convert(state) if convert is not None else state
             if not is_own_layout(self.body, state):
                 create_kwargs = {k: v for k, v in timm_kwargs.items() if k not in _FEATURES_ONLY_KWARGS}
                 state = timm_state_for_features(name, state, create_kwargs, self.body)

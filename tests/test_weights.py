@@ -12,7 +12,7 @@ from harness.errors import InputError
 from harness.run import train_cell
 
 # segheads name -> (timm model whose state dict is the checkpoint, kwargs of both)
-_TIMM = {"swin_t": ("swin_tiny_patch4_window7_224", {}), "resnet101_os8": ("resnet101", {}),
+_TIMM = {"swin_t": ("swin_tiny_patch4_window7_224", {}), "resnet101_os8": ("resnet101c", {}),
          "hrnetv2_w48": ("hrnet_w48", {})}
 
 
@@ -190,3 +190,21 @@ def test_mit_loads_mmsegmentations_mit_state_dict_whole(tmp_path):
     with torch.no_grad():
         expected = full.segformer(pixel_values=images, output_hidden_states=True).hidden_states[-1]
         torch.testing.assert_close(encoder(images)[-1], expected)
+
+
+@pytest.mark.parametrize("name, timm_name", [("resnet101_os8", "resnet101c"), ("hrnetv2_w48", "hrnet_w48")])
+def test_mmsegmentations_resnet_v1c_and_hrnet_files_load_whole(name, timm_name, tmp_path):
+    """MMSeg's ``ResNetV1c`` keeps its deep stem as ``stem.0..7`` (conv, norm, ReLU x 3) where timm has
+    ``conv1.0..6`` and ``bn1``; a segmentor checkpoint holds the encoder under ``backbone.``."""
+    torch.manual_seed(5)
+    state = timm.create_model(timm_name, pretrained=False).state_dict()
+    stem = {"conv1.0.": "stem.0.", "conv1.1.": "stem.1.", "conv1.3.": "stem.3.", "conv1.4.": "stem.4.",
+            "conv1.6.": "stem.6.", "bn1.": "stem.7."} if name == "resnet101_os8" else {}
+    mmseg = {}
+    for key, value in state.items():
+        prefix = next((p for p in stem if key.startswith(p)), None)
+        mmseg["backbone." + (stem[prefix] + key[len(prefix):] if prefix else key)] = value
+    mmseg["decode_head.conv_seg.weight"] = torch.zeros(150, 512, 1, 1)
+    torch.save({"state_dict": mmseg, "meta": {}}, tmp_path / "mmseg.pth")
+    encoder = build_backbone(name, checkpoint=str(tmp_path / "mmseg.pth"))
+    assert _assert_encoder_holds(encoder.body, state) == encoder.weights.loaded and not encoder.weights.missing
