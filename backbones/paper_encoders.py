@@ -6,12 +6,12 @@ SSA Table 2), built with ``pretrained=False``; ``checkpoint=PATH`` loads ImageNe
 |---|---|---|
 | ``resnet101_os8`` | ResNet-101 V1c (timm ``resnet101c``: the deep stem of three 3x3 convs, MMSegmentation's ``ResNetV1c``), last two stages dilated: output stride 8 as in FCN/PSPNet | 4, 8, 8, 8 |
 | ``hrnetv2_w48`` | HRNetV2-W48 (timm ``hrnet_w48``), the four branches (48/96/192/384 ch); pair with the ``hrnet_concat`` neck | 4, 8, 16, 32 |
-
-Both also load MMSegmentation's files (``resnet101_v1c``, ``hrnetv2_w48``, bare or a segmentor's
-``backbone.*``): ``_from_mmseg`` renames V1c's ``stem`` to timm's ``conv1``/``bn1``; HRNet's names
-are the same in both.
 | ``swin_t``, ``swin_b``, ``swin_l`` | Swin-T (window 7), Swin-B/L (window 12) from timm, any input size | 4, 8, 16, 32 |
 | ``mit_b0`` .. ``mit_b5`` | SegFormer's Mix Transformer from ``transformers``' ``SegformerModel`` built from its config | 4, 8, 16, 32 |
+
+The ResNet-101 and HRNet also load MMSegmentation's files (``resnet101_v1c``, ``hrnetv2_w48``, bare
+or a segmentor's ``backbone.*``): ``_from_mmseg`` renames V1c's ``stem`` to timm's ``conv1``/``bn1``;
+HRNet's names are the same in both. MiT loads MMSegmentation's ``mit_b*.pth`` (``_from_mmseg_mit``).
 
 ConvNeXt (``convnext_tiny`` ...) and MobileNetV2 (``mobilenetv2_100``) are timm names as they are.
 """
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from backbones.build import register_backbone
 from backbones.timm_backbone import TimmBackbone
-from backbones.weights import WeightsReport, check_complete, read_state_dict
+from backbones.weights import WeightsReport, check_complete, read_state_dict, wrong_shapes_error
 from harness.errors import InputError, first_line
 
 _SWIN = {"swin_t": "swin_tiny_patch4_window7_224", "swin_b": "swin_base_patch4_window12_384",
@@ -43,13 +43,19 @@ _V1C_STEM = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3."
              "stem.6.": "conv1.6.", "stem.7.": "bn1."}
 
 
+def _mmseg_encoder(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A segmentor checkpoint's encoder (its ``backbone.*`` tensors, unprefixed); ``state`` as it
+    is when it has none."""
+    if any(key.startswith(_MMSEG_PREFIX) for key in state):
+        return {k.removeprefix(_MMSEG_PREFIX): v for k, v in state.items() if k.startswith(_MMSEG_PREFIX)}
+    return state
+
+
 def _from_mmseg(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """An MMSegmentation ResNet or HRNet state dict under timm's names: a segmentor checkpoint's
     ``backbone.*`` tensors only, V1c's ``stem.N`` as timm's deep stem; others as they are."""
-    if any(key.startswith(_MMSEG_PREFIX) for key in state):
-        state = {k.removeprefix(_MMSEG_PREFIX): v for k, v in state.items() if k.startswith(_MMSEG_PREFIX)}
     renamed = {}
-    for key, value in state.items():
+    for key, value in _mmseg_encoder(state).items():
         prefix = next((p for p in _V1C_STEM if key.startswith(p)), None)
         renamed[_V1C_STEM[prefix] + key[len(prefix):] if prefix else key] = value
     return renamed
@@ -109,13 +115,13 @@ class MixTransformer(nn.Module):
         return list(self.body(pixel_values=images, output_hidden_states=True).hidden_states)
 
 
-def _pretrained_segformer(variant: str, source, **kwargs):
-    """``SegformerModel.from_pretrained(source, **kwargs)`` with its loading info, quietly; an
-    ``InputError`` naming ``source`` when it cannot be read or its tensors do not fit."""
+def _pretrained_segformer(variant: str, source, where=None, **kwargs):
+    """``SegformerModel.from_pretrained(source, **kwargs)``, quietly; an ``InputError`` naming
+    ``where`` (default ``source``) when it cannot be read."""
     from transformers import SegformerModel
     from transformers.utils import logging as hf_logging
 
-    where = kwargs.pop("checkpoint_name", source)
+    where = where or source
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -130,7 +136,7 @@ def _pretrained_segformer(variant: str, source, **kwargs):
         hf_logging.enable_progress_bar()
 
 
-_MMSEG_MIT = re.compile(r"^(?:backbone\.)?layers\.(\d+)\.(.*)$")  # MMSegmentation's MixVisionTransformer names
+_MMSEG_MIT = re.compile(r"^layers\.(\d+)\.(.*)$")  # MMSegmentation's MixVisionTransformer names
 # MMSeg's names inside one stage -> the hub's (transformers' SegformerModel checkpoints), {j}: the block
 _MMSEG_MIT_PARTS = (
     (r"0\.projection\.(weight|bias)", "patch_embeddings.{i}.proj.{0}"),
@@ -152,10 +158,11 @@ def _from_mmseg_mit(state: dict[str, Tensor]) -> dict[str, Tensor]:
     bare or under ``backbone.``) under the hub's Segformer names: attention's packed
     ``in_proj`` split into query, key and value, 1x1-conv FFN weights as linear ones. Other
     tensors (a decode head's) are left out; a state dict of another layout is returned as it is."""
-    if not any(_MMSEG_MIT.match(key) for key in state):
+    encoder = _mmseg_encoder(state)
+    if not any(_MMSEG_MIT.match(key) for key in encoder):
         return state
     converted = {}
-    for key, value in state.items():
+    for key, value in encoder.items():
         found = _MMSEG_MIT.match(key)
         if found is None:
             continue
@@ -177,12 +184,6 @@ def _from_mmseg_mit(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return converted
 
 
-def _mismatch(entry) -> str:
-    """A ``transformers`` mismatched key, (name, file shape, model shape), as the error names it."""
-    name, found, expected = entry if isinstance(entry, tuple) else (entry, "?", "?")
-    return f"{name} {tuple(found)} for {tuple(expected)}"
-
-
 def _segformer_checkpoint(variant: str, path: Path, config, strict: bool):
     """(encoder, ``WeightsReport``) from a ``transformers`` folder or a state dict file."""
     if path.is_dir():
@@ -190,12 +191,10 @@ def _segformer_checkpoint(variant: str, path: Path, config, strict: bool):
                                            ignore_mismatched_sizes=True)
     else:
         state = _from_mmseg_mit(read_state_dict(path))
-        body, info = _pretrained_segformer(variant, None, config=config, state_dict=state, output_loading_info=True,
-                                           ignore_mismatched_sizes=True,
-                                           checkpoint_name=str(path))
-    if info.get("mismatched_keys"):
-        raise InputError(f"backbone {variant!r}: checkpoint {path} has {len(info['mismatched_keys'])} tensors of the "
-                         f"wrong shape (first: {', '.join(_mismatch(k) for k in list(info['mismatched_keys'])[:3])})")
+        body, info = _pretrained_segformer(variant, None, str(path), config=config, state_dict=state,
+                                           output_loading_info=True, ignore_mismatched_sizes=True)
+    if info.get("mismatched_keys"):  # (name, file shape, model shape)
+        raise wrong_shapes_error(variant, str(path), list(info["mismatched_keys"]))
     missing = tuple(sorted(info["missing_keys"]))
     report = WeightsReport(str(path), len(body.state_dict()) - len(missing), missing, tuple(sorted(info["unexpected_keys"])))
     return body, check_complete(report, variant, strict)

@@ -73,14 +73,20 @@ def load_state_dict_whole(module: nn.Module, state: dict[str, Tensor], source: s
     """Load the tensors of ``state`` whose names and shapes ``module`` has; ``InputError`` when a
     name matches with another shape, or as ``check_complete`` says."""
     own = module.state_dict()
-    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    wrong = [(k, v.shape, own[k].shape) for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
-        raise InputError(f"backbone {name!r}: checkpoint {source} has {len(wrong)} tensors of the wrong shape "
-                         f"(first: {', '.join(f'{k} {tuple(state[k].shape)} for {tuple(own[k].shape)}' for k in wrong[:_SHOWN])})")
+        raise wrong_shapes_error(name, source, wrong)
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     report = WeightsReport(source, sum(k in own for k in state), tuple(k for k in own if k not in state),
                            tuple(k for k in state if k not in own))
     return check_complete(report, name, strict, first_in_file=tuple(state)[:_SHOWN])
+
+
+def wrong_shapes_error(name: str, source: str, wrong: list[tuple]) -> InputError:
+    """The error for tensors of ``source`` whose shapes differ from the encoder's: (tensor name,
+    shape in the file, shape in the encoder) each; the count and the first named."""
+    first = ", ".join(f"{key} {tuple(found)} for {tuple(expected)}" for key, found, expected in wrong[:_SHOWN])
+    return InputError(f"backbone {name!r}: checkpoint {source} has {len(wrong)} tensors of the wrong shape (first: {first})")
 
 
 def check_complete(report: WeightsReport, name: str, strict: bool, first_in_file: tuple[str, ...] = ()) -> WeightsReport:

@@ -326,9 +326,8 @@ def _grid(args: argparse.Namespace) -> int:
               f"{r.retries} retries on lost workers"
               + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else ""))
         for cfg in cells:
-            protocols = "; ".join([cfg.eval.describe()] + [f"{n}: {cfg.eval.protocol(n).describe()}" for n in cfg.eval.extra])
             print(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}\n"
-                  f"      eval: {protocols}\n      weights: {describe_weights(cfg.model.backbone_kwargs)}")
+                  f"      eval: {cfg.eval.describe_all()}\n      weights: {describe_weights(cfg.model.backbone_kwargs)}")
         return 0
     if args.validate_data:
         from harness.data.validate import validate_registered

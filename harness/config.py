@@ -173,6 +173,10 @@ class EvalConfig:
         views = "" if self.scales == [1.0] else f", scales {'/'.join(f'{s:g}' for s in self.scales)}"
         return f"{window}, {size}{views}{', flip' if self.flip else ''}"
 
+    def describe_all(self) -> str:
+        """This protocol and each ``extra`` one by name, as the dry run and a cell's log list them."""
+        return "; ".join([self.describe()] + [f"{name}: {self.protocol(name).describe()}" for name in self.extra])
+
 
 @dataclass
 class RunConfig:

@@ -256,7 +256,7 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[dict 
         f"({len(train_records)} train / {len(val_records)} val), {t.iters} iters on {device}"
         + (f" x {context.world_size} workers" if context.world_size > 1 else "")
         + (f", resumed at iteration {trainer.iteration}" if resumed is not None else "")
-        + f"; evaluated {cfg.eval.describe()}" + "".join(f"; {n}: {cfg.eval.protocol(n).describe()}" for n in cfg.eval.extra))
+        + f"; evaluated {cfg.eval.describe_all()}")
     trained = trainer.train()
     losses = [row for row in trained.history if "loss/total" in row]
     for row in losses[:: max(1, len(losses) // 10)] + losses[-1:]:

@@ -66,7 +66,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     unused = [key for key in custom if not any(key in name for name, _ in model.named_parameters())]
     if unused:
         raise InputError(f"train.param_groups.{unused[0]}: matches no parameter name of this model "
-                         f"(names look like {next(iter(dict(model.named_parameters())))!r})")
+                         f"(names look like {next(model.named_parameters())[0]!r})")
     grouped: dict[tuple[float, float], list[Tensor]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
