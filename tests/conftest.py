@@ -69,8 +69,8 @@ def logged_cells(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     from harness.config import RunConfig, apply_overrides
-    from harness.results import to_json
-    from harness.run import run_cell, state_dict_bytes
+    from harness.engine import run_cell
+    from harness.modeling import state_dict_bytes
     from harness.tracking import log_cell
 
     folder = tmp_path_factory.mktemp("cells")
@@ -82,7 +82,7 @@ def logged_cells(tmp_path_factory):
         results.append(result)
         weights.append(state_dict_bytes(model))
     jsonl = folder / "results.jsonl"
-    jsonl.write_text("".join(to_json(r, indent=None) + "\n" for r in results))
+    jsonl.write_text("".join(r.to_json(indent=None) + "\n" for r in results))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
     parent = client.create_run(client.create_experiment("checked"), tags={"mlflow.runName": "checked"}).info.run_id

@@ -10,7 +10,7 @@ from backbones import build_backbone, build_neck
 from harness.config import RunConfig, apply_overrides, config_hash
 from harness.errors import InputError
 from harness.measure import count_parameters
-from harness.run import build_segmentor
+from harness.modeling import build_segmentor
 
 _TINY = ["model.backbone=test_convnext", "model.embed_dim=16"]
 

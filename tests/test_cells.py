@@ -7,18 +7,18 @@ import copy
 import pytest
 import yaml
 
-from harness.cells import Cell, baseline, configurations
+from harness.report import baseline, Cell, configurations
 from harness.check import check
 from harness.grid import comparison_table
-from harness.reference import load_reference
+from harness.check import load_reference
 from harness.report import summarise
 
 
 def _placed(result: dict, classifier: str, neck: str) -> dict:
     """``result`` as if its cell had run ``classifier`` on ``neck`` (tags and config agree)."""
     moved = copy.deepcopy(result)
-    moved["tags"].update(classifier=classifier, neck=neck)
-    moved["config"]["model"].update(classifier=classifier, neck=neck)
+    moved.tags.update(classifier=classifier, neck=neck)
+    moved.config["model"].update(classifier=classifier, neck=neck)
     return moved
 
 
@@ -35,7 +35,7 @@ def test_ece_on_stages_is_compared_with_softmax_on_the_neck_the_grid_has(table1,
     configs = configurations(cells)
     ece = next(c for c in configs if c.classifier == "ece")
     assert baseline(ece, configs).neck == "deeplabv3plus"
-    gap = table1[2]["metrics"]["mIoU"] - table1[0]["metrics"]["mIoU"]  # seed 0 against seed 0
+    gap = table1[2].metrics["mIoU"] - table1[0].metrics["mIoU"]  # seed 0 against seed 0
 
     rows = {r["classifier"]: r for r in summarise(cells)}
     assert rows["ece"]["baseline"] == "softmax on deeplabv3plus" and rows["ece"]["paired_seeds"] == 1
@@ -55,9 +55,9 @@ def test_ece_on_stages_is_compared_with_softmax_on_the_neck_the_grid_has(table1,
 
 def test_a_same_neck_softmax_wins_and_otherwise_the_closest_configuration(table1):
     same_neck = _placed(table1[0], "softmax", "stages")
-    same_neck["config"]["train"]["lr"] = 0.5  # one setting apart from ece's cell, on ece's neck
+    same_neck.config["train"]["lr"] = 0.5  # one setting apart from ece's cell, on ece's neck
     other = copy.deepcopy(table1[1])
-    other["config"]["train"]["iters"] = 7  # another softmax configuration on deeplabv3plus, further off
+    other.config["train"]["iters"] = 7  # another softmax configuration on deeplabv3plus, further off
     cells = [Cell.from_result(r, order) for order, r in enumerate([*table1, same_neck, other])]
     configs = configurations(cells)
     ece = next(c for c in configs if c.classifier == "ece")

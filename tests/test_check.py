@@ -15,17 +15,17 @@ def _reference(folder, expect, select=None):
 
 def test_check_passes_within_tolerance_and_averages_seeds(logged_cells, capsys):
     folder, jsonl, uri, results, _ = logged_cells
-    mean = statistics.fmean(r["metrics"]["mIoU"] for r in results[:2])
+    mean = statistics.fmean(r.metrics["mIoU"] for r in results[:2])
     # the partner of {query, seed 0} is {softmax, seed 0}: the same select, classifier replaced
-    ratio = results[2]["metrics"]["latency/bs1/p50_ms"] / results[0]["metrics"]["latency/bs1/p50_ms"]
-    ref = _reference(folder, [["mIoU", mean, 0.001], ["params/head", results[0]["metrics"]["params/head"], 0]])
+    ratio = results[2].metrics["latency/bs1/p50_ms"] / results[0].metrics["latency/bs1/p50_ms"]
+    ref = _reference(folder, [["mIoU", mean, 0.001], ["params/head", results[0].metrics["params/head"], 0]])
     assert main(["check", str(ref), "--results", str(jsonl)]) == 0
     assert main(["check", str(ref), "--experiment", "checked", "--tracking-uri", uri]) == 0
     assert "2 of 2 expectations hold" in capsys.readouterr().out
     ratio_ref = _reference(folder, [["latency/bs1/p50_ms / softmax", ratio, "0.1%"]],
                            {"classifier": "query", "seed": 0})
     assert main(["check", str(ratio_ref), "--results", str(jsonl)]) == 0
-    gap = results[2]["metrics"]["mIoU"] - results[0]["metrics"]["mIoU"]
+    gap = results[2].metrics["mIoU"] - results[0].metrics["mIoU"]
     for bound, code in ((gap - 0.01, 0), (gap + 0.01, 1)):
         gap_ref = _reference(folder, [["mIoU - softmax", ">=", bound]], {"classifier": "query", "seed": 0})
         assert main(["check", str(gap_ref), "--results", str(jsonl)]) == code
@@ -33,7 +33,7 @@ def test_check_passes_within_tolerance_and_averages_seeds(logged_cells, capsys):
 
 def test_check_fails_with_exit_1_when_a_reference_is_tightened_past_the_measured_value(logged_cells, capsys):
     folder, jsonl, uri, results, _ = logged_cells
-    mean = statistics.fmean(r["metrics"]["mIoU"] for r in results[:2])
+    mean = statistics.fmean(r.metrics["mIoU"] for r in results[:2])
     ref = _reference(folder, [["mIoU", ">=", mean + 0.01], ["params/head", 1, 0]])
     assert main(["check", str(ref), "--experiment", "checked", "--tracking-uri", uri]) == 1
     out = capsys.readouterr().out

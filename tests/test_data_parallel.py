@@ -16,7 +16,8 @@ from harness.config import RunConfig, apply_overrides, config_hash
 from harness.engine import LocalContext, WorkerContext
 from harness.engine.launch import launch
 from harness.grid import load_grid, run_grid
-from harness.run import build_segmentor, resolve_classifier, run_cell, seed_everything, train_cell
+from harness.engine import run_cell, seed_everything, train_cell
+from harness.modeling import build_segmentor, resolve_classifier
 
 _HEADS = ["softmax", "protoseg", "ssa", "ece"]
 _CELL = ["model.backbone=test_convnext", "model.embed_dim=16", "data.image_size=32", "data.batch_size=4",
@@ -94,7 +95,7 @@ def test_a_worker_killed_after_a_checkpoint_restarts_there_and_ends_with_the_uni
     cell.join(timeout=600)
     assert killed is not None
     result, restarted = box["out"]
-    assert result["environment"]["engine"]["resumed_at"] in (10, 20, 30)
+    assert result.environment["engine"]["resumed_at"] in (10, 20, 30)
     _, uninterrupted = train_cell(apply_overrides(cfg, ["train.accumulate=2"]), LocalContext(_CPU))
     for name, value in _learned(uninterrupted.state_dict()).items():
         torch.testing.assert_close(restarted.state_dict()[name], value, rtol=0, atol=1e-5, msg=name)
@@ -106,19 +107,19 @@ def test_a_grid_of_two_worker_cells_records_each_run_and_a_non_finite_loss_once(
                                 train={"iters": 20, "checkpoint_period": 10},
                                 classifier_overrides={"query": {"train": {"lr": 1.0e+30}}}))  # inf/NaN loss
     outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
-    by = {r["tags"]["classifier"]: r for r in outcome.results}
+    by = {r.tags["classifier"]: r for r in outcome.results}
     finished, failed = by["softmax"], by["query"]
-    assert finished["status"] == "FINISHED" and "latency/bs1/p50_ms" in finished["metrics"]
-    assert finished["environment"]["engine"] == {"workers": 2, "accumulate": 1, "micro_batch": 2, "precision": "fp32",
+    assert finished.status == "FINISHED" and "latency/bs1/p50_ms" in finished.metrics
+    assert finished.environment["engine"] == {"workers": 2, "accumulate": 1, "micro_batch": 2, "precision": "fp32",
                                                  "sync_bn": False, "resumed_at": 0}
-    run = tmp_path / "checkpoints" / finished["config_hash"]  # Ray Train's run, named by the cell
+    run = tmp_path / "checkpoints" / finished.config_hash  # Ray Train's run, named by the cell
     assert sorted(p.name for p in run.glob("checkpoint_0*")) == ["checkpoint_00000010", "checkpoint_00000020"]
     assert sorted(p.name for p in (run / "checkpoint_00000010").iterdir()) == ["rng-rank0.pt", "rng-rank1.pt",
                                                                                "state.pt"]
-    assert failed["status"] == "FAILED" and failed["error"].startswith("NonFiniteLossError: non-finite loss at iteration")
-    assert failed["failed_at_iteration"] is not None and "harness/engine/hooks.py" in failed["traceback"]
+    assert failed.status == "FAILED" and failed.error.startswith("NonFiniteLossError: non-finite loss at iteration")
+    assert failed.failed_at_iteration is not None and "harness/engine/hooks.py" in failed.traceback
     # its run ends in a failed_<iteration> checkpoint, which makes a later launch of the cell start over
-    (failed_folder,) = (tmp_path / "checkpoints" / failed["config_hash"]).glob("failed_*")
+    (failed_folder,) = (tmp_path / "checkpoints" / failed.config_hash).glob("failed_*")
     assert failed_folder.name == f"failed_{failed['failed_at_iteration']:08d}"
     runs, parents = children(uri, "parallel")
     assert sorted((r.data.tags["classifier"], r.info.status) for r in runs) == [("query", "FAILED"),

@@ -20,7 +20,7 @@ from detectron2.data.datasets import load_sem_seg as d2_load_sem_seg  # noqa: E4
 from detectron2.evaluation import SemSegEvaluator as D2SemSegEvaluator  # noqa: E402
 
 from harness.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from harness.metrics import SemSegEvaluator  # noqa: E402
+from harness.evaluation import SemSegEvaluator  # noqa: E402
 
 # The splits detectron2 registers itself that segheads has built in too.
 SHARED_SPLITS = ("ade20k_sem_seg_train", "ade20k_sem_seg_val", "cityscapes_fine_sem_seg_train",

@@ -8,7 +8,7 @@ from classifiers.ece import (ClassUpdater, FeatureReconstruction, GhostUpsample,
                             pooling_sizes)
 from harness.config import RunConfig, apply_overrides
 from harness.errors import InputError
-from harness.run import build_segmentor
+from harness.modeling import build_segmentor
 
 
 def _features(batch=2, dim=32, finest=12, stages=4):

@@ -13,6 +13,7 @@ from classifiers.protoseg import ProtoSegClassifier
 from harness.config import config_hash, flatten, to_dict
 from harness.errors import InputError
 from harness.grid import expand, load_grid, run_grid
+from harness.results import CellResult
 
 
 
@@ -89,18 +90,18 @@ def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_gr
                  train={"iters": 150}, resources={"cpus": 1, "gpus": 0.5},  # long enough to overlap
                  classifier_overrides={"protoseg": {"train": {"lr": 1.0e+30}}})
     outcome = run_grid(load_grid(path), uri, results_path=tmp_path / "results.jsonl", log=lambda m: None)
-    by_classifier = {r["tags"]["classifier"]: r for r in outcome.results}
+    by_classifier = {r.tags["classifier"]: r for r in outcome.results}
     failed = by_classifier.pop("protoseg")
-    assert failed["status"] == "FAILED" and "non-finite loss at iteration" in failed["error"]
-    assert failed["failed_at_iteration"] >= 1 and "NonFiniteLossError" in failed["traceback"]
-    assert all(r["status"] == "FINISHED" and "latency/bs1/p50_ms" in r["metrics"] for r in by_classifier.values())
-    placements = [r["environment"]["ray"] for r in outcome.results]
+    assert failed.status == "FAILED" and "non-finite loss at iteration" in failed.error
+    assert failed.failed_at_iteration >= 1 and "NonFiniteLossError" in failed.traceback
+    assert all(r.status == "FINISHED" and "latency/bs1/p50_ms" in r.metrics for r in by_classifier.values())
+    placements = [r.environment["ray"] for r in outcome.results]
     assert {tuple(p["gpu_ids"]) for p in placements} == {("0",)}  # every cell on the one GPU
     events = sorted([(p["started"], 1) for p in placements] + [(p["ended"], -1) for p in placements])
     running = [sum(step for _, step in events[: i + 1]) for i in range(len(events))]
     assert max(running) == 2  # two 0.5-GPU cells at once, never more
-    timed = {c: r["measurement"]["node"] for c, r in by_classifier.items()}
-    busy = [(p["node_id"], p["started"], p["ended"], ("train", r["tags"]["classifier"]))
+    timed = {c: r.measurement["node"] for c, r in by_classifier.items()}
+    busy = [(p["node_id"], p["started"], p["ended"], ("train", r.tags["classifier"]))
             for r, p in zip(outcome.results, placements)]
     busy += [(m["node_id"], m["started"], m["ended"], ("measure", c)) for c, m in timed.items()]
     for classifier, m in timed.items():  # each measurement held the whole node and nothing else ran there meanwhile
@@ -112,9 +113,9 @@ def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_gr
     statuses = sorted((r.data.tags["classifier"], r.info.status) for r in runs)
     assert statuses == [("protoseg", "FAILED"), ("query", "FINISHED"), ("softmax", "FINISHED"), ("ssa", "FINISHED")]
     assert "non-finite loss" in next(r for r in runs if r.info.status == "FAILED").data.tags["error"]
-    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    lines = [CellResult.from_json(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     # a line when each cell trained (or failed), a second when a trained cell was measured
-    assert sorted((r["status"], r["measurement"] is not None) for r in lines) == [
+    assert sorted((r.status, r.measurement is not None) for r in lines) == [
         ("FAILED", False)] + [("FINISHED", False)] * 3 + [("FINISHED", True)] * 3
 
 
@@ -124,7 +125,7 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(ray_cluster, tmp_path):
     assert run_grid(first, uri, results_path=results, log=lambda m: None).ran == 1
     grown = load_grid(write_spec(tmp_path, "grow", classifiers=["softmax", "query"]))
     outcome = run_grid(grown, uri, results_path=results, log=lambda m: None)
-    assert outcome.ran == 1 and [r["status"] for r in outcome.results] == ["FINISHED", "FINISHED"]
+    assert outcome.ran == 1 and [r.status for r in outcome.results] == ["FINISHED", "FINISHED"]
     assert_finished_once(uri, "grow", expand(grown), results)
     assert len(results.read_text().splitlines()) == 4  # each cell trained, then measured
     assert run_grid(grown, uri, results_path=results, log=lambda m: None).ran == 0
@@ -132,7 +133,7 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(ray_cluster, tmp_path):
     # the report of this real grid: one row per cell, the delta over softmax, plots
     assert main(["report", "--parent", outcome.parent_run_id, "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     rows = {r["classifier"]: r for r in csv.DictReader(open(tmp_path / "r" / "results.csv"))}
-    miou = {r["tags"]["classifier"]: r["metrics"]["mIoU"] for r in outcome.results}
+    miou = {r.tags["classifier"]: r.metrics["mIoU"] for r in outcome.results}
     assert sorted(rows) == ["query", "softmax"]
     assert float(rows["query"]["delta_vs_softmax"]) == pytest.approx(miou["query"] - miou["softmax"])
     assert rows["query"]["delta_ci_low"] != "" and (tmp_path / "r" / "miou_vs_latency.png").stat().st_size > 2000
@@ -146,7 +147,8 @@ def test_a_finished_cell_keeps_its_weights_and_predict_and_measure_use_them(ray_
     from PIL import Image
 
     from harness.data import DatasetCatalog, SemSegMapper
-    from harness.predict import class_colors, colorize, load_run, predict_labels
+    from harness.evaluation import class_colors, colorize, predict_labels
+    from harness.tracking import load_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = load_grid(write_spec(tmp_path, "kept", classifiers=["protoseg"]))

@@ -80,8 +80,8 @@ def test_cells_start_as_nodes_join_on_a_head_without_cpus_or_the_dataset(tmp_pat
     finally:
         cluster.shutdown()
     cells = read_results(results)
-    assert [r["status"] for r in cells.values()] == ["FINISHED"] * 2
-    placements = [r["environment"]["ray"] for r in cells.values()]
+    assert [r.status for r in cells.values()] == ["FINISHED"] * 2
+    placements = [r.environment["ray"] for r in cells.values()]
     assert {p["node_id"] for p in placements} == {first.node_id, second.node_id}
     assert _overlap(placements) == 2
     assert any(p["node_id"] == second.node_id and p["started"] >= joined for p in placements)
@@ -142,7 +142,7 @@ def test_a_cell_is_live_in_mlflow_and_a_killed_driver_loses_neither_its_rows_nor
 
     def trained_and_checkpointed() -> bool:
         line = read_results(results).get(softmax)
-        return (line is not None and line["measurement"] is None
+        return (line is not None and line.measurement is None
                 and (storage / query / checkpoint.folder_name(100)).is_dir())
 
     _wait(lambda: driver.poll() is not None or trained_and_checkpointed(), "softmax trained and query checkpointed")
@@ -160,10 +160,10 @@ def test_a_cell_is_live_in_mlflow_and_a_killed_driver_loses_neither_its_rows_nor
 
     outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
     assert outcome.ran_hashes == [query]  # softmax: measured, not trained again
-    by_hash = {r["config_hash"]: r for r in outcome.results}
-    assert by_hash[softmax]["measurement"] is not None
-    assert by_hash[softmax]["metrics"]["train/seconds"] == kept.data.metrics["train/seconds"]
-    assert by_hash[query]["environment"]["engine"]["resumed_at"] == resumed_from >= 100
+    by_hash = {r.config_hash: r for r in outcome.results}
+    assert by_hash[softmax].measurement is not None
+    assert by_hash[softmax].metrics["train/seconds"] == kept.data.metrics["train/seconds"]
+    assert by_hash[query].environment["engine"]["resumed_at"] == resumed_from >= 100
     after = {r.data.tags["config_hash"]: r for r in children(uri, "live")[0]}
     assert len(after) == 2 and after[softmax].info.run_id == kept.info.run_id
     assert after[query].info.run_id == seen["run_id"] and after[query].info.status == "FINISHED"

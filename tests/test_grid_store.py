@@ -98,8 +98,8 @@ def test_new_measure_settings_re_measure_finished_cells_from_their_weights_witho
         assert yaml.safe_load(read_artifact(run.info.run_id, "config.yaml", uri))["measure"]["batch_sizes"] == [1, 2]
         assert not any(key.startswith("measure.") for key in run.data.params)  # params never go stale
         line = lines[digest]
-        assert line["measurement"]["settings"]["batch_sizes"] == [1, 2] and "latency/bs2/p50_ms" in line["metrics"]
-        assert line["metrics"]["train/seconds"] == before[digest].data.metrics["train/seconds"]
+        assert line.measurement["settings"]["batch_sizes"] == [1, 2] and "latency/bs2/p50_ms" in line.metrics
+        assert line.metrics["train/seconds"] == before[digest].data.metrics["train/seconds"]
     assert run_grid(spec, uri, results_path=results, **_QUIET).ran == 0
     assert len(results.read_text().splitlines()) == 6  # two trained, measured, measured again; nothing more
 

@@ -13,8 +13,8 @@ from harness.errors import InputError
 from harness.measure import (
     count_flops, count_parameters, machine_matmul_gflops, measure_latency, measure_model, pinned_threads,
 )
-from harness.reference import load_reference
-from harness.run import build_segmentor
+from harness.check import load_reference
+from harness.modeling import build_segmentor
 
 REFERENCES = Path(__file__).resolve().parents[1] / "jobs" / "reference"
 CPU = torch.device("cpu")

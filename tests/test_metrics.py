@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.metrics import SemSegEvaluator
+from harness.evaluation import SemSegEvaluator
 
 
 def test_hand_computed_confusion_with_ignore_pixels():
@@ -63,7 +63,7 @@ def test_rejects_out_of_range_or_mismatched_maps(pred, gt, message):
 def test_per_image_counts_add_up_to_the_dataset_totals():
     import numpy as np
 
-    from harness.metrics import SemSegEvaluator
+    from harness.evaluation import SemSegEvaluator
 
     rng = np.random.default_rng(0)
     evaluator = SemSegEvaluator(4, ignore_label=255)

@@ -80,7 +80,7 @@ _READ_BACK = """
 import json
 from harness.data import DatasetCatalog, MetadataCatalog
 from harness.data.sem_seg import read_sem_seg
-from harness.run import dataset_splits
+from harness.data import dataset_splits
 import numpy as np
 out = {}
 for dataset in ("ade20k_sem_seg", "cityscapes_fine_sem_seg", "coco_stuff_164k_sem_seg", "coco_stuff_10k_sem_seg",

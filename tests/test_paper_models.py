@@ -9,8 +9,8 @@ import torch
 
 from harness.config import RunConfig, apply_overrides
 from harness.measure import count_flops, count_parameters
-from harness.reference import load_reference
-from harness.run import build_segmentor
+from harness.check import load_reference
+from harness.modeling import build_segmentor
 
 _PAPERS = Path(__file__).resolve().parents[1] / "jobs" / "reference" / "papers"
 _MODEL_KEYS = ("backbone", "neck", "classifier", "num_classes", "embed_dim", "image_size")

@@ -7,8 +7,8 @@ import pytest
 
 from harness.cli import main
 from harness.grid import expand, load_grid
-from harness.reference import load_reference
-from harness.run import cell_tags
+from harness.check import load_reference
+from harness.engine import cell_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 _SPECS = sorted((ROOT / "jobs" / "papers").glob("*.yaml"))
@@ -75,9 +75,9 @@ def test_paper_param_groups_name_parameters_of_their_models(spec):
 
     import torch
 
-    from harness.engine import build_optimizer
-    from harness.pretrain import INITIAL_WEIGHTS, without_checkpoint
-    from harness.run import build_segmentor
+    from harness.solver import build_optimizer
+    from harness.modeling import INITIAL_WEIGHTS, without_checkpoint
+    from harness.modeling import build_segmentor
 
     seen = set()
     for cfg in expand(load_grid(spec)):

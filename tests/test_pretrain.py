@@ -12,8 +12,8 @@ from backbones import build_backbone
 from harness.config import RunConfig, apply_overrides
 from harness.data.digits import digit_pools, make_digit_crop
 from harness.errors import InputError
-from harness.pretrain import ensure_digits_backbone, resolve_backbone_kwargs, uncached_builtin_weights
-from harness.run import build_segmentor, load_segmentor
+from harness.modeling import ensure_digits_backbone, resolve_backbone_kwargs, uncached_builtin_weights
+from harness.modeling import build_segmentor, load_segmentor
 
 _STEPS = 40
 

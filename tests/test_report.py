@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.report import _pareto, bootstrap_delta
+from harness.report import bootstrap_delta
+from harness.report.figures import _pareto
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -28,16 +29,16 @@ def test_report_tables_deltas_and_plots(logged_cells, tmp_path, source, capsys):
     assert main(["report", *chosen, "--tracking-uri", uri, "--out", str(out)]) == 0
     rows = {r["classifier"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert sorted(rows) == ["query", "softmax"]  # one row per backbone x classifier
-    softmax = [r["metrics"]["mIoU"] for r in results[:2]]
+    softmax = [r.metrics["mIoU"] for r in results[:2]]
     assert float(rows["softmax"]["mIoU"]) == pytest.approx(statistics.fmean(softmax))
     assert float(rows["softmax"]["mIoU_std"]) == pytest.approx(statistics.stdev(softmax))
     assert rows["softmax"]["seeds"] == "2" and rows["softmax"]["delta_vs_softmax"] == ""
     # query ran seed 0 only: compared with softmax's seed 0, not with the mean of softmax's two seeds
-    expected_delta = results[2]["metrics"]["mIoU"] - results[0]["metrics"]["mIoU"]
+    expected_delta = results[2].metrics["mIoU"] - results[0].metrics["mIoU"]
     assert float(rows["query"]["delta_vs_softmax"]) == pytest.approx(expected_delta)
     assert rows["query"]["baseline"] == "softmax" and rows["query"]["paired_seeds"] == "1"
     assert rows["softmax"]["configuration"] == "softmax" and rows["softmax"]["baseline"] == ""
-    assert float(rows["query"]["latency_p50_ms"]) == pytest.approx(results[2]["metrics"]["latency/bs1/p50_ms"])
+    assert float(rows["query"]["latency_p50_ms"]) == pytest.approx(results[2].metrics["latency/bs1/p50_ms"])
     for name in ("miou_vs_latency.png", "miou_vs_gflops.png", "head_params.png", "per_class_iou.png", "predictions.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 2000
@@ -167,7 +168,7 @@ def test_vocabulary_scaling_costs_grow_with_classes_and_protoseg_has_no_class_we
 def test_per_image_iou_counts_the_classes_in_truth_or_prediction_and_skips_ignored_pixels():
     import numpy as np
 
-    from harness.predict import image_iou
+    from harness.evaluation import image_iou
 
     truth = np.array([[0, 0, 1, 1], [2, 2, 255, 255]])
     prediction = np.array([[0, 1, 1, 1], [2, 3, 0, 3]])
@@ -180,11 +181,11 @@ def test_predictions_panel_shows_the_same_seeded_images_for_every_head(logged_ce
 
     from PIL import Image
 
-    from harness.cells import configurations
-    from harness.report import cells_from_mlflow, prediction_panels
+    from harness.report import configurations
+    from harness.report import prediction_panels, read_cells
 
     _, _, uri, _, _ = logged_cells
-    _, cells = cells_from_mlflow("checked", tracking_uri=uri)
+    _, cells = read_cells(experiment="checked", tracking_uri=uri, per_image=True)
     panels, notes = prediction_panels(configurations(cells), uri, count=3)
     again, _ = prediction_panels(configurations(cells), uri, count=3)
     assert list(panels) == ["predictions.png"] and notes == [] and panels == again

@@ -10,9 +10,11 @@ from torch.overrides import TorchFunctionMode
 from classifiers import ClassifierOutput, PixelClassifier, register_classifier
 from harness.config import RunConfig, TrainConfig, apply_overrides
 from harness.data import AugmentConfig, DatasetCatalog, SemSegMapper, build_train_loader
-from harness.engine import LocalContext, MetricsHook, NonFiniteLossError, Trainer, checkpoint, lr_factor
+from harness.engine import checkpoint, LocalContext, MetricsHook, NonFiniteLossError, Trainer
+from harness.solver import lr_factor
 from harness.errors import InputError
-from harness.run import build_segmentor, resolve_sync_bn, seed_everything, train_cell
+from harness.engine import resolve_sync_bn, seed_everything, train_cell
+from harness.modeling import build_segmentor
 
 _TINY = ["model.backbone=test_convnext", "model.embed_dim=32", "data.image_size=48", "train.warmup_iters=5",
          "data.num_workers=0", "measure.enabled=false", "train.threads=2"]
@@ -124,11 +126,11 @@ def test_a_cell_resumed_from_its_checkpoint_ends_with_the_uninterrupted_weights(
     assert (whole / "checkpoint_00000006" / "rng-rank0.pt").is_file()
     shutil.copytree(whole / "checkpoint_00000006", interrupted / "checkpoint_00000006")
     resumed, again = train_cell(cfg, LocalContext(_CPU, interrupted, resume=True))
-    assert resumed["environment"]["engine"]["resumed_at"] == 6
+    assert resumed.environment["engine"]["resumed_at"] == 6
     for name, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[name]), name
-    assert resumed["history"] == result["history"]
-    assert resumed["metrics"]["mIoU"] == result["metrics"]["mIoU"]
+    assert resumed.history == result.history
+    assert resumed.metrics["mIoU"] == result.metrics["mIoU"]
     final = checkpoint.read(checkpoint.latest(interrupted), 0)
     assert final["iteration"] == 8 and set(final) >= {"model", "optimizer", "scheduler", "scaler", "history"}
 
@@ -152,7 +154,7 @@ def test_periodic_evaluation_adds_validation_columns_to_the_history():
     cfg = apply_overrides(RunConfig(), _TINY + ["train.iters=6", "train.log_period=2", "train.eval_period=4",
                                                 "data.batch_size=4", "data.eval_batch_size=50"])
     result, _ = train_cell(cfg, LocalContext(_CPU))
-    rows = {row["iteration"]: row for row in result["history"]}
+    rows = {row["iteration"]: row for row in result.history}
     assert sorted(rows) == [2, 4, 6]
     assert 0 <= rows[4]["val/mIoU"] <= 100 and "loss/total" in rows[4]  # the same row as the period's losses
     assert not any(k.startswith("val/") for k in {**rows[2], **rows[6]})  # the end is the cell's own evaluation

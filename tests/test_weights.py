@@ -9,7 +9,7 @@ from backbones import build_backbone
 from harness.config import RunConfig, apply_overrides
 from harness.engine import LocalContext
 from harness.errors import InputError
-from harness.run import train_cell
+from harness.engine import train_cell
 
 # segheads name -> (timm model whose state dict is the checkpoint, kwargs of both)
 _TIMM = {"swin_t": ("swin_tiny_patch4_window7_224", {}), "resnet101_os8": ("resnet101c", {}),
@@ -125,7 +125,7 @@ def test_a_cells_params_say_what_its_weights_load_did(tmp_path, monkeypatch):
                                         "model.embed_dim=16", "data.num_workers=0", "data.image_size=32",
                                         "train.iters=1", "measure.enabled=false"])
     result, model = train_cell(cfg, LocalContext(torch.device("cpu")), log=lambda message: None)
-    engine = result["environment"]["engine"]
+    engine = result.environment["engine"]
     assert engine["backbone_weights"] == str(tmp_path / "store" / "resnet18_in1k.pth")
     assert engine["backbone_weights_loaded"] == str(len(model.backbone.body.state_dict()))
     assert engine["backbone_weights_missing"] == "0" and engine["backbone_weights_unexpected"] == "2"  # fc.weight, fc.bias

@@ -52,7 +52,7 @@ def _stride4_size(image_size: tuple[int, int]) -> tuple[int, int]:
     return math.ceil(image_size[0] / 4), math.ceil(image_size[1] / 4)
 
 
-def _conv_norm_act(cin: int, cout: int, kernel: int) -> nn.Sequential:
+def conv_norm_act(cin: int, cout: int, kernel: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
     )
@@ -71,7 +71,7 @@ class MLPNeck(nn.Module):
         super().__init__()
         self.strides = list(strides)
         self.project = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in in_channels)
-        self.fuse = _conv_norm_act(embed_dim * len(in_channels), embed_dim, 1)
+        self.fuse = conv_norm_act(embed_dim * len(in_channels), embed_dim, 1)
 
     def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
         pyramid = [proj(f) for proj, f in zip(self.project, feats)]
@@ -95,7 +95,7 @@ class FPNNeck(nn.Module):
         self.strides = list(strides)
         self.lateral = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(embed_dim, embed_dim, 3, padding=1) for _ in in_channels)
-        self.fuse = _conv_norm_act(embed_dim, embed_dim, 3)
+        self.fuse = conv_norm_act(embed_dim, embed_dim, 3)
 
     def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
         laterals = [lat(f) for lat, f in zip(self.lateral, feats)]
@@ -121,7 +121,7 @@ class HRNetConcatNeck(nn.Module):
     def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 256) -> None:
         super().__init__()
         self.strides = list(strides)
-        self.fuse = _conv_norm_act(sum(in_channels), embed_dim, 1)
+        self.fuse = conv_norm_act(sum(in_channels), embed_dim, 1)
 
     def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
         size = _stride4_size(image_size)

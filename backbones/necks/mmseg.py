@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from backbones.necks import HRNetConcatNeck, _conv_norm_act, register_neck
+from backbones.necks import HRNetConcatNeck, conv_norm_act, register_neck
 
 _DROPOUT = 0.1  # BaseDecodeHead's dropout_ratio, applied before conv_seg
 
@@ -60,8 +60,8 @@ class FCNNeck(nn.Module):
     def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 512, num_convs: int = 2) -> None:
         super().__init__()
         width = in_channels[-1]
-        self.convs = nn.Sequential(*(_conv_norm_act(width if i == 0 else embed_dim, embed_dim, 3) for i in range(num_convs)))
-        self.fuse = _conv_norm_act(width + embed_dim, embed_dim, 3)
+        self.convs = nn.Sequential(*(conv_norm_act(width if i == 0 else embed_dim, embed_dim, 3) for i in range(num_convs)))
+        self.fuse = conv_norm_act(width + embed_dim, embed_dim, 3)
         self.dropout = nn.Dropout2d(_DROPOUT)
 
     def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
@@ -79,12 +79,12 @@ class UperNetNeck(nn.Module):
     def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 512,
                  pool_scales: tuple[int, ...] = (1, 2, 3, 6)) -> None:
         super().__init__()
-        self.pools = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(scale), _conv_norm_act(in_channels[-1], embed_dim, 1))
+        self.pools = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(scale), conv_norm_act(in_channels[-1], embed_dim, 1))
                                    for scale in pool_scales)
-        self.bottleneck = _conv_norm_act(in_channels[-1] + len(pool_scales) * embed_dim, embed_dim, 3)
-        self.laterals = nn.ModuleList(_conv_norm_act(c, embed_dim, 1) for c in in_channels[:-1])
-        self.outputs = nn.ModuleList(_conv_norm_act(embed_dim, embed_dim, 3) for _ in in_channels[:-1])
-        self.fuse = _conv_norm_act(len(in_channels) * embed_dim, embed_dim, 3)
+        self.bottleneck = conv_norm_act(in_channels[-1] + len(pool_scales) * embed_dim, embed_dim, 3)
+        self.laterals = nn.ModuleList(conv_norm_act(c, embed_dim, 1) for c in in_channels[:-1])
+        self.outputs = nn.ModuleList(conv_norm_act(embed_dim, embed_dim, 3) for _ in in_channels[:-1])
+        self.fuse = conv_norm_act(len(in_channels) * embed_dim, embed_dim, 3)
         self.dropout = nn.Dropout2d(_DROPOUT)
 
     def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
@@ -113,8 +113,8 @@ class SegFormerNeck(nn.Module):
 
     def __init__(self, in_channels: list[int], strides: list[int], embed_dim: int = 768) -> None:
         super().__init__()
-        self.project = nn.ModuleList(_conv_norm_act(c, embed_dim, 1) for c in in_channels)
-        self.fuse = _conv_norm_act(len(in_channels) * embed_dim, embed_dim, 1)
+        self.project = nn.ModuleList(conv_norm_act(c, embed_dim, 1) for c in in_channels)
+        self.fuse = conv_norm_act(len(in_channels) * embed_dim, embed_dim, 1)
         self.dropout = nn.Dropout2d(_DROPOUT)
 
     def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
@@ -139,7 +139,7 @@ def _separable(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
     ReLU, then a pointwise 1x1 + BN + ReLU, both bias-free."""
     return nn.Sequential(
         nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False), nn.BatchNorm2d(cin),
-        nn.ReLU(inplace=True), _conv_norm_act(cin, cout, 1))
+        nn.ReLU(inplace=True), conv_norm_act(cin, cout, 1))
 
 
 @register_neck("deeplabv3plus")
@@ -155,10 +155,10 @@ class DeepLabV3PlusNeck(nn.Module):
                  dilations: tuple[int, ...] = (12, 24, 36), low_level_channels: int = 48) -> None:
         super().__init__()
         last = in_channels[-1]
-        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv_norm_act(last, embed_dim, 1))
-        self.branches = nn.ModuleList([_conv_norm_act(last, embed_dim, 1)] + [_separable(last, embed_dim, d) for d in dilations])
-        self.bottleneck = _conv_norm_act((len(dilations) + 2) * embed_dim, embed_dim, 3)
-        self.low_level = _conv_norm_act(in_channels[0], low_level_channels, 1)
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_norm_act(last, embed_dim, 1))
+        self.branches = nn.ModuleList([conv_norm_act(last, embed_dim, 1)] + [_separable(last, embed_dim, d) for d in dilations])
+        self.bottleneck = conv_norm_act((len(dilations) + 2) * embed_dim, embed_dim, 3)
+        self.low_level = conv_norm_act(in_channels[0], low_level_channels, 1)
         self.decoder = nn.Sequential(_separable(embed_dim + low_level_channels, embed_dim), _separable(embed_dim, embed_dim))
         self.dropout = nn.Dropout2d(_DROPOUT)
 
@@ -190,13 +190,13 @@ class OCRNeck(nn.Module):
                  ocr_channels: int = 256) -> None:
         super().__init__()
         width = sum(in_channels)
-        self.regions = nn.Sequential(_conv_norm_act(width, width, 1), nn.Conv2d(width, num_classes, 1))
-        self.bottleneck = _conv_norm_act(width, embed_dim, 3)
-        self.query = nn.Sequential(_conv_norm_act(embed_dim, ocr_channels, 1), _conv_norm_act(ocr_channels, ocr_channels, 1))
-        self.key = nn.Sequential(_conv_norm_act(embed_dim, ocr_channels, 1), _conv_norm_act(ocr_channels, ocr_channels, 1))
-        self.value = _conv_norm_act(embed_dim, ocr_channels, 1)
-        self.out = _conv_norm_act(ocr_channels, embed_dim, 1)
-        self.fuse = _conv_norm_act(2 * embed_dim, embed_dim, 1)
+        self.regions = nn.Sequential(conv_norm_act(width, width, 1), nn.Conv2d(width, num_classes, 1))
+        self.bottleneck = conv_norm_act(width, embed_dim, 3)
+        self.query = nn.Sequential(conv_norm_act(embed_dim, ocr_channels, 1), conv_norm_act(ocr_channels, ocr_channels, 1))
+        self.key = nn.Sequential(conv_norm_act(embed_dim, ocr_channels, 1), conv_norm_act(ocr_channels, ocr_channels, 1))
+        self.value = conv_norm_act(embed_dim, ocr_channels, 1)
+        self.out = conv_norm_act(ocr_channels, embed_dim, 1)
+        self.fuse = conv_norm_act(2 * embed_dim, embed_dim, 1)
 
     def forward(self, feats: list[Tensor], image_size: tuple[int, int]) -> Features:
         size = feats[0].shape[-2:]

@@ -5,6 +5,7 @@ from harness.data.builtin import register_sem_seg
 from harness.data.loader import DataParallelLayout, build_test_loader, build_train_loader, split_batch
 from harness.data.mapper import AugmentConfig, SemSegMapper
 from harness.data.sem_seg import load_sem_seg
+from harness.data.splits import dataset_splits, label_space
 
 __all__ = [
     "AugmentConfig",
@@ -15,6 +16,8 @@ __all__ = [
     "SemSegMapper",
     "build_test_loader",
     "build_train_loader",
+    "dataset_splits",
+    "label_space",
     "load_sem_seg",
     "register_sem_seg",
     "split_batch",

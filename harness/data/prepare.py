@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from harness.data.builtin import datasets_root
 from harness.data.classes import CITYSCAPES_ID_TO_TRAIN_ID, COCO_STUFF_171, PASCAL_CONTEXT_59
 from harness.errors import InputError
 
@@ -169,8 +170,6 @@ PREPARERS: dict[str, Callable[[Path, Callable], int]] = {
 
 def prepare(name: str, root: str | Path | None = None, log=print) -> int:
     """Convert dataset ``name`` under ``root`` (default ``$DETECTRON2_DATASETS``); files written."""
-    from harness.data.builtin import datasets_root
-
     if name not in PREPARERS:
         raise InputError(f"prepare-data: unknown dataset {name!r}; expected one of: {', '.join(PREPARERS)}")
     return PREPARERS[name](Path(root) if root is not None else datasets_root(), log)

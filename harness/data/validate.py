@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness.data.catalog import DatasetCatalog, MetadataCatalog
 from harness.data.sem_seg import pair_files, read_image, read_sem_seg
+from harness.data.splits import dataset_splits
 from harness.errors import InputError
 
 _PROGRESS_EVERY = 1000
@@ -66,7 +67,7 @@ def validate_folders(image_root: str | Path, gt_root: str | Path, num_classes: i
 
 def validate_registered(name: str, log=print) -> list[str]:
     """Every problem of a registered split, or of both splits of a dataset (``<name>_train``, ``<name>_val``)."""
-    from harness.run import dataset_splits
+
 
     splits = [name] if name in DatasetCatalog else list(dataset_splits(name).values())
     problems = []

@@ -1,7 +1,10 @@
 """The training engine: one trainer with hooks, the same in one process and in each Ray Train worker.
 
+- ``cell.py``: ``train_cell`` (one cell on one worker: build, resume, train, evaluate on rank 0, final
+  checkpoint with the ``CellResult``), ``run_cell`` (one process, or a Ray Train run for several
+  workers), ``add_measurement``, ``cell_tags``, ``resolve_device``.
 - ``Trainer`` (``trainer.py``): the loop (forward, backward, optimiser step over ``train.accumulate``
-  micro-batches under ``Precision``) and ``HookBase``; ``build_optimizer``, ``lr_factor``.
+  micro-batches under ``Precision``, ``harness.solver``'s optimiser and schedule) and ``HookBase``.
 - ``hooks.py``: ``MetricsHook`` (every ``train.log_period``), ``CheckpointHook``
   (``train.checkpoint_period``), ``EvalHook`` (``train.eval_period``).
 - ``checkpoint.py``: checkpoint folders (state, every worker's RNG states; the sampler position
@@ -11,6 +14,16 @@
   ``init_ray``, ``memory_cap``; imports Ray only when called.
 """
 
+from harness.engine.cell import (
+    add_measurement,
+    cell_tags,
+    default_storage,
+    resolve_device,
+    resolve_sync_bn,
+    run_cell,
+    seed_everything,
+    train_cell,
+)
 from harness.engine.context import LocalContext, WorkerContext
 from harness.engine.hooks import CheckpointHook, EvalHook, MetricsHook
 from harness.engine.precision import Precision
@@ -20,8 +33,6 @@ from harness.engine.trainer import (
     Trainer,
     TrainingOutOfMemoryError,
     TrainResult,
-    build_optimizer,
-    lr_factor,
 )
 
 __all__ = [
@@ -36,6 +47,12 @@ __all__ = [
     "Trainer",
     "TrainingOutOfMemoryError",
     "WorkerContext",
-    "build_optimizer",
-    "lr_factor",
+    "add_measurement",
+    "cell_tags",
+    "default_storage",
+    "resolve_device",
+    "resolve_sync_bn",
+    "run_cell",
+    "seed_everything",
+    "train_cell",
 ]

@@ -28,6 +28,7 @@ from harness.engine import checkpoint
 from harness.engine.context import WorkerContext, staging_folder
 from harness.engine.trainer import NonFiniteLossError
 from harness.errors import InputError, one_line
+from harness.results import CellResult
 
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"  # in a cell's last checkpoint folder, ``failed_<iteration>``, when it failed
@@ -214,14 +215,14 @@ def final_checkpoint(storage: str | Path, cfg: RunConfig):
                                 f"{checkpoint.folder_name(cfg.train.iters)}")
 
 
-def read_cell(final) -> tuple[dict, bytes]:
+def read_cell(final) -> tuple[CellResult, bytes]:
     """(rank 0's CellResult, the trained weights as ``torch.save`` bytes) from a cell's final
     ``ray.train.Checkpoint``; ``InputError`` naming it when it holds no result."""
     with final.as_directory() as folder:
         folder = Path(folder)
         if not (folder / RESULT_FILE).is_file():
             raise InputError(f"{final.path}: no {RESULT_FILE}; expected a cell's final checkpoint")
-        cell = json.loads((folder / RESULT_FILE).read_text())
+        cell = CellResult.from_json((folder / RESULT_FILE).read_text(), str(folder / RESULT_FILE))
         state = torch.load(folder / checkpoint.STATE_FILE, map_location="cpu", weights_only=True)
     weights = io.BytesIO()
     torch.save(state["model"], weights)

@@ -18,24 +18,34 @@ grid goes on; a lost worker, trial or node is retried ``resources.retries`` time
 newest checkpoint (Ray Train's and Ray Tune's ``FailureConfig``) before the cell counts as FAILED.
 """
 
-from harness.grid.lease import GridBusy
-from harness.grid.schedule import run_grid
-from harness.grid.spec import GridSpec, Resources, describe, expand, load_grid, validate_cells
-from harness.grid.store import GridStore, read_results
-from harness.grid.table import GridOutcome, comparison_table, overhead
+from __future__ import annotations
 
-__all__ = [
-    "GridBusy",
-    "GridOutcome",
-    "GridSpec",
-    "GridStore",
-    "Resources",
-    "comparison_table",
-    "describe",
-    "expand",
-    "load_grid",
-    "overhead",
-    "read_results",
-    "run_grid",
-    "validate_cells",
-]
+import importlib
+
+# Public name -> its module. Imported on first use (PEP 562): the grid's driver side imports Ray,
+# MLflow and matplotlib, which the processes that run a cell's trial (``harness.grid.tasks``) and
+# import this package first must not pay for.
+_PUBLIC = {
+    "GridBusy": "lease",
+    "GridOutcome": "table",
+    "GridSpec": "spec",
+    "GridStore": "store",
+    "Resources": "spec",
+    "comparison_table": "table",
+    "describe": "spec",
+    "dry_run": "table",
+    "expand": "spec",
+    "load_grid": "spec",
+    "overhead": "table",
+    "read_results": "store",
+    "run_grid": "schedule",
+    "validate_cells": "spec",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)

@@ -18,6 +18,7 @@ the kernel releases when the process ends (one host only, as ``results.jsonl`` i
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -141,8 +142,6 @@ class FileLease:
         self.path, self.name, self.handle = results_path.parent / ".driver.lock", name, None
 
     def acquire(self) -> None:
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
         try:

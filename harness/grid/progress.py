@@ -9,11 +9,13 @@ import statistics
 import sys
 import time
 
+from harness.results import CellResult
+
 _SHOWN = 4  # running cells named in the status line
 
 
-def _name(result: dict) -> str:
-    tags = result["tags"]
+def _name(result: CellResult) -> str:
+    tags = result.tags
     return f"{tags['classifier']}@{tags['backbone']}/{tags['neck']} {tags['dataset']} s{tags['seed']}"
 
 
@@ -55,22 +57,22 @@ class Progress:
         if digest in self.running:
             self.running[digest][1] = iteration
 
-    def recorded(self, result: dict, measuring: bool) -> None:
+    def recorded(self, result: CellResult, measuring: bool) -> None:
         """A cell trained (or failed) and is recorded; ``measuring``: its cost follows."""
         self.done += 1
-        self.running.pop(result["config_hash"], None)
-        self.failed += result["status"] != "FINISHED"
-        if "seconds" in result:
-            self.durations.append(result["seconds"])
-        outcome = f"mIoU {result['metrics']['mIoU']:.2f}" if "mIoU" in result["metrics"] else result.get("error", "")
-        self._print(f"[{self.done}/{self.total}] {_name(result)} {result['status']} {outcome} "
-                    f"({result.get('seconds', 0):.0f} s)" + ("; its cost is measured when a node is free for it alone"
+        self.running.pop(result.config_hash, None)
+        self.failed += not result.finished
+        if result.seconds is not None:
+            self.durations.append(result.seconds)
+        outcome = f"mIoU {result.metrics['mIoU']:.2f}" if "mIoU" in result.metrics else result.error or ""
+        self._print(f"[{self.done}/{self.total}] {_name(result)} {result.status} {outcome} "
+                    f"({result.seconds or 0:.0f} s)" + ("; its cost is measured when a node is free for it alone"
                                                              if measuring else "") + f"; {self._describe()}")
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, description=self._describe())
 
-    def measured(self, result: dict) -> None:
-        outcome = result.get("measure_error") or f"measured in {result.get('measure_seconds', 0):.0f} s"
+    def measured(self, result: CellResult) -> None:
+        outcome = result.measure_error or f"measured in {result.measure_seconds or 0:.0f} s"
         self._print(f"[measured] {_name(result)}: {outcome}")
 
     def _print(self, line: str) -> None:

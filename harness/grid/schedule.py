@@ -8,6 +8,7 @@ trained, and then has its cost measured by a task that holds a whole node, added
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -25,9 +26,10 @@ from harness.grid.spec import GridSpec, Resources, describe, expand, validate_ce
 from harness.grid.store import GridStore
 from harness.grid.table import GridOutcome
 from harness.grid.tasks import FAILED, TRAINED, failed_result, measure_task, train_trial
+from harness.engine import cell_tags
 from harness.measure import MEASUREMENT_PREFIXES
-from harness.pretrain import uncached_builtin_weights
-from harness.run import cell_tags
+from harness.modeling import uncached_builtin_weights
+from harness.results import CellResult
 
 
 def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | None = None,
@@ -55,7 +57,7 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
 
 def _run_cells(spec: GridSpec, cells: list[RunConfig], store: GridStore, lease, address: str | None,
                max_concurrent: int | None, log, storage: str) -> GridOutcome:
-    done = store.finished()
+    done = {digest: r for digest, r in store.sync().items() if r.finished}
     todo = [cfg for cfg in cells if config_hash(cfg) not in done]
     unmeasured = _to_measure(cells, done, store, log)
     log(f"[segheads] grid {spec.name!r}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED"
@@ -127,7 +129,7 @@ class GridDriver(tune.Callback):
     """The grid's Tune callback, in the driver process: the single writer of the grid's store."""
 
     def __init__(self, resources: Resources, store: GridStore, lease, parent: str | None, storage: str,
-                 progress: Progress, results: dict[str, dict]) -> None:
+                 progress: Progress, results: dict[str, CellResult]) -> None:
         self.r, self.store, self.lease, self.parent, self.storage = resources, store, lease, parent, storage
         self.progress, self.results = progress, results
         self.measure_nodes: set[str] = set()
@@ -154,8 +156,9 @@ class GridDriver(tune.Callback):
         if TRAINED in result:
             self._trained(cfg, result)
         elif FAILED in result:
-            self._record({**result[FAILED], "environment": {"ray": result["placement"]},
-                          "seconds": result["seconds"]}, cfg, None)
+            failed = CellResult.from_dict(result[FAILED], f"trial {trial.trial_id}")
+            self._record(dataclasses.replace(failed, environment={"ray": result["placement"]},
+                                             seconds=result["seconds"]), cfg, None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         """Tune's retries of a lost trial are spent: the cell is FAILED."""
@@ -171,17 +174,17 @@ class GridDriver(tune.Callback):
 
     def _trained(self, cfg: RunConfig, report: dict) -> None:
         result, weights = read_cell(final_checkpoint(self.storage, cfg))
-        result["environment"]["ray"], result["seconds"] = report["placement"], report["seconds"]
+        result.environment["ray"], result.seconds = report["placement"], report["seconds"]
         self._record(result, cfg, weights)
         if cfg.measure.enabled:
             self.measure(result, cfg, weights)
 
-    def _record(self, result: dict, cfg: RunConfig, weights: bytes | None) -> None:
+    def _record(self, result: CellResult, cfg: RunConfig, weights: bytes | None) -> None:
         self.store.record(result, self.parent, weights=weights)
-        self.results[result["config_hash"]] = result
-        self.progress.recorded(result, measuring=result["status"] == "FINISHED" and cfg.measure.enabled)
+        self.results[result.config_hash] = result
+        self.progress.recorded(result, measuring=result.finished and cfg.measure.enabled)
 
-    def measure(self, result: dict, cfg: RunConfig, weights: bytes) -> None:
+    def measure(self, result: CellResult, cfg: RunConfig, weights: bytes) -> None:
         """Measure a trained cell's cost in a task that holds a whole node's CPUs and GPUs (the
         commonest shape of the alive nodes the measurement fits on; the measurement's own demand
         when none is alive, for an autoscaler to add one): it starts on the first such node that
@@ -204,15 +207,15 @@ class GridDriver(tune.Callback):
                 measured = ray.get(ref)
             except Exception as exc:  # retries exhausted: a lost node
                 measured = {"error": one_line(exc)}
-            result["measure_seconds"] = measured.get("seconds", 0.0)
+            result.measure_seconds = measured.get("seconds", 0.0)
             if "error" in measured:  # the cell trained fine; its cost is missing, and says why
-                result["measure_error"] = measured["error"]
+                result.measure_error = measured["error"]
             else:
-                result["metrics"].update(measured["metrics"])
-                result["measurement"] = measured["record"]
+                result.metrics.update(measured["metrics"])
+                result.measurement = measured["record"]
                 self.measure_nodes.add(measured["record"]["node"]["node_id"])
             self.store.record_measurement(result)
-            self.results[result["config_hash"]] = result
+            self.results[result.config_hash] = result
             self.progress.measured(result)
 
     def drain(self) -> None:
@@ -268,8 +271,8 @@ def _check_feasible(r: Resources, autoscaling: bool, log) -> None:
         log(f"[segheads] warning: {message}; waiting for the autoscaler")
 
 
-def _to_measure(cells: list[RunConfig], done: dict[str, dict], store: GridStore,
-                log) -> list[tuple[dict, RunConfig, bytes]]:
+def _to_measure(cells: list[RunConfig], done: dict[str, CellResult], store: GridStore,
+                log) -> list[tuple[CellResult, RunConfig, bytes]]:
     """(result ready for its measurement, cell, its logged weights) of every FINISHED cell whose
     spec measures it and that has no measurement at the spec's ``measure`` settings: trained by a
     driver that stopped before measuring it, or measured at other settings. Its cost is measured
@@ -279,15 +282,15 @@ def _to_measure(cells: list[RunConfig], done: dict[str, dict], store: GridStore,
     for cfg in cells:
         result = done.get(config_hash(cfg))
         wanted = to_dict(cfg.measure)
-        if result is None or not cfg.measure.enabled or (result.get("measurement") or {}).get("settings") == wanted:
+        if result is None or not cfg.measure.enabled or (result.measurement or {}).get("settings") == wanted:
             continue
         weights = store.trained_weights(result)
         if weights is None:
             log(f"[segheads] {describe(cfg)}: no logged weights to measure at the spec's measure settings; "
                 "it keeps its last measurement")
             continue
-        metrics = {k: v for k, v in result["metrics"].items() if not k.startswith(MEASUREMENT_PREFIXES)}
-        config = {**result["config"], "measure": wanted}
-        again = {k: v for k, v in result.items() if k not in ("measure_error", "measure_seconds")}
-        chosen.append(({**again, "config": config, "metrics": metrics, "measurement": None}, cfg, weights))
+        metrics = {k: v for k, v in result.metrics.items() if not k.startswith(MEASUREMENT_PREFIXES)}
+        again = dataclasses.replace(result, config={**result.config, "measure": wanted}, metrics=metrics,
+                                    measurement=None, measure_error=None, measure_seconds=None)
+        chosen.append((again, cfg, weights))
     return chosen

@@ -8,8 +8,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import RunConfig, _bounded, from_dict, read_yaml, to_dict
-from harness.errors import InputError
+from harness.config import RunConfig, bounded, from_dict, read_yaml, to_dict
+from backbones import check_backbone, list_necks
+from classifiers import build_classifier, list_classifiers
+from harness.data import dataset_splits, split_batch
+from harness.errors import InputError, unknown_name_error
+from harness.modeling import resolve_classifier
 
 _SECTIONS = ("model", "data", "train", "measure", "eval")  # RunConfig sections a spec may set
 
@@ -29,13 +33,13 @@ class Resources:
     that needs more fails with an out-of-memory error instead of the kernel's OOM killer
     taking the node, and the cells beside it, down."""
 
-    cpus: float = _bounded(1, above=0)
-    gpus: float = _bounded(0, min=0)
-    workers: int = _bounded(1, min=1)
-    measure_cpus: float = _bounded(1, above=0)
-    measure_gpus: float = _bounded(0, min=0)
-    retries: int = _bounded(3, min=0)
-    memory_gb: float = _bounded(0, min=0)
+    cpus: float = bounded(1, above=0)
+    gpus: float = bounded(0, min=0)
+    workers: int = bounded(1, min=1)
+    measure_cpus: float = bounded(1, above=0)
+    measure_gpus: float = bounded(0, min=0)
+    retries: int = bounded(3, min=0)
+    memory_gb: float = bounded(0, min=0)
 
 
 @dataclass
@@ -120,8 +124,6 @@ def _check_spec(spec: GridSpec) -> GridSpec:
 
 def _registered(kind: str, known: list[str]):
     """A check that ``name`` is one of ``known``, raising ``unknown_name_error`` otherwise."""
-    from harness.errors import unknown_name_error
-
     def check(name: str) -> None:
         if name not in known:
             raise unknown_name_error(kind, name, known)
@@ -137,9 +139,6 @@ def _check_named(where: str, check, name: str) -> None:
 
 def _check_names(spec: GridSpec) -> None:
     """Every axis value is registered; the error names the axis entry and lists what is."""
-    from backbones import check_backbone, list_necks
-    from classifiers import list_classifiers
-    from harness.run import dataset_splits
 
     checks = {"backbones": check_backbone, "datasets": dataset_splits,
               "necks": _registered("neck", list_necks()), "classifiers": _registered("classifier", list_classifiers())}
@@ -172,7 +171,7 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     (single) necks axis value for its cells (e.g. ``hrnetv2_w48: {model: {neck: ocr}}``,
     ``ece: {model: {neck: stages}}``). Each cell's
     classifier kwargs are resolved (``harness.run.resolve_classifier``)."""
-    from harness.run import resolve_classifier
+
 
     threads = max(1, int(spec.resources.cpus))
     cells = []
@@ -205,9 +204,6 @@ def validate_cells(cells: list[RunConfig], workers: int = 1) -> None:
     over ``workers`` x ``train.accumulate``, the classifier's hyper-parameters (names are checked by
     ``load_grid``; value ranges, the measure settings' included, by ``from_dict`` as ``expand``
     builds each cell)."""
-    from classifiers import build_classifier
-    from harness.data import split_batch
-
     seen = set()
     for cfg in cells:
         try:

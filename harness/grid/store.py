@@ -33,17 +33,17 @@ import yaml
 
 from harness.config import HASH_VERSION, RunConfig, config_hash, from_dict
 from harness.errors import InputError, first_line
-from harness.results import to_json
 from harness.grid.lease import FileLease, TrackingLease
 from harness.measure import MEASUREMENT_PREFIXES
+from harness.results import CellResult
 from harness.tracking import (WEIGHTS_ARTIFACT, cell_run_tags, log_cell, log_rows, open_client, quick_http_failures,
-                              read_artifact, read_artifact_bytes, read_per_image_counts, resolve_tracking_uri,
+                              read_artifact, read_artifact_bytes, read_result, resolve_tracking_uri,
                               search_all_runs, store_label, update_measurement)
 
 _PARENT_TAG = "segheads.grid"
 
 
-def read_results(path: str | Path) -> dict[str, dict]:
+def read_results(path: str | Path) -> dict[str, CellResult]:
     """The last result of each cell in a ``results.jsonl``, by ``config_hash``, in the order of
     those last lines. Each line's ``config_hash`` is computed again from its config (a line
     written before the hash left out the measurement settings keeps its old one as
@@ -58,27 +58,19 @@ def read_results(path: str | Path) -> dict[str, dict]:
         if not line.strip():
             continue
         try:
-            result = json.loads(line)
-            digest = config_hash(from_dict(RunConfig, result["config"]))
+            data = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
                 break
             raise InputError(f"{path}:{number}: not a JSON cell result") from None
-        except (InputError, KeyError, TypeError) as exc:
+        try:
+            result = CellResult.from_dict(data, f"{path}:{number}")
+            digest = config_hash(from_dict(RunConfig, result.config))
+        except (InputError, TypeError) as exc:
             raise InputError(f"{path}:{number}: not a cell result with a valid config ({exc})") from None
-        _rehashed(result, digest)
         results.pop(digest, None)
-        results[digest] = result
+        results[digest] = result.rehashed(digest)
     return results
-
-
-def _rehashed(result: dict, digest: str) -> dict:
-    """``result`` under today's ``config_hash`` ``digest``; one it was written with before keeps
-    its old one as ``config_hash_v1``."""
-    if result["config_hash"] != digest:
-        result["config_hash_v1"], result["config_hash"] = result["config_hash"], digest
-        result["tags"]["config_hash"] = digest
-    return result
 
 
 def set_aside_torn_tail(path: Path) -> Path | None:
@@ -154,14 +146,11 @@ class GridStore:
     def _runs(self, filter_string: str) -> list:
         return search_all_runs(self.client, [self.experiment_id], filter_string, ["attributes.start_time DESC"])
 
-    def finished(self) -> dict[str, dict]:
-        """FINISHED results by ``config_hash``, after ``sync()``."""
+    def sync(self) -> dict[str, CellResult]:
+        """Repair MLflow and ``results.jsonl`` (module docstring; offline, nothing to repair); every
+        cell's last result by ``config_hash``."""
         if self.offline:
-            return {h: r for h, r in read_results(self.results_path).items() if r["status"] == "FINISHED"}
-        return {h: r for h, r in self.sync().items() if r["status"] == "FINISHED"}
-
-    def sync(self) -> dict[str, dict]:
-        """Repair MLflow and ``results.jsonl`` (module docstring); every cell's last result."""
+            return read_results(self.results_path)
         for run in self._runs("attributes.status = 'RUNNING' and tags.config_hash != ''"):
             self.client.set_terminated(run.info.run_id, "KILLED")
         runs = self._runs("tags.config_hash != ''")
@@ -175,15 +164,11 @@ class GridStore:
         any_status = {run.data.tags["config_hash"] for run in runs}
         lines = read_results(self.results_path)
         missing = [h for h, r in lines.items()
-                   if (h not in logged if r["status"] == "FINISHED" else h not in any_status)]
+                   if (h not in logged if r.finished else h not in any_status)]
         for digest in sorted(missing):
             self.record(lines[digest], self.open_parent(), append=False, weights=self._offline_weights(lines[digest]))
-        for digest in sorted(set(logged) - {h for h, r in lines.items() if r["status"] == "FINISHED"}):
-            lines[digest] = _rehashed(json.loads(read_artifact(logged[digest], "cell_result.json", self.tracking_uri)),
-                                      digest)
-            per_image = read_per_image_counts(logged[digest], self.tracking_uri)
-            if per_image is not None:
-                lines[digest]["per_image"] = per_image
+        for digest in sorted(set(logged) - {h for h, r in lines.items() if r.finished}):
+            lines[digest] = read_result(logged[digest], self.tracking_uri).rehashed(digest)
             self._append(lines[digest])
         self.imported = len(missing)
         return lines
@@ -208,18 +193,18 @@ class GridStore:
             changed += 1
         return changed
 
-    def _offline_weights(self, result: dict) -> bytes | None:
+    def _offline_weights(self, result: CellResult) -> bytes | None:
         """The weights an offline run kept for ``result`` (``weights/<config_hash>.pt``), if any."""
-        for digest in (result["config_hash"], result.get("config_hash_v1")):
+        for digest in (result.config_hash, result.config_hash_v1):
             path = self.results_path.parent / "weights" / f"{digest}.pt"
             if digest and path.is_file():
                 return path.read_bytes()
         return None
 
-    def trained_weights(self, result: dict) -> bytes | None:
+    def trained_weights(self, result: CellResult) -> bytes | None:
         """A FINISHED cell's logged weights (its run's ``weights.pt``, or the file an offline run
         kept); None when there are none."""
-        run_id = None if self.offline else self.run_ids.get(result["config_hash"])
+        run_id = None if self.offline else self.run_ids.get(result.config_hash)
         if run_id is None:
             return self._offline_weights(result)
         try:
@@ -227,10 +212,10 @@ class GridStore:
         except InputError:
             return None
 
-    def record_measurement(self, result: dict) -> None:
+    def record_measurement(self, result: CellResult) -> None:
         """A FINISHED cell measured again: its run updated in place (``tracking.update_measurement``),
         then its new line appended; offline (or without a run), the line only."""
-        run_id = None if self.offline else self.run_ids.get(result["config_hash"])
+        run_id = None if self.offline else self.run_ids.get(result.config_hash)
         if run_id is not None:
             try:
                 with quick_http_failures(retries=2):
@@ -288,46 +273,46 @@ class GridStore:
         except Exception as exc:
             self._go_offline(exc)
 
-    def record(self, result: dict, parent_run_id: str | None, append: bool = True, weights: bytes | None = None) -> None:
+    def record(self, result: CellResult, parent_run_id: str | None, append: bool = True, weights: bytes | None = None) -> None:
         """Log ``result`` (and the cell's trained ``weights``) to MLflow, into the cell's live run
         when it has one, then append its line; if MLflow fails, go offline and append the line
         anyway (``unlogged`` counts those). Offline, the weights go to ``weights/<config_hash>.pt``
         beside ``results.jsonl``."""
-        digest = result["config_hash"]
+        digest = result.config_hash
         live = self.live.pop(digest, None)
         if not self.offline:
             try:
                 with quick_http_failures(retries=2):
                     run_id = log_cell(result, self.tracking_uri, self.name, parent_run_id, weights=weights,
                                       run_id=live)
-                if result["status"] == "FINISHED":
+                if result.finished:
                     self.run_ids[digest] = run_id
             except Exception as exc:
                 self._go_offline(exc)
         if self.offline:
             self.unlogged += 1
             if weights is not None:
-                path = self.results_path.parent / "weights" / f"{result['config_hash']}.pt"
+                path = self.results_path.parent / "weights" / f"{result.config_hash}.pt"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(weights)
         if append:
             self._append(result)
 
-    def _append(self, result: dict) -> None:
+    def _append(self, result: CellResult) -> None:
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
         aside = set_aside_torn_tail(self.results_path)
         if aside is not None:
             self.log(f"[segheads] {self.results_path} ended in a torn line (a writer killed mid-write); "
                      f"moved it to {aside}")
         with open(self.results_path, "a") as out:
-            out.write(to_json(result, indent=None) + "\n")
+            out.write(result.to_json(indent=None) + "\n")
             out.flush()
             os.fsync(out.fileno())
 
-    def close_parent(self, parent_run_id: str | None, results: list[dict]) -> None:
+    def close_parent(self, parent_run_id: str | None, results: list[CellResult]) -> None:
         if self.offline or parent_run_id is None:
             return
-        finished = sum(r["status"] == "FINISHED" for r in results)
+        finished = sum(r.finished for r in results)
         try:
             with quick_http_failures():
                 self.client.log_metric(parent_run_id, "cells_finished", finished)

@@ -1,17 +1,21 @@
-"""A grid's outcome in numbers and text: ``GridOutcome``, the scheduling ``overhead`` and the
-``comparison_table`` printed after a grid."""
+"""A grid in numbers and text: the ``dry_run`` listing of its cells, ``GridOutcome``, the scheduling
+``overhead`` and the ``comparison_table`` printed after a grid."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.cells import Cell, baseline, baseline_name, configurations
+from harness.config import config_hash
+from harness.grid.spec import GridSpec, describe, expand, validate_cells
+from harness.modeling import describe_weights
+from harness.report import Cell, baseline, baseline_name, configurations
+from harness.results import CellResult
 
 
 @dataclass
 class GridOutcome:
-    results: list[dict]          # one per cell of the spec, in expansion order
+    results: list[CellResult]    # one per cell of the spec, in expansion order
     ran_hashes: list[str]        # config_hash of the cells run now (the rest were already FINISHED)
     wall_seconds: float          # of this invocation's running phase
     slots: int                   # the most cells that trained at once
@@ -25,8 +29,8 @@ class GridOutcome:
         return len(self.ran_hashes)
 
     @property
-    def failed(self) -> list[dict]:
-        return [r for r in self.results if r["status"] != "FINISHED"]
+    def failed(self) -> list[CellResult]:
+        return [r for r in self.results if not r.finished]
 
 
 def overhead(outcome: GridOutcome) -> dict[str, float]:
@@ -34,11 +38,11 @@ def overhead(outcome: GridOutcome) -> dict[str, float]:
     (the cells' training seconds / slots + their measurement seconds / measurement nodes,
     since a measurement holds its whole node), and the idle slot-seconds per cell
     (scheduling, worker start-up, result transfer, logging, waiting for the last cell)."""
-    ran = [r for r in outcome.results if r["config_hash"] in set(outcome.ran_hashes)]
+    ran = [r for r in outcome.results if r.config_hash in set(outcome.ran_hashes)]
     if not ran or not outcome.slots:
         return {}
-    training = sum(r.get("seconds", 0.0) for r in ran)
-    measuring = sum(r.get("measure_seconds", 0.0) for r in ran)
+    training = sum(r.seconds or 0.0 for r in ran)
+    measuring = sum(r.measure_seconds or 0.0 for r in ran)
     ideal = training / outcome.slots + measuring / max(1, outcome.measure_nodes)
     if not ideal:
         return {}
@@ -46,19 +50,19 @@ def overhead(outcome: GridOutcome) -> dict[str, float]:
             "idle_seconds_per_cell": (outcome.wall_seconds - ideal) * outcome.slots / len(ran)}
 
 
-def comparison_table(results: list[dict]) -> str:
+def comparison_table(results: list[CellResult]) -> str:
     """One row per cell: mIoU and its delta over the same seed of its baseline
-    (``harness.cells.baseline``: softmax on the same backbone, on the same neck where the grid
+    (``harness.report.baseline``: softmax on the same backbone, on the same neck where the grid
     has one; named in the last column), head parameters, GFLOPs, latency p50 at the first
     measured batch size, training time."""
-    finished = {id(r): Cell.from_result(r, order) for order, r in enumerate(results) if r["status"] == "FINISHED"}
+    finished = {id(r): Cell.from_result(r, order) for order, r in enumerate(results) if r.finished}
     configs = configurations(list(finished.values()))
     config_of = {id(cell): config for config in configs for cell in config.cells.values()}
     header = (f"{'dataset':<16}{'backbone':<18}{'neck':<14}{'classifier':<11}{'seed':>5} {'status':<9}{'mIoU':>7}"
               f"{'vs base':>9}{'head params':>12}{'GFLOPs':>8}{'p50 ms':>9}{'train s':>9}  baseline")
     lines = [header, "-" * len(header)]
     for r in results:
-        t, m = r["tags"], r["metrics"]
+        t, m = r.tags, r.metrics
         miou, delta, named = m.get("mIoU"), "", ""
         cell = finished.get(id(r))
         config = config_of.get(id(cell)) if cell is not None else None
@@ -66,16 +70,33 @@ def comparison_table(results: list[dict]) -> str:
         if base is not None and int(t["seed"]) in base.cells and miou is not None:
             delta = f"{miou - base.cells[int(t['seed'])].metrics['mIoU']:+.2f}"
             named = baseline_name(config, base)
-        measurement = r.get("measurement") or {}
+        measurement = r.measurement or {}
         batch = (measurement.get("measured_batch_sizes") or measurement.get("settings", {}).get("batch_sizes") or [1])[0]
         p50 = m.get(f"latency/bs{batch}/p50_ms")
         lines.append(
-            f"{t['dataset']:<16}{t['backbone']:<18}{t['neck']:<14}{t['classifier']:<11}{t['seed']:>5} {r['status']:<9}"
+            f"{t['dataset']:<16}{t['backbone']:<18}{t['neck']:<14}{t['classifier']:<11}{t['seed']:>5} {r.status:<9}"
             + (f"{miou:>7.2f}" if miou is not None else f"{'-':>7}") + f"{delta:>9}"
             + (f"{m['params/head']:>12,}" if "params/head" in m else f"{'-':>12}")
             + (f"{m['gflops/total']:>8.2f}" if "gflops/total" in m else f"{'-':>8}")
             + (f"{p50:>9.1f}" if p50 is not None else f"{'-':>9}")
             + (f"{m['train/seconds']:>9.0f}" if "train/seconds" in m else f"{'-':>9}") + f"  {named}".rstrip())
-        if r["status"] != "FINISHED":
-            lines.append(f"{'':<4}error: {r.get('error', 'unknown')}")
+        if not r.finished:
+            lines.append(f"{'':<4}error: {r.error or 'unknown'}")
+    return "\n".join(lines)
+
+
+def dry_run(spec: GridSpec) -> str:
+    """What ``segheads grid --dry-run`` prints: the resources of each cell, then every cell with its
+    ``config_hash``, iterations, threads, test protocol(s) and initial weights."""
+    cells = expand(spec)
+    validate_cells(cells, spec.resources.workers)
+    r = spec.resources
+    lines = [f"grid {spec.name!r}: {len(cells)} cells; per cell {r.workers} worker(s) x {r.cpus:g} CPU, "
+             f"{r.gpus:g} GPU (training), "
+             f"{r.measure_cpus:g} CPU, {r.measure_gpus:g} GPU (measurement, holding its whole node); "
+             f"{r.retries} retries on lost workers"
+             + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else "")]
+    for cfg in cells:
+        lines.append(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}\n"
+                     f"      eval: {cfg.eval.describe_all()}\n      weights: {describe_weights(cfg.model.backbone_kwargs)}")
     return "\n".join(lines)

@@ -22,12 +22,14 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from harness.config import RunConfig, config_hash, from_dict, to_dict
-from harness.engine import LocalContext
+from harness.engine import LocalContext, cell_tags, resolve_device, train_cell
 from harness.engine.launch import CELL_ERRORS, launch, memory_cap, needs_ray_train
 from harness.errors import one_line
 from harness.grid.spec import Resources
 from harness.measure import measure_model
-from harness.run import cell_tags, load_segmentor, resolve_device, train_cell
+from harness.modeling import load_segmentor
+from harness.results import FAILED as FAILED_STATUS
+from harness.results import CellResult
 
 TRAINED = "cell_trained"  # a trial's last report: the cell trained, its result is in its final checkpoint
 FAILED = "cell_failed"    # a trial's last report: the cell failed, this is its CellResult
@@ -40,17 +42,15 @@ def placement(started: float) -> dict:
             "started": started, "ended": time.time()}
 
 
-def failed_result(cfg: RunConfig, exc: BaseException, remote_traceback: str | None = None) -> dict:
+def failed_result(cfg: RunConfig, exc: BaseException, remote_traceback: str | None = None) -> CellResult:
     """A CellResult for a cell that raised: status FAILED, the error, its traceback and,
     for a non-finite loss, the iteration it happened at."""
-    return {
-        "status": "FAILED", "config": to_dict(cfg), "config_hash": config_hash(cfg), "tags": cell_tags(cfg),
-        "metrics": {}, "per_class": None, "history": [], "environment": {}, "measurement": None,
-        "error": getattr(exc, "error", None) or one_line(exc),  # a Ray Train worker's error (CellFailed)
-        "traceback": (getattr(exc, "remote_traceback", None) or remote_traceback
-                      or "".join(traceback.format_exception(exc))),
-        "failed_at_iteration": getattr(exc, "iteration", None),
-    }
+    return CellResult(
+        FAILED_STATUS, to_dict(cfg), config_hash(cfg), cell_tags(cfg),
+        error=getattr(exc, "error", None) or one_line(exc),  # a Ray Train worker's error (CellFailed)
+        traceback=(getattr(exc, "remote_traceback", None) or remote_traceback
+                   or "".join(traceback.format_exception(exc))),
+        failed_at_iteration=getattr(exc, "iteration", None))
 
 
 class TrialContext(LocalContext):
@@ -86,7 +86,7 @@ def train_trial(config: dict) -> None:
                 raise
         outcome = {TRAINED: True}
     except Exception as exc:  # the cell fails, the grid goes on
-        outcome = {FAILED: failed_result(cfg, exc)}
+        outcome = {FAILED: failed_result(cfg, exc).to_dict()}
     tune.report({**outcome, "placement": placement(started), "seconds": time.time() - started})
 
 

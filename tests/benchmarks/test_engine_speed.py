@@ -23,9 +23,11 @@ from ray.train.torch import TorchTrainer
 
 from harness.config import RunConfig, apply_overrides
 from harness.data import AugmentConfig, DatasetCatalog, SemSegMapper, build_train_loader
-from harness.engine import LocalContext, MetricsHook, Trainer, build_optimizer
+from harness.engine import LocalContext, MetricsHook, Trainer
+from harness.solver import build_optimizer
 from harness.engine.launch import RayTrainContext, init_ray, launch
-from harness.run import build_segmentor, seed_everything, train_cell
+from harness.engine import seed_everything, train_cell
+from harness.modeling import build_segmentor
 import timing
 
 for _module in (sys.modules[__name__], timing):  # Ray workers run this file's functions

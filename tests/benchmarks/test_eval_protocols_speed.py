@@ -11,8 +11,8 @@ nothing is asserted about time.
 import torch
 
 from harness.config import EvalConfig, RunConfig, apply_overrides
-from harness.evaluate import predict_logits
-from harness.run import build_segmentor
+from harness.evaluation import predict_logits
+from harness.modeling import build_segmentor
 import timing
 
 _PROTOCOLS = {

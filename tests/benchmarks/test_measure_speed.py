@@ -11,7 +11,7 @@ from torch.utils import benchmark as torch_benchmark
 
 from harness.config import MeasureConfig, RunConfig, apply_overrides
 from harness.measure import measure_latency, measure_model
-from harness.run import build_segmentor
+from harness.modeling import build_segmentor
 
 CPU = torch.device("cpu")
 

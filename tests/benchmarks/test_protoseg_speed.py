@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from classifiers.protoseg import class_sinkhorn, momentum_update
 from harness.config import RunConfig, apply_overrides
-from harness.run import build_segmentor
+from harness.modeling import build_segmentor
 from reference_protoseg import per_class_cluster_and_update
 from timing import interleaved_medians
 

@@ -4,8 +4,8 @@
 import torch
 
 from harness.config import RunConfig, apply_overrides
-from harness.run import build_segmentor
-from harness.engine import build_optimizer
+from harness.modeling import build_segmentor
+from harness.solver import build_optimizer
 from timing import interleaved_medians
 
 

@@ -15,10 +15,10 @@ def test_two_hundred_cells_each_finished_exactly_once(ray_cluster, tmp_path):
     cells = expand(spec)
     assert len(cells) == 200
     outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
-    assert outcome.ran == 200 and [r["status"] for r in outcome.results] == ["FINISHED"] * 200
+    assert outcome.ran == 200 and [r.status for r in outcome.results] == ["FINISHED"] * 200
     assert_finished_once(uri, "load", cells, results)
     assert len(results.read_text().splitlines()) == 400  # each cell trained, then measured
-    assert all(r["measurement"] is not None for r in outcome.results)
+    assert all(r.measurement is not None for r in outcome.results)
     again = run_grid(spec, uri, results_path=results, log=lambda m: None)
     assert again.ran == 0 and len(results.read_text().splitlines()) == 400
     assert_finished_once(uri, "load", cells, results)

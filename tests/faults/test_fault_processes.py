@@ -34,7 +34,7 @@ def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_pe
     deadline = time.time() + 300
 
     def finished():
-        return {h for h, r in read_results(results).items() if r["status"] == "FINISHED"}
+        return {h for h, r in read_results(results).items() if r.status == "FINISHED"}
 
     def checkpointed():
         """config_hash -> iteration of the newest checkpoint, of the cells not recorded yet."""
@@ -54,13 +54,13 @@ def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_pe
     spec = load_grid(path)
     outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
     assert outcome.ran == 4 - killed_after
-    resumed = {r["config_hash"]: r["environment"]["engine"]["resumed_at"] for r in outcome.results}
+    resumed = {r.config_hash: r.environment["engine"]["resumed_at"] for r in outcome.results}
     assert {digest: resumed[digest] for digest in waiting} == waiting
     assert all(iteration in (20, 40, 60) for iteration in waiting.values())
     assert_finished_once(uri, "killed", expand(spec), results)
     runs, _ = children(uri, "killed")
     assert len(runs) == 4  # a cell the killed driver left RUNNING went on in the same run
-    assert all(r["measurement"] is not None for r in outcome.results)  # trained before the kill, measured after
+    assert all(r.measurement is not None for r in outcome.results)  # trained before the kill, measured after
 
 
 def test_a_worker_killed_mid_cell_is_retried(ray_cluster, tmp_path):
@@ -80,8 +80,8 @@ def test_a_worker_killed_mid_cell_is_retried(ray_cluster, tmp_path):
     driver.join(timeout=600)
     assert killed is not None
     outcome = box["outcome"]
-    assert [r["status"] for r in outcome.results] == ["FINISHED"] * 2
-    assert killed not in {r["environment"]["ray"]["worker_pid"] for r in outcome.results}
+    assert [r.status for r in outcome.results] == ["FINISHED"] * 2
+    assert killed not in {r.environment["ray"]["worker_pid"] for r in outcome.results}
     assert_finished_once(uri, "worker", expand(spec), results)
 
 
@@ -101,23 +101,23 @@ def test_a_node_lost_mid_grid_loses_no_cell(ray_cluster, tmp_path):
     ray_cluster.remove_node(doomed, allow_graceful=False)
     driver.join(timeout=600)
     outcome = box["outcome"]
-    assert [r["status"] for r in outcome.results] == ["FINISHED"] * 4
-    assert all(r["environment"]["ray"]["node_id"] != doomed.node_id for r in outcome.results)
+    assert [r.status for r in outcome.results] == ["FINISHED"] * 4
+    assert all(r.environment["ray"]["node_id"] != doomed.node_id for r in outcome.results)
     assert_finished_once(uri, "lost", expand(spec), results)
 
 
 def test_a_lost_results_file_is_rebuilt_from_mlflow_without_rerunning(ray_cluster, tmp_path):
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
     spec = load_grid(write_spec(tmp_path, "rebuilt", classifiers=["softmax", "query"]))
-    first = {r["config_hash"]: r for r in run_grid(spec, uri, results_path=results, log=lambda m: None).results}
+    first = {r.config_hash: r for r in run_grid(spec, uri, results_path=results, log=lambda m: None).results}
     results.unlink()
     again = run_grid(spec, uri, results_path=results, log=lambda m: None)
     assert again.ran == 0
     rebuilt = read_results(results)
     assert set(rebuilt) == set(first)
     for digest, result in rebuilt.items():
-        assert result["metrics"]["mIoU"] == first[digest]["metrics"]["mIoU"]
-        assert result["per_image"] == first[digest]["per_image"]
+        assert result.metrics["mIoU"] == first[digest].metrics["mIoU"]
+        assert result.per_image == first[digest].per_image
     assert_finished_once(uri, "rebuilt", expand(spec), results)
 
 

@@ -93,7 +93,7 @@ def test_store_lost_mid_grid_then_import_results_logs_every_cell_once(ray_cluste
     assert status == 1 and f"tracking store {uri} failed" in err
     assert f"only in {results}; log them with `segheads import-results {results}`" in err
     cells = expand(load_grid(path))
-    assert sorted(r["status"] for r in read_results(results).values()) == ["FINISHED"] * 3  # nothing lost
+    assert sorted(r.status for r in read_results(results).values()) == ["FINISHED"] * 3  # nothing lost
 
     server = _start_server(tmp_path, port)  # the store is back, same database
     try:

@@ -17,8 +17,8 @@ from harness.cli import main
 from harness.config import RunConfig, apply_overrides
 from harness.errors import InputError
 from harness.grid import load_grid
-from harness.reference import load_reference
-from harness.run import build_segmentor
+from harness.check import load_reference
+from harness.modeling import build_segmentor
 
 ROOT = Path(__file__).resolve().parents[2]
 _SOURCES = sorted(p for package in ("harness", "classifiers", "backbones") for p in (ROOT / package).rglob("*.py"))
@@ -115,7 +115,7 @@ def test_local_ray_and_the_mlflow_ui_bind_to_loopback():
     local = [node for _, node in _calls("ray.init") if _keyword(node, "address") == "local"]
     assert local and all(_keyword(n, "_node_ip_address") == "127.0.0.1" and _keyword(n, "include_dashboard") is False
                          for n in local)
-    from harness.cli import _parser
+    from harness.cli.parser import build_parser as _parser
 
     ui = _parser().parse_args(["ui"])
     assert ui.host == "127.0.0.1"

@@ -1,10 +1,9 @@
-"""One cell, end to end: dataset -> Segmentor -> train -> evaluate -> measure -> CellResult."""
+"""One cell, end to end, on one worker or as a Ray Train run: dataset -> ``Segmentor`` -> train ->
+evaluate -> (measure) -> ``CellResult``."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import os
 import random
 import time
@@ -13,9 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backbones import build_backbone, build_neck
-from backbones.necks import neck_accepts, neck_uses_auxiliary
-from classifiers import build_classifier, classifier_accepts, resolve_classifier_kwargs
 from harness.config import EvalConfig, RunConfig, config_hash, to_dict
 from harness.data import (
     AugmentConfig,
@@ -25,20 +21,20 @@ from harness.data import (
     SemSegMapper,
     build_test_loader,
     build_train_loader,
+    dataset_splits,
+    label_space,
     split_batch,
 )
-from harness.data.builtin import SPLIT_NAMES
-from harness.engine import CheckpointHook, EvalHook, LocalContext, MetricsHook, Trainer, WorkerContext, checkpoint
-from harness.engine.hooks import save
-from harness.engine.launch import RESULT_FILE, needs_ray_train
+from harness.engine import checkpoint
+from harness.engine.context import LocalContext, WorkerContext
+from harness.engine.hooks import CheckpointHook, EvalHook, MetricsHook, save
+from harness.engine.launch import RESULT_FILE, init_ray, launch, needs_ray_train, read_cell
+from harness.engine.trainer import Trainer
 from harness.errors import InputError
-from harness.evaluate import evaluate
+from harness.evaluation import SUMMARY_METRICS, SemSegEvaluator, evaluate
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
-from harness.metrics import SUMMARY_METRICS, SemSegEvaluator
-from harness.model import AuxiliaryFCNHead, Segmentor, mmseg_init
-from harness.pretrain import INITIAL_WEIGHTS, resolve_backbone_kwargs, without_checkpoint
-
-SPLITS = ("train", "val")
+from harness.modeling import Segmentor, build_segmentor, load_segmentor, resolve_classifier
+from harness.results import FINISHED, CellResult
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,109 +45,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def dataset_splits(name: str) -> dict[str, str]:
-    """Catalog names of ``name``'s train and val splits (``<name>_train``/``<name>_val``, or
-    ``SPLIT_NAMES``); ``InputError`` listing the datasets that have both."""
-    splits = SPLIT_NAMES.get(name) or {split: f"{name}_{split}" for split in SPLITS}
-    if not all(s in DatasetCatalog for s in splits.values()):
-        bases = {n.removesuffix("_train") for n in DatasetCatalog.list() if n.endswith("_train")}
-        known = sorted({b for b in bases if f"{b}_val" in DatasetCatalog and _is_sem_seg(f"{b}_train")}
-                       | set(SPLIT_NAMES))
-        raise InputError(f"unknown dataset {name!r}: needs {splits['train']!r} and {splits['val']!r} registered; "
-                         f"known datasets: {', '.join(known)}")
-    return splits
-
-
-def _is_sem_seg(split: str) -> bool:
-    """Whether ``split``'s metadata describes semantic segmentation (detectron2's catalogs also
-    hold detection, instance and panoptic datasets)."""
-    meta = MetadataCatalog.get(split)
-    return meta.get("stuff_classes") is not None and "sem_seg" in meta.get("evaluator_type", "sem_seg")
-
-
-def resolve_classifier(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with ``model.classifier_kwargs`` resolved: a paper head's preset spelled out
-    option by option, so the settings a cell runs with are its logged params and change
-    its ``config_hash``. Idempotent; heads without presets keep their kwargs as given."""
-    kwargs = resolve_classifier_kwargs(cfg.model.classifier, cfg.model.classifier_kwargs)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, classifier_kwargs=kwargs))
-
-
-def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segmentor:
-    """Backbone (``checkpoint: builtin:digits`` pretrained on first use, ``harness.pretrain``),
-    neck (``model.neck_kwargs``), classifier head and, when the neck trains
-    with one by default or ``neck_kwargs.auxiliary`` says so, the auxiliary FCN head;
-    ``model.init: mmseg`` initialises the decoder as MMSegmentation does (``mmseg_init``)."""
-    m = cfg.model
-    backbone = build_backbone(m.backbone, **resolve_backbone_kwargs(m.backbone, m.backbone_kwargs))
-    neck_kwargs = dict(m.neck_kwargs)
-    use_auxiliary = neck_kwargs.pop("auxiliary", neck_uses_auxiliary(m.neck))
-    if neck_accepts(m.neck, "num_classes"):  # a decoder with its own prediction (OCRNet's regions)
-        neck_kwargs.setdefault("num_classes", num_classes)
-    try:
-        neck = build_neck(m.neck, backbone.channels, backbone.strides, m.embed_dim, **neck_kwargs)
-    except TypeError as exc:
-        raise InputError(f"model.neck_kwargs {neck_kwargs}: not options of neck {m.neck!r} ({exc})") from None
-    auxiliary = None
-    if use_auxiliary:
-        if len(backbone.channels) < 3:
-            raise InputError(f"model.neck_kwargs.auxiliary: the auxiliary head reads stage 3, and backbone "
-                             f"{m.backbone!r} has {len(backbone.channels)} stages")
-        auxiliary = AuxiliaryFCNHead(backbone.channels[2], num_classes, ignore_label)
-    kwargs = dict(m.classifier_kwargs)
-    if classifier_accepts(m.classifier, "stage_channels"):  # a head that reads every stage learns their widths
-        kwargs.setdefault("stage_channels", getattr(neck, "pyramid_channels", [m.embed_dim] * len(backbone.channels)))
-    elif hasattr(neck, "pyramid_channels"):
-        raise InputError(f"neck {m.neck!r} passes the backbone's stages through unchanged; classifier "
-                         f"{m.classifier!r} needs a D-wide neck (mlp, fpn, ...)")
-    classifier = build_classifier(m.classifier, num_classes=num_classes, in_channels=m.embed_dim,
-                                  ignore_index=ignore_label, **kwargs)
-    model = Segmentor(backbone, neck, classifier, auxiliary)
-    if m.init == "mmseg":
-        mmseg_init(model)
-    return model
-
-
-def state_dict_bytes(model: torch.nn.Module) -> bytes:
-    """``model``'s state dict as ``torch.save`` writes it (what a FINISHED cell logs as ``weights.pt``)."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getvalue()
-
-
-def load_segmentor(cfg: RunConfig, weights: bytes | str | Path) -> Segmentor:
-    """``cfg``'s model with trained weights (a state dict as bytes or a file, read with
-    ``weights_only=True``), on the CPU, in eval mode. The label space is ``cfg``'s dataset's."""
-    source = io.BytesIO(weights) if isinstance(weights, bytes) else weights
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"weights {'(bytes)' if isinstance(weights, bytes) else weights}: not a state dict "
-                         f"torch.load can read ({type(exc).__name__})") from None
-    classes, ignore = label_space(cfg.data.dataset)
-    # The trained weights replace every parameter, so the backbone's initial ones (a file that
-    # may live on another machine, builtin weights not made here yet, the model hub's) are not loaded.
-    bare = without_checkpoint(cfg.model.backbone_kwargs, INITIAL_WEIGHTS)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_kwargs=bare))
-    model = build_segmentor(cfg, len(classes), ignore)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise InputError(f"weights do not fit {cfg.model.classifier}@{cfg.model.backbone}/{cfg.model.neck} with "
-                         f"{len(classes)} classes: {str(exc).splitlines()[0]}") from None
-    return model.eval()
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def label_space(dataset: str) -> tuple[list[str], int]:
-    """(class names, ignore label) of ``dataset``'s training split."""
-    meta = MetadataCatalog.get(dataset_splits(dataset)["train"])
-    return list(meta.stuff_classes), meta.get("ignore_label", 255)
 
 
 def cell_tags(cfg: RunConfig, digest: str | None = None) -> dict[str, str]:
@@ -179,15 +76,12 @@ def default_storage(cfg: RunConfig) -> Path:
 
 
 def run_cell(cfg: RunConfig, resume: bool = False, log=print, workers: int = 1,
-             storage: str | Path | None = None, retries: int = 3) -> tuple[dict, Segmentor]:
-    """Train, evaluate and (``measure.enabled``) measure one cell: (the JSON-serialisable
-    CellResult, the trained model). One worker trains in this process (checkpoints under
+             storage: str | Path | None = None, retries: int = 3) -> tuple[CellResult, Segmentor]:
+    """Train, evaluate and (``measure.enabled``) measure one cell: (its ``CellResult``, the trained model). One worker trains in this process (checkpoints under
     ``storage``/<config_hash> when given; ``resume`` continues from the newest); ``workers`` > 1,
     or a URI ``storage``, is a Ray Train run under ``storage`` (local Ray on loopback unless one
     is running) that restarts lost workers ``retries`` times and resumes by itself."""
     if needs_ray_train(workers, storage):
-        from harness.engine.launch import init_ray, launch, read_cell
-
         threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)  # each worker's share of the cores
         resolved = resolve_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads)))
         split_batch(cfg.data.batch_size, workers, cfg.train.accumulate)
@@ -207,11 +101,11 @@ def run_cell(cfg: RunConfig, resume: bool = False, log=print, workers: int = 1,
         run_dir = Path(storage) / config_hash(resolve_classifier(cfg)) if storage is not None else None
         result, model = train_cell(cfg, LocalContext(device, run_dir, resume), log)
     if cfg.measure.enabled:
-        add_measurement(result, model, cfg, device, log)
+        add_measurement(result, model, cfg, device, cfg.train.threads, log)
     return result, model
 
 
-def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[dict | None, Segmentor]:
+def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellResult | None, Segmentor]:
     """The engine's work for one cell on one worker: build the model (SyncBN per
     ``model.sync_bn``, DDP through ``context``), resume from ``context``'s checkpoint, train this
     worker's share of each step with the hooks, then on rank 0 evaluate and write the final
@@ -278,25 +172,19 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[dict 
         }
         if losses:
             metrics.update({k: v for k, v in losses[-1].items() if k.startswith("loss/")})
-        result = {
-            "status": "FINISHED",
-            "config": to_dict(cfg),
-            "config_hash": digest,
-            "tags": cell_tags(cfg, digest),
-            "metrics": metrics,
-            "per_class": {"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
-                          "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
-            "history": trained.history,
-            "per_image": evaluator.per_image_counts(),
-            "environment": {**fingerprint(device), "engine": {
+        result = CellResult(
+            FINISHED, to_dict(cfg), digest, cell_tags(cfg, digest), metrics,
+            per_class={"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
+                       "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
+            history=trained.history,
+            per_image=evaluator.per_image_counts(),
+            environment={**fingerprint(device), "engine": {
                 "workers": context.world_size, "accumulate": t.accumulate, "micro_batch": layout.micro_batch,
                 "precision": t.precision, "sync_bn": sync_bn, "resumed_at": trainer.start_iteration,
-                **_weights_params(model)}},
-            "measurement": None,
-        }
+                **_weights_params(model)}})
     if context.keeps_checkpoints:
         save(context, trainer, {"iteration": trainer.iteration, "finished": True},
-             lambda folder: (folder / RESULT_FILE).write_text(json.dumps(result)))
+             lambda folder: (folder / RESULT_FILE).write_text(result.to_json() if result else "null"))
     return result, model
 
 
@@ -306,11 +194,13 @@ def _weights_params(model: Segmentor) -> dict[str, str]:
     return report.params() if report is not None else {}
 
 
-def add_measurement(result: dict, model: Segmentor, cfg: RunConfig, device: torch.device, log=print) -> None:
-    """Measure ``model``'s cost with ``cfg.measure`` and add it to ``result`` (metrics and ``measurement``)."""
+def add_measurement(result: CellResult, model: Segmentor, cfg: RunConfig, device: torch.device, threads: int,
+                    log=print) -> None:
+    """Measure ``model``'s cost with ``cfg.measure`` on ``threads`` threads (0: all cores) and add it
+    to ``result`` (metrics and ``measurement``)."""
     began = time.perf_counter()
-    measured, result["measurement"] = measure_model(model, cfg.measure, device, cfg.train.threads)
-    result["metrics"].update(measured)
-    batch = result["measurement"]["measured_batch_sizes"][0]
+    measured, result.measurement = measure_model(model, cfg.measure, device, threads)
+    result.metrics.update(measured)
+    batch = result.measurement["measured_batch_sizes"][0]
     log(f"[segheads] measured at {cfg.measure.image_size}px in {time.perf_counter() - began:.1f} s: "
         f"{measured['gflops/total']:.2f} GFLOPs, p50 {measured[f'latency/bs{batch}/p50_ms']:.1f} ms at batch {batch}")

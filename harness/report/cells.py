@@ -1,5 +1,6 @@
-"""Finished cells as ``report``, ``check`` and the grid's table read them: grouped into
-configurations, and compared with one definition of the baseline.
+"""Finished cells as ``report``, ``check`` and the grid's table read them (``read_cells``, from
+MLflow or a ``results.jsonl``; ``Cell.from_result`` for results in memory), grouped into
+configurations and compared with one definition of the baseline.
 
 - A **configuration** is the cells whose resolved configs are equal in everything but
   ``train.seed`` (``harness.config.seedless_settings`` of their params): only its seeds are
@@ -19,8 +20,13 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.config import config_params, seedless_settings
+from harness.errors import InputError
+from harness.grid.store import read_results
+from harness.results import CellResult
+from harness.tracking import finished_runs, open_client, read_per_image_counts, resolve_tracking_uri
 
 TAGS = ("dataset", "backbone", "neck", "classifier")
 BASELINE = "softmax"
@@ -50,11 +56,11 @@ class Cell:
                    run.info.run_id, order=float(run.info.start_time or 0))
 
     @classmethod
-    def from_result(cls, result: dict, order: float = 0.0) -> Cell:
-        """A cell from a CellResult (a ``results.jsonl`` line)."""
-        metrics = {k: v for k, v in result["metrics"].items() if v is not None}
-        return cls(dict(result["tags"]), metrics, seedless_settings(config_params(result["config"])),
-                   per_image=result.get("per_image"), order=order)
+    def from_result(cls, result: CellResult, order: float = 0.0) -> Cell:
+        """A cell from a ``CellResult`` (a ``results.jsonl`` line, or one a grid holds)."""
+        metrics = {k: v for k, v in result.metrics.items() if v is not None}
+        return cls(dict(result.tags), metrics, seedless_settings(config_params(result.config)),
+                   per_image=result.per_image, order=order)
 
 
 @dataclass
@@ -83,8 +89,37 @@ class Configuration:
         return [cell.metrics[metric] for cell in chosen if cell.metrics.get(metric) is not None]
 
     def mean(self, metric: str, seeds: list[int] | None = None) -> float | None:
-        values = self.values(metric, seeds)
-        return statistics.fmean(values) if values else None
+        return mean(self.values(metric, seeds))
+
+
+def mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def read_cells(results: str | Path | None = None, experiment: str | None = None, parent_run_id: str | None = None,
+               tracking_uri: str | None = None, per_image: bool = False) -> tuple[str, list[Cell]]:
+    """(name, FINISHED cells) of one source: a ``results.jsonl`` (its last line per cell; named by
+    its folder), one grid's parent run (named by the run) or an MLflow experiment; ``per_image``
+    reads each run's per-image counts too (a ``results.jsonl`` line always has them)."""
+    if results is not None:
+        lines = read_results(results).values()
+        return Path(results).parent.name, [Cell.from_result(r, order) for order, r in enumerate(lines) if r.finished]
+    uri = resolve_tracking_uri(tracking_uri)
+    client = open_client(uri)
+    name = experiment
+    if parent_run_id:
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception:
+            raise InputError(f"--parent {parent_run_id!r}: no such run in {uri}") from None
+        name = parent.data.tags.get("mlflow.runName", parent_run_id)
+        experiment = client.get_experiment(parent.info.experiment_id).name
+    cells = [Cell.from_run(run) for run in finished_runs(client, experiment, uri, parent_run_id)]
+    for cell in cells if per_image else ():
+        cell.per_image = read_per_image_counts(cell.run_id, uri)
+    return name, cells
 
 
 def _differing(settings: list[dict[str, str]]) -> list[str]:

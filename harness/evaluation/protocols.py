@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.config import EvalConfig
-from harness.metrics import SemSegEvaluator
 
 _WINDOWS_PER_FORWARD = 4  # sliding windows stacked into one forward (bounds memory, as MMSeg's one at a time)
 
@@ -80,25 +79,3 @@ def predict_logits(model: nn.Module, image: Tensor, cfg: EvalConfig) -> Tensor:
         merged = scores if merged is None else merged + scores
     merged = merged / len(views)
     return merged[0] if single else merged
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, evaluator: SemSegEvaluator, device: torch.device,
-             protocol: EvalConfig | None = None) -> dict[str, float]:
-    """Predict every image under ``protocol`` (default: whole, native size) and score it against
-    its label at the original size; same-size images of a batch run together."""
-    protocol = protocol or EvalConfig()
-    was_training = model.training
-    model.eval()
-    evaluator.reset()
-    for batch in loader:
-        by_size: dict[tuple, list[dict]] = {}
-        for item in batch:
-            by_size.setdefault(tuple(item["image"].shape), []).append(item)
-        for items in by_size.values():
-            images = torch.stack([item["image"] for item in items]).to(device)
-            preds = predict_logits(model, images, protocol).argmax(dim=1).cpu()
-            for pred, item in zip(preds, items):
-                evaluator.process(pred, item["sem_seg"])
-    model.train(was_training)
-    return evaluator.evaluate()

@@ -1,52 +1,34 @@
-"""What a trained cell predicts: ``segheads predict`` and the report's predictions section.
+"""What a trained model predicts, as label maps and pictures: ``segheads predict`` and the report's
+predictions section.
 
-A FINISHED cell's MLflow run holds ``config.yaml`` (the resolved config) and ``weights.pt``
-(its state dict); ``load_run`` rebuilds the model from them. Predictions are the argmax of
-``harness.evaluate.predict_logits`` under the cell's test protocol (``eval``), at each image's
+Predictions are the argmax of ``predict_logits`` under the cell's test protocol (``eval``), at each image's
 own size, coloured with one fixed colour per class
 (``class_colors``) so the same class has the same colour in every file and panel.
 """
 
 from __future__ import annotations
 
-import tempfile
+import colorsys
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from harness.config import EvalConfig
-from harness.data.sem_seg import IMAGE_EXTENSIONS
+from harness.data import DatasetCatalog, SemSegMapper, dataset_splits
+from harness.data.sem_seg import IMAGE_EXTENSIONS, read_image
 from harness.errors import InputError
-from harness.evaluate import predict_logits
+from harness.evaluation.protocols import predict_logits
+from harness.figures import colormap
 
 IGNORE_COLOR = (0, 0, 0)
-
-
-def load_run(run_id: str, tracking_uri: str):
-    """(resolved ``RunConfig``, trained ``Segmentor`` in eval mode on the CPU) of a logged cell."""
-    import yaml
-
-    from harness.config import RunConfig, from_dict
-    from harness.run import load_segmentor
-    from harness.tracking import WEIGHTS_ARTIFACT, download_artifact, open_client
-
-    open_client(tracking_uri)  # a damaged or unreachable store: one line naming it
-    with tempfile.TemporaryDirectory() as folder:
-        config = download_artifact(run_id, "config.yaml", tracking_uri, folder)
-        weights = download_artifact(run_id, WEIGHTS_ARTIFACT, tracking_uri, folder)
-        cfg = from_dict(RunConfig, yaml.safe_load(config.read_text()))
-        return cfg, load_segmentor(cfg, weights)
 
 
 def class_colors(num_classes: int) -> np.ndarray:
     """[num_classes, 3] uint8: matplotlib's tab20 for the first 20 classes, then evenly
     spaced hues; black is kept for ignored pixels."""
-    import colorsys
-
-    from matplotlib import colormaps
-
-    tab20 = (np.array(colormaps["tab20"].colors[:num_classes]) * 255).round()
+    tab20 = (np.array(colormap("tab20").colors[:num_classes]) * 255).round()
     extra = [colorsys.hsv_to_rgb(i / max(1, num_classes - 20), 0.65, 0.9) for i in range(max(0, num_classes - 20))]
     return np.concatenate([tab20.reshape(-1, 3), np.array(extra).reshape(-1, 3) * 255]).astype(np.uint8)
 
@@ -77,8 +59,6 @@ def image_iou(prediction: np.ndarray, truth: np.ndarray, num_classes: int, ignor
 
 def legend_image(classes: list[str], colors: np.ndarray):
     """A PIL image: one swatch and name per class."""
-    from PIL import Image, ImageDraw
-
     row, width = 18, 14 + 8 * max(len(c) for c in classes) + 30
     legend = Image.new("RGB", (width, row * len(classes) + 6), "white")
     draw = ImageDraw.Draw(legend)
@@ -99,12 +79,25 @@ def list_images(folder: Path) -> list[Path]:
     return found
 
 
+def folder_sources(folder: Path, limit: int | None = None) -> list[tuple[str, torch.Tensor]]:
+    """(name, uint8 [3, H, W] image) of the first ``limit`` images under ``folder``, each named by
+    its relative path (``/`` as ``__``)."""
+    return [(str(p.relative_to(folder).with_suffix("")).replace("/", "__"),
+             torch.from_numpy(np.asarray(read_image(p)).copy()).permute(2, 0, 1)) for p in list_images(folder)[:limit]]
+
+
+def dataset_sources(dataset: str, num_classes: int, ignore_label: int,
+                    limit: int | None = None) -> list[tuple[str, torch.Tensor]]:
+    """(file stem, image) of the first ``limit`` images of a registered split, or of a dataset's val split."""
+    split = dataset if dataset in DatasetCatalog else dataset_splits(dataset)["val"]
+    mapper = SemSegMapper(num_classes, ignore_label)
+    return [(Path(r["file_name"]).stem, mapper(r)["image"]) for r in DatasetCatalog.get(split)[:limit]]
+
+
 def write_predictions(model, classes: list[str], sources: list[tuple[str, torch.Tensor]], out: Path,
                       protocol: EvalConfig) -> list[Path]:
     """For each (name, uint8 [3, H, W] image): ``out/<name>.png``, the prediction under ``protocol`` coloured by
     class, and ``out/<name>_overlay.png``, blended over the image; plus ``out/legend.png``."""
-    from PIL import Image
-
     out.mkdir(parents=True, exist_ok=True)
     colors = class_colors(len(classes))
     written = []

@@ -1,12 +1,12 @@
 """``segheads check``: finished cells, from MLflow or a ``results.jsonl``, against a reference file.
 
 A case's ``select`` picks cells by tag (``backbone``, ``classifier``, ``dataset``, ``seed``,
-``neck``); they must be seeds of one configuration (``harness.cells``), or, with
+``neck``); they must be seeds of one configuration (``harness.report.cells``), or, with
 ``latest``, the newest configuration of one dataset x backbone x neck x classifier: an
 expectation that matches several fails and names them. A metric is averaged over the
 configuration's selected seeds. A ``NAME / CLASSIFIER`` ratio divides by, and a ``NAME -
 CLASSIFIER`` difference subtracts, the same average over the same seeds of the
-configuration's baseline with that classifier (``harness.cells.baseline``: the same neck
+configuration's baseline with that classifier (``harness.report.baseline``: the same neck
 when it exists, otherwise the one the cells have).
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.cells import Cell, Configuration, baseline, configurations, paired_seeds
-from harness.reference import Expectation, Reference
+from harness.report import Cell, Configuration, baseline, configurations, paired_seeds
+from harness.check.reference import Expectation, Reference
 
 
 @dataclass(frozen=True)
@@ -25,24 +25,6 @@ class CheckRow:
     measured: float | None
     cells: int
     failure: str | None
-
-
-def cells_from_results(path) -> list[Cell]:
-    """FINISHED cells of a ``results.jsonl`` (the last line of each cell; later lines are newer)."""
-    from harness.grid.store import read_results
-
-    return [Cell.from_result(r, order) for order, r in enumerate(read_results(path).values())
-            if r["status"] == "FINISHED"]
-
-
-def cells_from_mlflow(experiment: str, tracking_uri: str | None = None) -> list[Cell]:
-    """FINISHED child runs (cells) of an MLflow experiment."""
-    from harness.tracking import FINISHED_CELLS, experiment_id, open_client, resolve_tracking_uri, search_all_runs
-
-    uri = resolve_tracking_uri(tracking_uri)
-    client = open_client(uri)
-    runs = search_all_runs(client, [experiment_id(client, experiment, uri)], FINISHED_CELLS)
-    return [Cell.from_run(run) for run in runs]
 
 
 def _matches(cell: Cell, select: dict) -> bool:

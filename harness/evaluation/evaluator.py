@@ -1,4 +1,6 @@
-"""Semantic-segmentation metrics with detectron2's keys and formulas.
+"""Scoring predictions: ``SemSegEvaluator`` (detectron2's keys and formulas) and ``evaluate``, which
+runs a model over a loader under a test protocol and feeds the evaluator (detectron2's
+``inference_on_dataset``).
 
 Matches ``detectron2.evaluation.SemSegEvaluator``: a (C+1) x (C+1) confusion
 matrix indexed [pred, gt] with ignore pixels in the extra column; IoU and
@@ -10,6 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
+
+from harness.config import EvalConfig
+from harness.evaluation.protocols import predict_logits
 
 SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")  # the evaluator's scores over all classes
 
@@ -83,3 +89,25 @@ class SemSegEvaluator:
         for name, value in zip(self.class_names, acc):
             results[f"ACC-{name}"] = 100 * value
         return {key: float(value) for key, value in results.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, evaluator: SemSegEvaluator, device: torch.device,
+             protocol: EvalConfig | None = None) -> dict[str, float]:
+    """Predict every image under ``protocol`` (default: whole, native size) and score it against
+    its label at the original size; same-size images of a batch run together."""
+    protocol = protocol or EvalConfig()
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    for batch in loader:
+        by_size: dict[tuple, list[dict]] = {}
+        for item in batch:
+            by_size.setdefault(tuple(item["image"].shape), []).append(item)
+        for items in by_size.values():
+            images = torch.stack([item["image"] for item in items]).to(device)
+            preds = predict_logits(model, images, protocol).argmax(dim=1).cpu()
+            for pred, item in zip(preds, items):
+                evaluator.process(pred, item["sem_seg"])
+    model.train(was_training)
+    return evaluator.evaluate()

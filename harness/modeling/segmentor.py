@@ -1,4 +1,5 @@
-"""``Segmentor``: backbone -> neck -> classifier head, the unit every cell trains and measures."""
+"""``Segmentor``: backbone -> neck -> classifier head (+ MMSegmentation's auxiliary FCN head), the unit
+every cell trains and measures."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.necks import _conv_norm_act
+from backbones.necks import conv_norm_act
 from classifiers import ClassifierOutput, PixelClassifier
 from classifiers.base import pixel_cross_entropy
 
@@ -27,7 +28,7 @@ class AuxiliaryFCNHead(nn.Module):
                  loss_weight: float = 0.4, stage: int = 2) -> None:
         super().__init__()
         self.stage, self.loss_weight, self.ignore_index = stage, loss_weight, ignore_index
-        self.conv = _conv_norm_act(in_channels, channels, 3)
+        self.conv = conv_norm_act(in_channels, channels, 3)
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
@@ -68,31 +69,3 @@ class Segmentor(nn.Module):
     def predict(self, images: Tensor) -> Tensor:
         logits = self(images).logits
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-
-
-_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
-
-
-def mmseg_init(model: Segmentor) -> None:
-    """MMSegmentation's initialisation of the decoder (``model.init: mmseg``): in the neck and the
-    auxiliary head every conv Kaiming-normal (``fan_out``, ReLU) with zero bias and every norm
-    weight 1, bias 0 (mmcv ``ConvModule.init_weights``); in all three, the modules a part names in
-    ``CONV_SEG`` (MMSeg's final ``conv_seg``) N(0, 0.01) with zero bias (``BaseDecodeHead``'s
-    ``init_cfg``). A classifier head's other parameters (prototypes, embeddings, attention) keep
-    their authors' initialisation; the backbone keeps its weights."""
-    for part in (model.neck, model.auxiliary):
-        for module in part.modules() if part is not None else ():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, _NORMS) and module.weight is not None:
-                nn.init.ones_(module.weight)
-            else:
-                continue
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    for part in (model.neck, model.auxiliary, model.classifier):
-        for name in getattr(part, "CONV_SEG", ()):
-            conv = part.get_submodule(name)
-            nn.init.normal_(conv.weight, std=0.01)
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)

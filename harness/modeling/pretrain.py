@@ -36,6 +36,7 @@ On a cluster each node makes its own copy the first time (same seed and recipe).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -47,10 +48,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones import build_backbone
 from harness.config import TrainConfig
 from harness.data.digits import DIGIT_CLASSES, cache_root, digit_pools, make_digit_crop
 from harness.errors import InputError
-from harness.model import IMAGENET_MEAN, IMAGENET_STD
+from harness.modeling.segmentor import IMAGENET_MEAN, IMAGENET_STD
+from harness.solver import build_optimizer, lr_factor
 
 BUILTIN_PREFIX = "builtin:"
 WEIGHTS_PREFIX = "weights:"  # a file under $SEGHEADS_WEIGHTS
@@ -104,8 +107,6 @@ def uncached_builtin_weights(backbone: str, kwargs: dict) -> Path | None:
 def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, steps: int = _RECIPE.iters,
                            log=print) -> Path:
     """Path of ``backbone``'s encoder state dict pretrained on digit classification, made once."""
-    import fcntl
-
     backbone_kwargs = dict(backbone_kwargs or {})
     path = _digits_backbone_path(backbone, backbone_kwargs, steps)
     if path.is_file():
@@ -161,9 +162,6 @@ def _crops(pool: tuple[np.ndarray, np.ndarray], count: int, rng: np.random.Gener
 
 
 def _pretrain(backbone: str, backbone_kwargs: dict, steps: int) -> tuple[dict, dict]:
-    from backbones import build_backbone
-    from harness.engine import build_optimizer, lr_factor
-
     began = time.perf_counter()
     pools = digit_pools(_SEED)
     rng = np.random.default_rng(_SEED)

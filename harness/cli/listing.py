@@ -1,0 +1,34 @@
+"""``segheads list``: registered backbones, classifiers, datasets and necks."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+
+from backbones import build_backbone, list_backbones, list_necks
+from classifiers import list_classifiers
+from harness.data import DatasetCatalog
+from harness.errors import InputError
+
+_LISTERS = {"classifiers": list_classifiers, "necks": list_necks, "datasets": DatasetCatalog.list}
+
+
+def list_names(args: argparse.Namespace) -> int:
+    if args.what == "backbones":
+        names = list_backbones(args.pattern)
+        if args.details:
+            if args.pattern is None:
+                raise InputError("list backbones --details builds every match; narrow it with --pattern, e.g. 'mit_*'")
+            print("\n".join(_backbone_details(name) for name in names))
+            return 0
+    else:
+        names = _LISTERS[args.what]()
+        names = fnmatch.filter(names, args.pattern) if args.pattern else names
+    print("\n".join(names))
+    return 0
+
+
+def _backbone_details(name: str) -> str:
+    backbone = build_backbone(name)
+    millions = sum(p.numel() for p in backbone.parameters()) / 1e6
+    return f"{name:<24} channels {backbone.channels}  strides {backbone.strides}  {millions:.1f} M params"

@@ -1,0 +1,43 @@
+"""Reports: finished cells read back, grouped into configurations, compared with their baselines,
+and written as ``results.csv``, ``report.md``, plots and a self-contained ``report.html``.
+
+- ``cells``: ``read_cells`` (the one reader: MLflow or ``results.jsonl``), ``Cell``,
+  ``Configuration``, ``configurations``, ``baseline`` (also used by ``check`` and the grid's table).
+- ``statistics``: ``summarise`` (one row per configuration), ``bootstrap_delta``.
+- ``figures``: the plots; ``predictions``: ``prediction_panels`` from logged weights.
+- ``write``: ``write_report``.
+"""
+
+from harness.report.cells import (
+    Cell,
+    Configuration,
+    baseline,
+    baseline_name,
+    configurations,
+    mean,
+    paired_difference,
+    paired_seeds,
+    read_cells,
+)
+from harness.report.predictions import PREDICTION_IMAGES, prediction_panels
+from harness.report.statistics import COLUMNS, RESAMPLES, bootstrap_delta, summarise
+from harness.report.write import write_report
+
+__all__ = [
+    "COLUMNS",
+    "PREDICTION_IMAGES",
+    "RESAMPLES",
+    "Cell",
+    "Configuration",
+    "baseline",
+    "baseline_name",
+    "bootstrap_delta",
+    "configurations",
+    "mean",
+    "paired_difference",
+    "paired_seeds",
+    "prediction_panels",
+    "read_cells",
+    "summarise",
+    "write_report",
+]

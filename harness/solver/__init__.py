@@ -1,0 +1,10 @@
+"""The optimiser and its learning-rate schedule, shared by cell training and encoder pretraining.
+
+- ``build``: ``param_groups`` (``train.param_groups``: the longest key a parameter's name contains
+  gives its lr and decay multipliers; 1-d parameters undecayed by default), ``build_optimizer``
+  (AdamW or SGD over those groups), ``lr_factor`` (poly decay times a linear warm-up).
+"""
+
+from harness.solver.build import build_optimizer, lr_factor, param_groups
+
+__all__ = ["build_optimizer", "lr_factor", "param_groups"]

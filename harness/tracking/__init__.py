@@ -1,0 +1,53 @@
+"""Tracking: MLflow, written only by a grid's driver or ``segheads run`` (SQLite wants one writer).
+
+- ``client``: ``resolve_tracking_uri`` (default ``sqlite:///mlflow.db``), ``open_client`` (a client
+  that has answered, or a one-line ``InputError`` naming the store), ``search_all_runs``.
+- ``log``: ``log_cell`` (a ``CellResult`` as a run, through ``CellResult.to_mlflow``),
+  ``log_rows`` (training rows as step series), ``update_measurement``, ``cell_run_tags``.
+- ``read``: ``read_result`` (a run's ``CellResult``), ``finished_runs``, ``read_per_image_counts``.
+- ``artifacts``: reading a run's artifacts; ``models``: ``load_run`` (a logged cell's trained model).
+- ``ui``: ``serve_ui`` (``segheads ui``).
+"""
+
+from harness.tracking.artifacts import WEIGHTS_ARTIFACT, download_artifact, read_artifact, read_artifact_bytes
+from harness.tracking.client import (
+    DEFAULT_TRACKING_URI,
+    FINISHED_CELLS,
+    experiment_id,
+    git_commit,
+    open_client,
+    quick_http_failures,
+    resolve_tracking_uri,
+    search_all_runs,
+    store_label,
+)
+from harness.tracking.log import cell_run_tags, log_cell, log_rows, update_measurement
+from harness.tracking.models import load_run, logged_measure_threads
+from harness.tracking.read import finished_runs, read_per_image_counts, read_result
+from harness.tracking.ui import serve_ui
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "FINISHED_CELLS",
+    "WEIGHTS_ARTIFACT",
+    "cell_run_tags",
+    "download_artifact",
+    "experiment_id",
+    "finished_runs",
+    "git_commit",
+    "load_run",
+    "log_cell",
+    "log_rows",
+    "logged_measure_threads",
+    "open_client",
+    "quick_http_failures",
+    "read_artifact",
+    "read_artifact_bytes",
+    "read_per_image_counts",
+    "read_result",
+    "resolve_tracking_uri",
+    "search_all_runs",
+    "serve_ui",
+    "store_label",
+    "update_measurement",
+]

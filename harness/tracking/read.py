@@ -1,0 +1,40 @@
+"""Reading cells back from MLflow: a run's ``CellResult`` (``CellResult.from_mlflow``) and a
+grid's FINISHED runs."""
+
+from __future__ import annotations
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from harness.errors import InputError
+from harness.results import CELL_RESULT_ARTIFACT, PER_IMAGE_ARTIFACT, CellResult, MlflowRecord
+from harness.tracking.artifacts import read_artifact
+from harness.tracking.client import FINISHED_CELLS, experiment_id, search_all_runs
+
+
+def read_result(run_id: str, tracking_uri: str) -> CellResult:
+    """The ``CellResult`` logged in MLflow run ``run_id`` (``InputError`` naming the run when it
+    holds none)."""
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    artifacts = {CELL_RESULT_ARTIFACT: read_artifact(run_id, CELL_RESULT_ARTIFACT, tracking_uri)}
+    counts = read_per_image_counts(run_id, tracking_uri)
+    if counts is not None:
+        artifacts[PER_IMAGE_ARTIFACT] = json.dumps(counts)
+    record = MlflowRecord(run.info.status, dict(run.data.tags), dict(run.data.params), dict(run.data.metrics), {},
+                          artifacts)
+    return CellResult.from_mlflow(record, f"run {run_id}")
+
+
+def read_per_image_counts(run_id: str, tracking_uri: str) -> list | None:
+    """A cell's ``per_image_counts.json``, or None for runs logged before it existed."""
+    try:
+        return json.loads(read_artifact(run_id, PER_IMAGE_ARTIFACT, tracking_uri))
+    except InputError:
+        return None
+
+
+def finished_runs(client, experiment: str, tracking_uri: str, parent_run_id: str | None = None) -> list:
+    """The FINISHED cell runs of ``experiment`` (of one grid's parent run when given)."""
+    query = FINISHED_CELLS + (f" and tags.mlflow.parentRunId = '{parent_run_id}'" if parent_run_id else "")
+    return search_all_runs(client, [experiment_id(client, experiment, tracking_uri)], query)
