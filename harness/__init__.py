@@ -1,4 +1,6 @@
-"""segheads harness: data, model assembly, training, evaluation, measurement, tracking and CLI.
+"""segheads harness, one package per job (docs/architecture.md, "Packages"): ``config``, ``data``,
+``modeling``, ``solver``, ``engine``, ``evaluation``, ``measure``, ``results`` (``CellResult``),
+``tracking``, ``grid``, ``report``, ``check`` and ``cli``.
 
 Kept import-light on purpose: ``backbones`` and ``classifiers`` import
 ``harness.errors`` and must not pull in torch-heavy or MLflow modules through it.

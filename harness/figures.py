@@ -24,6 +24,14 @@ def colormap(name: str):
     return colormaps[name]
 
 
+def legend_patch(color, label: str):
+    """A legend entry: a swatch of ``color`` (RGB in [0, 1]) named ``label``."""
+    pyplot()
+    from matplotlib.patches import Patch
+
+    return Patch(color=color, label=label)
+
+
 def png_bytes(figure, dpi: int = 110) -> bytes:
     """``figure`` as PNG bytes (tight bounding box); the figure is closed."""
     buffer = io.BytesIO()

@@ -1,6 +1,7 @@
 """``CellResult``: one cell's outcome, the typed record every package passes on (engine -> grid ->
 tracking -> report / check), with its two stored forms: a ``results.jsonl`` line (``to_json`` /
-``from_json``) and an MLflow run (``to_mlflow`` / ``from_mlflow``, through ``MlflowRecord``).
+``from_json``; ``read_results`` reads a file of them) and an MLflow run (``to_mlflow`` /
+``from_mlflow``, through ``MlflowRecord``).
 
 JSON is strict: non-finite floats are written as null (and read back as None). In MLflow, the
 run's ``cell_result.json`` (everything but the per-image counts) and ``per_image_counts.json`` are
@@ -16,11 +17,12 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from harness.config import ENGINE_PARAM_PREFIX, MAX_PARAM_LENGTH, config_params
+from harness.config import ENGINE_PARAM_PREFIX, MAX_PARAM_LENGTH, RunConfig, config_hash, config_params, from_dict
 from harness.errors import InputError
 
 FINISHED, FAILED = "FINISHED", "FAILED"
@@ -154,6 +156,36 @@ class MlflowRecord:
     metrics: dict[str, float]
     series: dict[str, list[tuple[int, float]]]
     artifacts: dict[str, str]
+
+
+def read_results(path: str | Path) -> dict[str, CellResult]:
+    """The last result of each cell in a ``results.jsonl``, by ``config_hash``, in the order of
+    those last lines. Each line's ``config_hash`` is computed again from its config (a line
+    written before the hash left out the measurement settings keeps its old one as
+    ``config_hash_v1``). A torn last line (a writer killed mid-write) is ignored here and set
+    aside by the next append; any other bad line is an ``InputError``."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    results = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise InputError(f"{path}:{number}: not a JSON cell result") from None
+        try:
+            result = CellResult.from_dict(data, f"{path}:{number}")
+            digest = config_hash(from_dict(RunConfig, result.config))
+        except (InputError, TypeError) as exc:
+            raise InputError(f"{path}:{number}: not a cell result with a valid config ({exc})") from None
+        results.pop(digest, None)
+        results[digest] = result.rehashed(digest)
+    return results
 
 
 def metric_name(key: str) -> str:

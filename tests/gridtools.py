@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 import yaml
 
 from harness.config import config_hash
-from harness.grid.store import read_results
+from harness.results import read_results
 from harness.grid.lease import LEASE_TAG
 
 TINY = {

@@ -16,7 +16,6 @@ from harness.grid import expand, load_grid, run_grid
 from harness.results import CellResult
 
 
-
 def test_spec_expands_with_overrides_in_order(tmp_path):
     path = write_spec(tmp_path, "expand", classifiers=["softmax", "protoseg"], seeds=[0, 1],
                  train={"iters": 20, "lr": 0.01}, backbone_overrides={"test_convnext": {"train": {"lr": 0.02}}},
@@ -137,8 +136,6 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(ray_cluster, tmp_path):
     assert sorted(rows) == ["query", "softmax"]
     assert float(rows["query"]["delta_vs_softmax"]) == pytest.approx(miou["query"] - miou["softmax"])
     assert rows["query"]["delta_ci_low"] != "" and (tmp_path / "r" / "miou_vs_latency.png").stat().st_size > 2000
-
-
 
 
 def test_a_finished_cell_keeps_its_weights_and_predict_and_measure_use_them(ray_cluster, tmp_path, capsys):

@@ -18,7 +18,8 @@ from ray.cluster_utils import Cluster
 from gridtools import TINY, children, processes_titled, write_spec
 from harness.config import config_hash
 from harness.engine import checkpoint
-from harness.grid import expand, load_grid, read_results, run_grid
+from harness.grid import expand, load_grid, run_grid
+from harness.results import read_results
 
 TRIAL_PROCESS = "ray::ImplicitFunc"  # a Ray Tune function trial's actor
 

@@ -20,7 +20,7 @@ from gridtools import assert_finished_once, children, write_spec
 from harness.cli import main
 from harness.config import config_hash, flatten, to_dict
 from harness.grid import expand, load_grid, run_grid
-from harness.grid.store import read_results
+from harness.results import read_results
 from harness.tracking import read_artifact
 
 _QUIET = {"log": lambda message: None}

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.report import Cell, Configuration, baseline, configurations, paired_seeds
 from harness.check.reference import Expectation, Reference
+from harness.report import Cell, Configuration, baseline, configurations, paired_seeds
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import sys
 from harness.cli import stderr
 from harness.data.validate import validate_registered
 from harness.errors import InputError
-from harness.grid import GridStore, comparison_table, dry_run, load_grid, overhead, read_results, run_grid
+from harness.grid import GridStore, comparison_table, dry_run, load_grid, overhead, run_grid
+from harness.results import read_results
 
 
 def grid(args: argparse.Namespace) -> int:

@@ -25,7 +25,6 @@ def bounded(default: Any, **limits: Any) -> Any:
     return field(default=default, metadata=limits)
 
 
-
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 

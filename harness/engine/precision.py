@@ -40,4 +40,3 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.scaler.load_state_dict(state)
-

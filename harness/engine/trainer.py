@@ -15,8 +15,8 @@ from torch import nn
 from classifiers.base import PixelClassifier
 from harness.config import TrainConfig
 from harness.engine.precision import Precision
-from harness.solver import build_optimizer, lr_factor
 from harness.errors import first_line, is_out_of_memory
+from harness.solver import build_optimizer, lr_factor
 
 _MICRO_SEED_STRIDE = 1_000_003
 

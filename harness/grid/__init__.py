@@ -37,7 +37,6 @@ _PUBLIC = {
     "expand": "spec",
     "load_grid": "spec",
     "overhead": "table",
-    "read_results": "store",
     "run_grid": "schedule",
     "validate_cells": "spec",
 }

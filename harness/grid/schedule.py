@@ -19,6 +19,7 @@ import ray
 from ray import tune
 
 from harness.config import RunConfig, config_hash, from_dict, to_dict
+from harness.engine import cell_tags
 from harness.engine.launch import final_checkpoint, init_ray, needs_ray_train, read_cell, resolve_storage
 from harness.errors import InputError, one_line
 from harness.grid.progress import Progress
@@ -26,7 +27,6 @@ from harness.grid.spec import GridSpec, Resources, describe, expand, validate_ce
 from harness.grid.store import GridStore
 from harness.grid.table import GridOutcome
 from harness.grid.tasks import FAILED, TRAINED, failed_result, measure_task, train_trial
-from harness.engine import cell_tags
 from harness.measure import MEASUREMENT_PREFIXES
 from harness.modeling import uncached_builtin_weights
 from harness.results import CellResult

@@ -8,9 +8,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import RunConfig, bounded, from_dict, read_yaml, to_dict
 from backbones import check_backbone, list_necks
 from classifiers import build_classifier, list_classifiers
+from harness.config import RunConfig, bounded, from_dict, read_yaml, to_dict
 from harness.data import dataset_splits, split_batch
 from harness.errors import InputError, unknown_name_error
 from harness.modeling import resolve_classifier
@@ -223,5 +223,3 @@ def validate_cells(cells: list[RunConfig], workers: int = 1) -> None:
 
 def describe(cfg: RunConfig) -> str:
     return f"{cfg.model.classifier}@{cfg.model.backbone}/{cfg.model.neck} {cfg.data.dataset} s{cfg.train.seed}"
-
-

@@ -25,7 +25,6 @@ keeps ``results.jsonl`` only from the start.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -35,42 +34,12 @@ from harness.config import HASH_VERSION, RunConfig, config_hash, from_dict
 from harness.errors import InputError, first_line
 from harness.grid.lease import FileLease, TrackingLease
 from harness.measure import MEASUREMENT_PREFIXES
-from harness.results import CellResult
+from harness.results import CellResult, read_results
 from harness.tracking import (WEIGHTS_ARTIFACT, cell_run_tags, log_cell, log_rows, open_client, quick_http_failures,
                               read_artifact, read_artifact_bytes, read_result, resolve_tracking_uri,
                               search_all_runs, store_label, update_measurement)
 
 _PARENT_TAG = "segheads.grid"
-
-
-def read_results(path: str | Path) -> dict[str, CellResult]:
-    """The last result of each cell in a ``results.jsonl``, by ``config_hash``, in the order of
-    those last lines. Each line's ``config_hash`` is computed again from its config (a line
-    written before the hash left out the measurement settings keeps its old one as
-    ``config_hash_v1``). A torn last line (a writer killed mid-write) is ignored here and set
-    aside by the next append; any other bad line is an ``InputError``."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    lines = path.read_text().splitlines()
-    results = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise InputError(f"{path}:{number}: not a JSON cell result") from None
-        try:
-            result = CellResult.from_dict(data, f"{path}:{number}")
-            digest = config_hash(from_dict(RunConfig, result.config))
-        except (InputError, TypeError) as exc:
-            raise InputError(f"{path}:{number}: not a cell result with a valid config ({exc})") from None
-        results.pop(digest, None)
-        results[digest] = result.rehashed(digest)
-    return results
 
 
 def set_aside_torn_tail(path: Path) -> Path | None:

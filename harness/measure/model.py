@@ -24,7 +24,7 @@ from torch import nn
 
 from harness.config import MeasureConfig
 from harness.measure.flops import count_flops
-from harness.measure.latency import random_images, measure_latency, measured_batches
+from harness.measure.latency import measure_latency, measured_batches, random_images
 from harness.measure.machine import fingerprint, machine_matmul_gflops, pinned_threads
 from harness.measure.memory import memory_method
 from harness.measure.params import count_parameters

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from harness.config import config_params, seedless_settings
 from harness.errors import InputError
-from harness.grid.store import read_results
-from harness.results import CellResult
+from harness.results import CellResult, read_results
 from harness.tracking import finished_runs, open_client, read_per_image_counts, resolve_tracking_uri
 
 TAGS = ("dataset", "backbone", "neck", "classifier")

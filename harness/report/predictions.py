@@ -10,7 +10,7 @@ import numpy as np
 from harness.data import DatasetCatalog, SemSegMapper, dataset_splits, label_space
 from harness.errors import InputError
 from harness.evaluation import class_colors, colorize, image_iou, predict_labels
-from harness.figures import png_bytes, pyplot
+from harness.figures import legend_patch, png_bytes, pyplot
 from harness.report.cells import Cell, Configuration
 from harness.tracking import load_run
 
@@ -61,8 +61,6 @@ def prediction_panels(configs: list[Configuration], tracking_uri: str, count: in
 
 
 def _prediction_figure(samples, columns, colors, classes: list[str], ignore: int, title: str) -> bytes:
-    from matplotlib.patches import Patch
-
     plt = pyplot()
     num_classes = len(classes)
 
@@ -82,7 +80,7 @@ def _prediction_figure(samples, columns, colors, classes: list[str], ignore: int
                 axes[row, col].set_title(heading, fontsize=8)
     shown_ids = np.unique(np.concatenate([s["sem_seg"].numpy().ravel() for s in samples]
                                          + [labels.ravel() for _, predicted in columns for labels in predicted]))
-    legend = [Patch(color=colors[c] / 255, label=classes[c]) for c in shown_ids if 0 <= c < num_classes]
+    legend = [legend_patch(colors[c] / 255, classes[c]) for c in shown_ids if 0 <= c < num_classes]
     figure.legend(handles=legend, loc="lower center", ncol=min(6, len(legend)), fontsize=6, bbox_to_anchor=(0.5, -0.04))
     figure.suptitle(title, fontsize=9)
     return png_bytes(figure)

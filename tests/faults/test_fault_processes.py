@@ -14,7 +14,7 @@ import ray
 from gridtools import assert_finished_once, children, processes_titled, write_spec
 from harness.engine import checkpoint
 from harness.grid import expand, load_grid, run_grid
-from harness.grid.store import read_results
+from harness.results import read_results
 
 _FOUR = ["softmax", "query", "protoseg", "ssa"]
 TRIAL_PROCESS = "ray::ImplicitFunc"  # a Ray Tune function trial's actor

@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from gridtools import assert_finished_once, children, write_spec
 from harness.cli import main
 from harness.grid import expand, load_grid
-from harness.grid.store import GridStore, read_results
+from harness.grid.store import GridStore
+from harness.results import read_results
 
 
 _REFERENCE = str(Path(__file__).resolve().parents[2] / "jobs" / "reference" / "quickstart.yaml")
