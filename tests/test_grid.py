@@ -173,7 +173,7 @@ def test_a_finished_cell_keeps_its_weights_and_predict_and_measure_use_them(ray_
 
     assert main(["measure", "--run", run.info.run_id, "--tracking-uri", uri, "--json", str(tmp_path / "m.json")]) == 0
     alone = json.loads((tmp_path / "m.json").read_text())
-    logged = outcome.results[0]["metrics"]
+    logged = outcome.results[0].metrics
     assert alone["metrics"]["params/total"] == logged["params/total"]
     assert alone["metrics"]["gflops/total"] == pytest.approx(logged["gflops/total"])
-    assert alone["measurement"]["settings"] == outcome.results[0]["measurement"]["settings"]
+    assert alone["measurement"]["settings"] == outcome.results[0].measurement["settings"]

@@ -1,4 +1,4 @@
-"""``segheads check``: finished cells, from MLflow or a ``results.jsonl``, against a reference file.
+"""The regression check (``segheads check``): finished cells (``harness.report.read_cells``) against a reference file.
 
 A case's ``select`` picks cells by tag (``backbone``, ``classifier``, ``dataset``, ``seed``,
 ``neck``); they must be seeds of one configuration (``harness.report.cells``), or, with
