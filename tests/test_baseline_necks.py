@@ -1,5 +1,5 @@
 """The papers' baseline decoders (``backbones/necks/mmseg.py``) and MMSegmentation's
-auxiliary FCN head (``harness.model.AuxiliaryFCNHead``): structure by exact parameter
+auxiliary FCN head (``harness.modeling.AuxiliaryFCNHead``): structure by exact parameter
 counts, strides, the auxiliary loss, that it never runs at inference, and its accounting."""
 
 import pytest
@@ -153,7 +153,8 @@ def test_keys_added_later_change_the_hash_only_when_set():
     import hashlib
     import json
 
-    from harness.config import _HASHED_WHEN_SET, _NOT_HASHED, flatten, to_dict
+    from harness.config import flatten, to_dict
+    from harness.config.identity import _HASHED_WHEN_SET, _NOT_HASHED
 
     base = RunConfig()
     measurement = {k for k in flatten(to_dict(base)) if k.startswith("measure.")} | {"data.eval_batch_size"}

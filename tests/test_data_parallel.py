@@ -120,7 +120,7 @@ def test_a_grid_of_two_worker_cells_records_each_run_and_a_non_finite_loss_once(
     assert failed.failed_at_iteration is not None and "harness/engine/hooks.py" in failed.traceback
     # its run ends in a failed_<iteration> checkpoint, which makes a later launch of the cell start over
     (failed_folder,) = (tmp_path / "checkpoints" / failed.config_hash).glob("failed_*")
-    assert failed_folder.name == f"failed_{failed['failed_at_iteration']:08d}"
+    assert failed_folder.name == f"failed_{failed.failed_at_iteration:08d}"
     runs, parents = children(uri, "parallel")
     assert sorted((r.data.tags["classifier"], r.info.status) for r in runs) == [("query", "FAILED"),
                                                                                 ("softmax", "FINISHED")]

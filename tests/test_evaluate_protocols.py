@@ -1,4 +1,4 @@
-"""Test-time protocols (``harness.evaluate.predict_logits``), each checked against a result computed
+"""Test-time protocols (``harness.evaluation.predict_logits``), each checked against a result computed
 independently from ``Segmentor.predict`` on a real (randomly initialised) model; and the extra
 protocols of a cell logged under their own names."""
 

@@ -34,8 +34,9 @@ def _reference(path, select, expect):
 _WRITER = """
 import sys
 from harness.grid.store import GridStore
+from harness.results import CellResult
 store = GridStore("torn", None, sys.argv[1], tracking=False, log=print)
-line = {"status": "FINISHED", "config_hash": "0" * 16, "per_image": ["x" * 1000] * 250_000}
+line = CellResult("FINISHED", {}, "0" * 16, {}, per_image=["x" * 1000] * 250_000)
 print("writing", flush=True)
 store._append(line)
 """

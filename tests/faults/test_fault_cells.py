@@ -36,7 +36,7 @@ def test_each_cell_fault_is_recorded_and_the_grid_goes_on(ray_cluster, tmp_path,
 
     nan = by["query"]
     assert nan.status == "FAILED" and nan.error.startswith("NonFiniteLossError: non-finite loss at iteration")
-    assert nan.failed_at_iteration is not None and f"iteration {nan['failed_at_iteration']}" in nan.error
+    assert nan.failed_at_iteration is not None and f"iteration {nan.failed_at_iteration}" in nan.error
     assert not (tmp_path / "checkpoints" / nan.config_hash).exists()  # run again, it starts over
     assert (tmp_path / "checkpoints" / by["softmax"].config_hash / "checkpoint_00000020" / "result.json").is_file()
 
