@@ -11,7 +11,7 @@
   is the iteration), in Ray Train's layout.
 - ``context.py``: ``WorkerContext`` (rank, device, DDP, report, resume) and ``LocalContext``.
 - ``launch.py``: ``launch`` (a cell as a Ray Train ``TorchTrainer`` run), ``RayTrainContext``,
-  ``init_ray``, ``memory_cap``; imports Ray only when called.
+  ``init_ray``, ``ray_session``, ``memory_cap``; the one module of the engine that imports Ray, when called.
 """
 
 from harness.engine.cell import (

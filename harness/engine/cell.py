@@ -28,7 +28,7 @@ from harness.data import (
 from harness.engine import checkpoint
 from harness.engine.context import LocalContext, WorkerContext
 from harness.engine.hooks import CheckpointHook, EvalHook, MetricsHook, save
-from harness.engine.launch import RESULT_FILE, init_ray, launch, needs_ray_train, read_cell
+from harness.engine.launch import RESULT_FILE, launch, needs_ray_train, ray_session, read_cell
 from harness.engine.trainer import Trainer
 from harness.errors import InputError
 from harness.evaluation import SUMMARY_METRICS, SemSegEvaluator, evaluate
@@ -85,15 +85,9 @@ def run_cell(cfg: RunConfig, resume: bool = False, log=print, workers: int = 1,
         threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)  # each worker's share of the cores
         resolved = resolve_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads)))
         split_batch(cfg.data.batch_size, workers, cfg.train.accumulate)
-        started = init_ray(None)
-        try:
+        with ray_session(None):
             result, weights = read_cell(launch(train_cell, resolved, workers, storage or default_storage(cfg),
                                                cpus=threads, retries=retries))
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
         model, device = load_segmentor(resolved, weights), resolve_device(cfg.device)
         model.to(device)
     else:

@@ -76,6 +76,19 @@ def init_ray(address: str | None) -> bool:
 
 
 @contextlib.contextmanager
+def ray_session(address: str | None):
+    """Ray connected (``init_ray``) while inside, and shut down after when this call started it."""
+    started = init_ray(address)
+    try:
+        yield started
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+@contextlib.contextmanager
 def memory_cap(gigabytes: float):
     """Lower this process's RLIMIT_DATA soft limit to ``gigabytes`` while inside (0: no cap);
     the previous limit comes back after, since Ray reuses worker processes."""

@@ -112,8 +112,6 @@ def _check_spec(spec: GridSpec) -> GridSpec:
                 raise InputError(f"{kind}.{name}.model.neck: a neck can be set per backbone or classifier only when "
                                  f"the necks axis has one value (it has {spec.necks})")
             if "neck" in sections.get("model", {}):
-                from backbones import list_necks
-
                 _check_named(f"{kind}.{name}.model.neck", _registered("neck", list_necks()), sections["model"]["neck"])
     gpus = spec.resources.gpus
     if gpus > 1 and gpus != int(gpus):
