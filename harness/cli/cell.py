@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from harness.cli import stderr
 from harness.cli.parser import MEASURE_FLAGS, RUN_FLAGS
@@ -84,6 +83,6 @@ def predict(args: argparse.Namespace) -> int:
     else:
         sources = dataset_sources(args.dataset, len(classes), ignore, args.limit)
     written = write_predictions(model, classes, sources, args.out, cfg.eval)
-    print(f"[segheads] {len(sources)} predictions of {cfg.model.classifier}@{cfg.model.backbone} "
-          f"(run {args.run}) in {args.out}, legend {written[-1]}", file=sys.stderr)
+    stderr(f"[segheads] {len(sources)} predictions of {cfg.model.classifier}@{cfg.model.backbone} "
+           f"(run {args.run}) in {args.out}, legend {written[-1]}")
     return 0

@@ -26,7 +26,7 @@ from harness.grid.progress import Progress
 from harness.grid.spec import GridSpec, Resources, describe, expand, validate_cells
 from harness.grid.store import GridStore
 from harness.grid.table import GridOutcome
-from harness.grid.tasks import FAILED, TRAINED, failed_result, measure_task, train_trial
+from harness.grid.tasks import REPORT_FAILED, REPORT_TRAINED, failed_result, measure_task, train_trial
 from harness.measure import MEASUREMENT_PREFIXES
 from harness.modeling import uncached_builtin_weights
 from harness.results import CellResult
@@ -153,10 +153,10 @@ class GridDriver(tune.Callback):
         if result.get("rows"):
             self.store.log_rows(digest, result["rows"])
             self.progress.at(digest, result["rows"][-1]["iteration"])
-        if TRAINED in result:
+        if REPORT_TRAINED in result:
             self._trained(cfg, result)
-        elif FAILED in result:
-            failed = CellResult.from_dict(result[FAILED], f"trial {trial.trial_id}")
+        elif REPORT_FAILED in result:
+            failed = CellResult.from_dict(result[REPORT_FAILED], f"trial {trial.trial_id}")
             self._record(dataclasses.replace(failed, environment={"ray": result["placement"]},
                                              seconds=result["seconds"]), cfg, None)
 

@@ -28,11 +28,10 @@ from harness.errors import one_line
 from harness.grid.spec import Resources
 from harness.measure import measure_model
 from harness.modeling import load_segmentor
-from harness.results import FAILED as FAILED_STATUS
-from harness.results import CellResult
+from harness.results import FAILED, CellResult
 
-TRAINED = "cell_trained"  # a trial's last report: the cell trained, its result is in its final checkpoint
-FAILED = "cell_failed"    # a trial's last report: the cell failed, this is its CellResult
+REPORT_TRAINED = "cell_trained"  # a trial's last report: the cell trained, its result is in its final checkpoint
+REPORT_FAILED = "cell_failed"    # a trial's last report: the cell failed, this is its CellResult
 
 
 def placement(started: float) -> dict:
@@ -46,7 +45,7 @@ def failed_result(cfg: RunConfig, exc: BaseException, remote_traceback: str | No
     """A CellResult for a cell that raised: status FAILED, the error, its traceback and,
     for a non-finite loss, the iteration it happened at."""
     return CellResult(
-        FAILED_STATUS, to_dict(cfg), config_hash(cfg), cell_tags(cfg),
+        FAILED, to_dict(cfg), config_hash(cfg), cell_tags(cfg),
         error=getattr(exc, "error", None) or one_line(exc),  # a Ray Train worker's error (CellFailed)
         traceback=(getattr(exc, "remote_traceback", None) or remote_traceback
                    or "".join(traceback.format_exception(exc))),
@@ -84,9 +83,9 @@ def train_trial(config: dict) -> None:
             except CELL_ERRORS:
                 shutil.rmtree(run, ignore_errors=True)  # as Ray Train's path: a failed cell run again starts over
                 raise
-        outcome = {TRAINED: True}
+        outcome = {REPORT_TRAINED: True}
     except Exception as exc:  # the cell fails, the grid goes on
-        outcome = {FAILED: failed_result(cfg, exc).to_dict()}
+        outcome = {REPORT_FAILED: failed_result(cfg, exc).to_dict()}
     tune.report({**outcome, "placement": placement(started), "seconds": time.time() - started})
 
 
