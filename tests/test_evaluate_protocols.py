@@ -129,4 +129,7 @@ def test_a_cells_extra_protocols_are_logged_under_their_own_names():
     metrics = result.metrics
     assert {"mIoU/ms_flip", "mACC/ms_flip", "pACC/ms_flip", "fwIoU/ms_flip"} <= set(metrics)
     assert 0 <= metrics["mIoU/ms_flip"] <= 100 and "IoU-1/ms_flip" not in metrics
+    assert 0 <= metrics["mBoundaryIoU"] <= 100 and 0 <= metrics["ECE"] <= 100  # the main protocol's
+    shares = [metrics[f"reliability/share-{k:02d}"] for k in range(15)]
+    assert sum(shares) == pytest.approx(100)
     assert result.config["eval"]["extra"] == {"ms_flip": {"scales": [0.75, 1.25], "flip": True}}

@@ -81,3 +81,33 @@ def test_per_image_counts_add_up_to_the_dataset_totals():
         assert sum(r[3] for r in rows) == matrix[:, c].sum()
     evaluator.reset()
     assert evaluator.per_image_counts() == []
+
+
+def test_calibration_error_hand_computed_with_ignore_pixels_left_out():
+    gt = np.array([[0, 1, 2, 0, 255]])
+    pred = np.array([[0, 0, 2, 1, 0]])  # right, wrong, right, wrong; the last pixel is ignored
+    confidence = np.array([[0.95, 0.95, 0.55, 0.15, 0.99]])
+    evaluator = SemSegEvaluator(3, 255)
+    evaluator.process(pred, gt, confidence)
+    got = evaluator.evaluate()
+    # Bins of width 1/15, (k/15, (k+1)/15]: 0.95 -> bin 14 (2 pixels, 1 right), 0.55 -> 8, 0.15 -> 2.
+    expected = 2 / 4 * abs(0.5 - 0.95) + 1 / 4 * abs(1.0 - 0.55) + 1 / 4 * abs(0.0 - 0.15)
+    assert got["ECE"] == pytest.approx(100 * expected)
+    assert got["reliability/share-14"] == pytest.approx(50) and got["reliability/accuracy-14"] == pytest.approx(50)
+    assert got["reliability/confidence-08"] == pytest.approx(55) and math.isnan(got["reliability/accuracy-00"])
+    edge = SemSegEvaluator(3, 255)
+    edge.process(np.array([[0, 0]]), np.array([[0, 0]]), np.array([[1 / 15, 1.0]]))  # bin edges: right-closed
+    assert edge.evaluate()["reliability/share-00"] == pytest.approx(50)
+    assert "ECE" not in SemSegEvaluator(3, 255).evaluate()  # nothing counted: no calibration keys
+
+
+def test_boundary_iou_is_left_out_where_detectron2_cannot_count_it():
+    many = SemSegEvaluator(300)
+    many.process(np.zeros((4, 4), dtype=int), np.zeros((4, 4), dtype=int))
+    assert not any(k.startswith(("BoundaryIoU-", "min(IoU, B-Iou)-", "mBoundaryIoU")) for k in many.evaluate())
+    few = SemSegEvaluator(2)
+    labels = np.zeros((40, 40), dtype=int)
+    labels[10:30, 10:30] = 1
+    few.process(labels, labels)
+    got = few.evaluate()
+    assert got["BoundaryIoU-1"] == 100 and got["mBoundaryIoU"] == 100 and got["min(IoU, B-Iou)-1"] == 100

@@ -39,11 +39,12 @@ def test_report_tables_deltas_and_plots(logged_cells, tmp_path, source, capsys):
     assert rows["query"]["baseline"] == "softmax" and rows["query"]["paired_seeds"] == "1"
     assert rows["softmax"]["configuration"] == "softmax" and rows["softmax"]["baseline"] == ""
     assert float(rows["query"]["latency_p50_ms"]) == pytest.approx(results[2].metrics["latency/bs1/p50_ms"])
-    for name in ("miou_vs_latency.png", "miou_vs_gflops.png", "head_params.png", "per_class_iou.png", "predictions.png"):
+    for name in ("miou_vs_latency.png", "miou_vs_gflops.png", "head_params.png", "per_class_iou.png", "reliability.png",
+                 "predictions.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 2000
     page = (out / "report.html").read_text()
-    assert page.count("<tr>") == 1 + 2 and page.count("data:image/png;base64,") == 5
+    assert page.count("<tr>") == 1 + 2 and page.count("data:image/png;base64,") == 6
     markdown = (out / "report.md").read_text()
     assert "![predictions.png](predictions.png)" in markdown
     assert f"{expected_delta:+.2f}" in markdown and " ± " in markdown

@@ -2,12 +2,17 @@
 
 - ``protocols``: ``predict_logits(model, image, eval_cfg)``, the class scores of an image at its
   original size under a test protocol (resize, sliding windows, scales x flips: MMSegmentation's
-  ``slide_inference`` and ``SegTTAModel``).
+  ``slide_inference`` and ``SegTTAModel``); ``predict_labels_and_confidence``.
 - ``evaluator``: ``SemSegEvaluator`` (reset / process / evaluate; ``mIoU``, ``fwIoU``, ``mACC``,
-  ``pACC``, per class, per-image counts) and ``evaluate`` (a model over a loader under a protocol).
+  ``pACC``, per class, detectron2's boundary IoU, ``ECE``, per-image counts) and ``evaluate`` (a
+  model over a loader under a protocol).
+- ``boundary``: ``mask_to_boundary``, detectron2's boundary band (OpenCV).
+- ``calibration``: ``CalibrationBins``, the expected calibration error and reliability bins.
 - ``predict``: label maps, colours, legends and prediction images (``write_predictions``).
 """
 
+from harness.evaluation.boundary import mask_to_boundary
+from harness.evaluation.calibration import CalibrationBins
 from harness.evaluation.evaluator import SUMMARY_METRICS, SemSegEvaluator, evaluate
 from harness.evaluation.predict import (
     class_colors,
@@ -20,10 +25,11 @@ from harness.evaluation.predict import (
     predict_labels,
     write_predictions,
 )
-from harness.evaluation.protocols import predict_logits
+from harness.evaluation.protocols import predict_labels_and_confidence, predict_logits
 
 __all__ = [
     "SUMMARY_METRICS",
+    "CalibrationBins",
     "SemSegEvaluator",
     "class_colors",
     "colorize",
@@ -33,7 +39,9 @@ __all__ = [
     "image_iou",
     "legend_image",
     "list_images",
+    "mask_to_boundary",
     "predict_labels",
+    "predict_labels_and_confidence",
     "predict_logits",
     "write_predictions",
 ]

@@ -1,6 +1,6 @@
-"""Scoring predictions: ``SemSegEvaluator`` (detectron2's keys and formulas) and ``evaluate``, which
-runs a model over a loader under a test protocol and feeds the evaluator (detectron2's
-``inference_on_dataset``).
+"""Scoring predictions: ``SemSegEvaluator`` (detectron2's keys and formulas, boundary IoU included,
+plus the calibration error) and ``evaluate``, which runs a model over a loader under a test protocol
+and feeds the evaluator (detectron2's ``inference_on_dataset``).
 
 Matches ``detectron2.evaluation.SemSegEvaluator``: a (C+1) x (C+1) confusion
 matrix indexed [pred, gt] with ignore pixels in the extra column; IoU and
@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from harness.config import EvalConfig
-from harness.evaluation.protocols import predict_logits
+from harness.evaluation.boundary import MAX_CLASSES, mask_to_boundary
+from harness.evaluation.calibration import CalibrationBins
+from harness.evaluation.protocols import predict_labels_and_confidence
 
 SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")  # the evaluator's scores over all classes
 
@@ -27,7 +29,9 @@ def _as_numpy(labels) -> np.ndarray:
 
 
 class SemSegEvaluator:
-    """``reset() / process(pred, gt) / evaluate() -> dict`` over integer label maps (H, W)."""
+    """``reset() / process(pred, gt, confidence=None) / evaluate() -> dict`` over integer label maps
+    (H, W). Boundary IoU is counted when there are fewer than ``MAX_CLASSES`` classes (detectron2's
+    limit); the calibration error when ``process`` is given each pixel's top-class probability."""
 
     def __init__(self, num_classes: int, ignore_label: int = 255, class_names: list[str] | None = None) -> None:
         if class_names is not None and len(class_names) != num_classes:
@@ -39,9 +43,13 @@ class SemSegEvaluator:
 
     def reset(self) -> None:
         self.confusion = np.zeros((self.num_classes + 1, self.num_classes + 1), dtype=np.int64)
+        self.boundary_confusion = np.zeros_like(self.confusion)
+        self.calibration = CalibrationBins()
         self._per_image: list[list[list[int]]] = []
 
-    def process(self, pred, gt) -> None:
+    def process(self, pred, gt, confidence=None) -> None:
+        """Count one image: ``pred`` and ``gt`` label maps (H, W), ``confidence`` (optional, H x W
+        floats) the probability of each pixel's predicted class."""
         pred, gt = _as_numpy(pred), _as_numpy(gt)
         if pred.shape != gt.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
@@ -54,6 +62,14 @@ class SemSegEvaluator:
         size = self.num_classes + 1
         image = np.bincount(size * pred.reshape(-1) + gt.reshape(-1), minlength=size * size).reshape(size, size)
         self.confusion += image
+        if self.num_classes < MAX_CLASSES:  # detectron2's boundary counts: ignore pixels as label C
+            edges_pred = mask_to_boundary(pred.astype(np.uint8)).astype(np.int64)
+            edges_gt = mask_to_boundary(gt.astype(np.uint8)).astype(np.int64)
+            self.boundary_confusion += np.bincount(size * edges_pred.reshape(-1) + edges_gt.reshape(-1),
+                                                   minlength=size * size).reshape(size, size)
+        if confidence is not None:
+            counted = ~ignored
+            self.calibration.add(np.asarray(confidence, dtype=np.float64)[counted], (pred == gt)[counted])
         matrix = image[:-1, :-1]
         tp, gt_pixels = np.diag(matrix), matrix.sum(axis=0)
         union = gt_pixels + matrix.sum(axis=1) - tp
@@ -88,7 +104,25 @@ class SemSegEvaluator:
             results[f"IoU-{name}"] = 100 * value
         for name, value in zip(self.class_names, acc):
             results[f"ACC-{name}"] = 100 * value
+        if self.num_classes < MAX_CLASSES:
+            results.update(self._boundary(iou))
+        results.update(self.calibration.metrics())
         return {key: float(value) for key, value in results.items()}
+
+    def _boundary(self, iou: np.ndarray) -> dict[str, float]:
+        """detectron2's ``BoundaryIoU-<class>`` and ``min(IoU, B-Iou)-<class>`` (its names, NaN rules
+        and Python ``min``), and their mean over the classes with a boundary, ``mBoundaryIoU``."""
+        matrix = self.boundary_confusion[:-1, :-1].astype(np.float64)
+        tp = np.diag(matrix)
+        union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
+        valid = union > 0
+        boundary = np.full(self.num_classes, np.nan)
+        boundary[valid] = tp[valid] / union[valid]
+        out = {"mBoundaryIoU": 100 * boundary[valid].mean() if valid.any() else float("nan")}
+        for index, name in enumerate(self.class_names):
+            out[f"BoundaryIoU-{name}"] = 100 * boundary[index]
+            out[f"min(IoU, B-Iou)-{name}"] = 100 * min(iou[index], boundary[index])
+        return out
 
 
 @torch.no_grad()
@@ -106,8 +140,8 @@ def evaluate(model: nn.Module, loader, evaluator: SemSegEvaluator, device: torch
             by_size.setdefault(tuple(item["image"].shape), []).append(item)
         for items in by_size.values():
             images = torch.stack([item["image"] for item in items]).to(device)
-            preds = predict_logits(model, images, protocol).argmax(dim=1).cpu()
-            for pred, item in zip(preds, items):
-                evaluator.process(pred, item["sem_seg"])
+            preds, confidences = predict_labels_and_confidence(model, images, protocol)
+            for pred, confidence, item in zip(preds.cpu(), confidences.cpu(), items):
+                evaluator.process(pred, item["sem_seg"], confidence.numpy())
     model.train(was_training)
     return evaluator.evaluate()

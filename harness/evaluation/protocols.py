@@ -57,12 +57,26 @@ def _slide(model: nn.Module, images: Tensor, crop: list[int], stride: list[int])
     return total / count
 
 
-@torch.no_grad()
 def predict_logits(model: nn.Module, image: Tensor, cfg: EvalConfig) -> Tensor:
     """Class scores of ``image`` (uint8 or float in [0, 255], [3, H, W], or same-size [B, 3, H, W])
     at its original size: [C, H, W] (or [B, C, H, W]) under protocol ``cfg``. One view gives its
     logits; several (scales x flips) the mean of their softmax probabilities. ``model`` is a
     ``Segmentor`` in eval mode; the image moves to its device."""
+    return _predict(model, image, cfg)[0]
+
+
+def predict_labels_and_confidence(model: nn.Module, image: Tensor, cfg: EvalConfig) -> tuple[Tensor, Tensor]:
+    """(the argmax of ``predict_logits``, the probability of that class): one view's softmax, or
+    several views' mean probability. [H, W] each (or [B, H, W])."""
+    scores, are_probabilities = _predict(model, image, cfg)
+    labels = scores.argmax(dim=-3)
+    probabilities = scores if are_probabilities else scores.softmax(dim=-3)
+    return labels, probabilities.gather(-3, labels.unsqueeze(-3)).squeeze(-3)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, image: Tensor, cfg: EvalConfig) -> tuple[Tensor, bool]:
+    """(``predict_logits``' scores, whether they are probabilities already)."""
     single = image.dim() == 3
     images = (image[None] if single else image).to(next(model.parameters()).device, torch.float32)
     height, width = images.shape[-2:]
@@ -78,4 +92,4 @@ def predict_logits(model: nn.Module, image: Tensor, cfg: EvalConfig) -> Tensor:
         scores = logits if len(views) == 1 else logits.softmax(dim=1)
         merged = scores if merged is None else merged + scores
     merged = merged / len(views)
-    return merged[0] if single else merged
+    return (merged[0] if single else merged), len(views) > 1

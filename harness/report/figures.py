@@ -1,8 +1,9 @@
 """The report's plots: mIoU against latency and GFLOPs (with the Pareto front), head parameters
-(inference / training-only) and the per-class IoU heat map."""
+(inference / training-only), the per-class IoU heat map and each head's reliability diagram."""
 
 from __future__ import annotations
 
+from harness.evaluation import CalibrationBins
 from harness.figures import png_bytes, pyplot
 from harness.report.cells import Configuration
 
@@ -43,7 +44,29 @@ def plots(rows: list[dict], configs: list[Configuration]) -> dict[str, bytes]:
     axes.legend(fontsize=7)
     images["head_params.png"] = png_bytes(figure)
     images["per_class_iou.png"] = png_bytes(_heatmap(plt, configs))
+    reliability = _reliability(plt, configs)
+    if reliability is not None:
+        images["reliability.png"] = png_bytes(reliability)
     return images
+
+
+def _reliability(plt, configs: list[Configuration]):
+    """Accuracy against mean confidence per confidence bin (means over seeds), one line per
+    configuration with its ECE, and the diagonal of perfect calibration; None when no cell has them."""
+    bins = range(CalibrationBins().bins)
+    shown = [c for c in configs if c.mean("ECE") is not None]
+    if not shown:
+        return None
+    figure, axes = plt.subplots(figsize=(5, 4.5))
+    axes.plot([0, 100], [0, 100], linestyle="--", color="gray", label="calibrated")
+    for config in shown:
+        points = [(c, a) for k in bins if (c := config.mean(f"reliability/confidence-{k:02d}")) is not None
+                  and (a := config.mean(f"reliability/accuracy-{k:02d}")) is not None]
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                  label=f"{config.label}@{config.backbone} (ECE {config.mean('ECE'):.2f})")
+    axes.set(xlabel="mean confidence in bin (%)", ylabel="accuracy in bin (%)", xlim=(0, 100), ylim=(0, 100))
+    axes.legend(fontsize=7)
+    return figure
 
 
 def _heatmap(plt, configs: list[Configuration]):

@@ -13,7 +13,7 @@ from harness.report.cells import Cell, Configuration, baseline, baseline_name, c
 _GROUP = ("dataset", "backbone", "neck", "classifier")
 
 
-_MEANS = {"fwIoU": "fwIoU", "pACC": "pACC", "head_params_inference": "params/head_inference",
+_MEANS = {"fwIoU": "fwIoU", "pACC": "pACC", "mBoundaryIoU": "mBoundaryIoU", "ECE": "ECE", "head_params_inference": "params/head_inference",
           "head_params_training_only": "params/head_training_only", "gflops": "gflops/total"}
 
 

@@ -33,7 +33,8 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def _markdown(name: str, rows: list[dict]) -> str:
-    header = ["dataset", "backbone", "neck", "configuration", "seeds", "mIoU", "vs baseline", "baseline", "fwIoU",
+    header = ["dataset", "backbone", "neck", "configuration", "seeds", "mIoU", "vs baseline", "baseline", "boundary IoU",
+              "ECE", "fwIoU",
               "pACC", "head params (inference / training-only)", "GFLOPs", "p50 ms", "p90 ms", "images/s", "peak MB"]
     lines = [f"# {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -44,7 +45,7 @@ def _markdown(name: str, rows: list[dict]) -> str:
         base = "" if r["baseline"] is None else f"{r['baseline']} ({r['paired_seeds']} paired)"
         params = f"{_fmt(r['head_params_inference'], 0)} / {_fmt(r['head_params_training_only'], 0)}"
         cells = [r["dataset"], r["backbone"], r["neck"], r["configuration"], str(r["seeds"]), miou, delta, base,
-                 _fmt(r["fwIoU"]), _fmt(r["pACC"]), params, _fmt(r["gflops"], 3), _fmt(r["latency_p50_ms"], 1),
+                 _fmt(r["mBoundaryIoU"]), _fmt(r["ECE"]), _fmt(r["fwIoU"]), _fmt(r["pACC"]), params, _fmt(r["gflops"], 3), _fmt(r["latency_p50_ms"], 1),
                  _fmt(r["latency_p90_ms"], 1), _fmt(r["throughput_images_per_s"]), _fmt(r["peak_memory_mb"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "One row per configuration: cells equal in everything but the seed; a label in brackets gives the "
