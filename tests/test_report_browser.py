@@ -40,7 +40,7 @@ def test_report_page_has_the_rows_loads_every_plot_and_sorts(logged_cells, tmp_p
     classifiers = [row.find_elements(By.TAG_NAME, "td")[3].text for row in rows]
     assert sorted(classifiers) == ["query", "softmax"]
     images = browser.find_elements(By.TAG_NAME, "img")
-    assert len(images) == 5  # four plots and the predictions panel
+    assert len(images) == 6  # five plots (the reliability diagram included) and the predictions panel
     assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
                for img in images)
     panel = browser.find_element(By.CSS_SELECTOR, "#predictions ~ figure img[alt='predictions.png']")
