@@ -29,3 +29,8 @@ class Features:
     @property
     def embed_dim(self) -> int:
         return self.pixel.shape[1]
+
+    def to(self, device, non_blocking: bool = False) -> Features:
+        """These features with every map on ``device``."""
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Features(move(self.pixel), [move(t) for t in self.pyramid], self.image_size, move(self.auxiliary_logits))

@@ -85,6 +85,9 @@ class PixelClassifier(nn.Module):
       learned by gradient (e.g. prototypes), excluding normalisation statistics;
     - ``training_only_modules()``: sub-modules that never run at inference (e.g. a teacher).
 
+    ``diagnostics(features, targets)`` (optional) returns what a head shows about itself (ProtoSeg's
+    prototype usage, SSA's prototype shift, ECENet's class-embedding similarities).
+
     ``after_optimizer_step()`` is called by the trainer once per optimiser step, after the
     forwards of every micro-batch on every worker: a head whose state moves outside the
     gradient (ProtoSeg's momentum prototypes) gathers what its training forwards saw and
@@ -141,6 +144,15 @@ class PixelClassifier(nn.Module):
 
     def after_optimizer_step(self) -> None:
         """Apply what this step's training forwards gathered (default: nothing)."""
+
+    def diagnostics(self, features: Features, targets: Tensor) -> dict[str, Tensor]:
+        """This head's own diagnostics on one image or batch (``targets`` [B, H, W] at input
+        resolution): name -> tensor (a scalar, a per-class vector, a matrix), NaN where the batch
+        says nothing (a class it lacks). The harness calls it in eval mode, without gradients, on
+        validation images one at a time, averages each entry over them leaving NaNs out
+        (``harness.evaluation.diagnose``), and logs scalars as ``diag/<name>`` metrics and the rest
+        in the cell's ``diagnostics``. Default: none."""
+        return {}
 
     def labels_at(self, targets: Tensor, size) -> Tensor:
         """Integer labels [B, h, w] sampled nearest from ``targets`` at the head's resolution ``size``."""

@@ -315,7 +315,9 @@ class ECEClassifier(PixelClassifier):
         own = o["class_probabilities"] == "own"
         self.class_logits = nn.Linear(dim, num_classes if own else num_classes + 1)
 
-    def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
+    def _decode(self, features: Features) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        """The inference path: (logits, class embeddings [B, N, D], the masks coarse to fine at the
+        finest stage's size, the reconstruction's diverse parts)."""
         if len(features.pyramid) != len(self.reconstruct):
             raise InputError(f"ece: built for {len(self.reconstruct)} stages, got a pyramid of {len(features.pyramid)}; "
                              "set classifier_kwargs.num_stages")
@@ -334,17 +336,33 @@ class ECEClassifier(PixelClassifier):
         fused = self.fuse(torch.cat([upsample(x, size) for x in stages], dim=1))
         with full_precision(fused):
             masks = [upsample(m, size) for m in masks]
+            logits = fused.float() + self._class_masks(classes, torch.stack(masks).sum(0))
+        return logits, classes, masks, diverse
+
+    def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
+        logits, _, masks, diverse = self._decode(features)
+        if targets is None:
+            return ClassifierOutput(logits)
+        with full_precision(logits):
             summed = torch.stack(masks).sum(0)
-            logits = fused.float() + self._class_masks(classes, summed)
-            if targets is None:
-                return ClassifierOutput(logits)
             supervised = summed if self.options["supervised_masks"] == "all" else torch.stack(masks[:-1]).sum(0)
-            focal, dice = _focal_and_dice(supervised, *self.one_hot(self.labels_at(targets, size), summed.dtype))
+            focal, dice = _focal_and_dice(supervised, *self.one_hot(self.labels_at(targets, logits.shape[-2:]),
+                                                                    summed.dtype))
             div = torch.stack([diversity_loss(d.float()) for d in diverse]).mean()
             return ClassifierOutput(logits, {
                 "ce": self.cross_entropy(logits, targets), "focal": self.options["focal_weight"] * focal,
                 "dice": self.options["dice_weight"] * dice, "div": self.div_weight * div,
             })
+
+    def diagnostics(self, features: Features, targets: Tensor) -> dict[str, Tensor]:
+        """How distinct the explicit class embeddings are: ``class_embedding_cosine`` [N, N], the
+        cosine between classes' final embeddings (mean over the batch), and its off-diagonal mean,
+        ``mean_class_embedding_cosine`` (1: every class the same embedding)."""
+        classes = F.normalize(self._decode(features)[1], dim=-1)
+        cosine = (classes @ classes.transpose(1, 2)).mean(0)
+        n = cosine.shape[0]
+        return {"class_embedding_cosine": cosine,
+                "mean_class_embedding_cosine": (cosine.sum() - cosine.diagonal().sum()) / max(n * (n - 1), 1)}
 
     def _class_masks(self, classes: Tensor, summed: Tensor) -> Tensor:
         """Class probabilities times the sigmoid of the summed masks: ``own`` (code) takes class

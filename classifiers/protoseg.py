@@ -252,6 +252,31 @@ class ProtoSegClassifier(PixelClassifier):
                 return ClassifierOutput(logits)
             return ClassifierOutput(logits, self._losses(embeddings, cosines, logits, targets))
 
+    def diagnostics(self, features: Features, targets: Tensor) -> dict[str, Tensor]:
+        """The collapse made visible. ``prototype_usage`` [C, K]: the share of class c's labelled
+        pixels (at the head's resolution) whose closest own prototype is k (1/K each when all are
+        used, one 1 when the class has collapsed onto one prototype; NaN for a class the image
+        lacks); ``top_prototype_share``: its row maxima's mean over the present classes;
+        ``within_class_cosine`` [C]: the mean cosine between a class's distinct prototypes (1: the
+        same vector) and its mean over classes, ``mean_within_class_cosine``."""
+        embeddings = self._embed(features.pixel)
+        batch, dim, height, width = embeddings.shape
+        classes, k = self.num_classes, self.num_prototypes
+        labels = self.labels_at(targets, (height, width)).flatten()  # [B*HW], image-major
+        cosines = torch.matmul(self.prototypes.reshape(-1, dim).float(), embeddings.flatten(2))  # [B, C*K, HW]
+        cosines = cosines.view(batch, classes, k, -1).permute(0, 3, 1, 2).reshape(-1, classes, k)  # [B*HW, C, K]
+        valid = labels != self.ignore_index
+        nearest = cosines[valid, labels[valid]].argmax(dim=1)
+        counts = torch.zeros(classes, k, device=embeddings.device)
+        counts.index_put_((labels[valid], nearest), torch.ones_like(nearest, dtype=counts.dtype), accumulate=True)
+        usage = counts / counts.sum(dim=1, keepdim=True)  # 0/0 = NaN for an absent class
+        prototypes = F.normalize(self.prototypes.float(), dim=-1)
+        gram = prototypes @ prototypes.transpose(1, 2)  # [C, K, K]
+        within = (gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)) / (k * (k - 1)) if k > 1 \
+            else torch.full((classes,), float("nan"), device=gram.device)
+        return {"prototype_usage": usage, "top_prototype_share": usage.amax(dim=1).nanmean(),
+                "within_class_cosine": within, "mean_within_class_cosine": within.mean()}
+
     def _losses(self, embeddings: Tensor, cosines: Tensor, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """Eq. 7, 11, 12 from the [B, C*K, HW] cosine map as it is (no [N, C*K] copy)."""
         height, width = embeddings.shape[-2:]

@@ -237,8 +237,9 @@ class SSAClassifier(PixelClassifier):
         prototypes = F.normalize(side.project(prototypes), dim=-1)
         return _COSINE_SCALE * torch.einsum("bdhw,bkd->bkhw", F.normalize(pixels, dim=1), prototypes)
 
-    def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
-        """The convolutions under autocast, if any; centres, adapters, logits and losses in float32."""
+    def _student(self, features: Features) -> tuple[Tensor, ...]:
+        """The inference path, convolutions under autocast, the rest in float32: (M_c, logits, S_p,
+        P_p, pixels, flat S_f, flat P_f, S)."""
         s_f = features.pixel
         p_f = self.position(s_f)
         coarse_map = self.coarse(self.dropout(s_f))  # M_c
@@ -254,10 +255,24 @@ class SSAClassifier(PixelClassifier):
             semantic, spatial = self._adapt(self.adapter, semantic_centres, prototypes, (basis, spatial_centres))
             pixels = s_f + p_f
             logits = self._classify(self.adapter, pixels, semantic, spatial)
-            if targets is None:
-                return ClassifierOutput(logits)
+        return coarse_map, logits, semantic, spatial, pixels, flat_s, flat_p, prototypes
+
+    def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
+        """The convolutions under autocast, if any; centres, adapters, logits and losses in float32."""
+        coarse_map, logits, semantic, spatial, pixels, flat_s, flat_p, prototypes = self._student(features)
+        if targets is None:
+            return ClassifierOutput(logits)
+        with full_precision(logits):
             student = (coarse_map, logits, semantic, spatial)
             return ClassifierOutput(logits, self._losses(pixels, flat_s, flat_p, prototypes, student, targets))
+
+    def diagnostics(self, features: Features, targets: Tensor) -> dict[str, Tensor]:
+        """How far adaptation moves each class's prototype: ``prototype_shift`` [K], 1 - cos(S_k,
+        S_p,k) between the fixed semantic prototype S (the coarse classifier's weights, Eq. 1) and
+        the image's adapted one S_p (Eq. 5), and its mean over classes, ``mean_prototype_shift``."""
+        _, _, semantic, _, _, _, _, prototypes = self._student(features)
+        shift = 1 - F.cosine_similarity(semantic, prototypes.float()[None], dim=-1).mean(0)  # [K]
+        return {"prototype_shift": shift, "mean_prototype_shift": shift.mean()}
 
     def _teacher(self, pixels, flat_s, flat_p, prototypes, onehot) -> tuple[Tensor, Tensor, Tensor]:
         """The GT-guided teacher (Eq. 15 note) from the head-resolution one-hot labels M_g: logits,

@@ -28,8 +28,9 @@ from harness.errors import InputError
 FINISHED, FAILED = "FINISHED", "FAILED"
 CELL_RESULT_ARTIFACT = "cell_result.json"
 PER_IMAGE_ARTIFACT = "per_image_counts.json"
-_OPTIONAL = ("error", "traceback", "failed_at_iteration", "seconds", "measure_seconds", "measure_error",
-             "config_hash_v1")
+DIAGNOSTICS_ARTIFACT = "diagnostics.json"
+_OPTIONAL = ("diagnostics", "error", "traceback", "failed_at_iteration", "seconds", "measure_seconds",
+             "measure_error", "config_hash_v1")
 _NOT_IN_METRIC_NAMES = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
 
@@ -40,7 +41,8 @@ class CellResult:
     config_hash); ``metrics`` (evaluation, parameters, timings, then the measurement's);
     ``per_class`` (``{"class", "IoU", "ACC"}`` lists), the training ``history`` rows, the
     evaluation's ``per_image`` counts, ``environment`` (machine, engine, Ray placement) and
-    ``measurement`` (how its cost was measured, None until it is). A FAILED cell has ``error``,
+    ``measurement`` (how its cost was measured, None until it is); ``diagnostics``, the head's own
+    per-class and matrix diagnostics (``PixelClassifier.diagnostics``; its scalars are metrics). A FAILED cell has ``error``,
     ``traceback`` and, for a non-finite loss, ``failed_at_iteration``; a grid adds ``seconds`` (the trial's wall time), ``measure_seconds`` and
     ``measure_error``; a line re-hashed when read keeps the hash it was written with in
     ``config_hash_v1``."""
@@ -55,6 +57,7 @@ class CellResult:
     per_image: list | None = None
     environment: dict = field(default_factory=dict)
     measurement: dict | None = None
+    diagnostics: dict | None = None
     error: str | None = None
     traceback: str | None = None
     failed_at_iteration: int | None = None
@@ -120,6 +123,8 @@ class CellResult:
             artifacts["per_class.csv"] = _per_class_csv(self.per_class)
         if self.per_image:
             artifacts[PER_IMAGE_ARTIFACT] = json.dumps(self.per_image, separators=(",", ":"))
+        if self.diagnostics:
+            artifacts[DIAGNOSTICS_ARTIFACT] = json.dumps(_finite_or_none(self.diagnostics))
         if self.measurement:
             artifacts["measurement.json"] = json.dumps(_finite_or_none(self.measurement), indent=2)
         if self.error:

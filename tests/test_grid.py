@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gridtools import assert_finished_once, children, write_spec
+from gridtools import TINY, assert_finished_once, children, write_spec
 from harness.cli import main
 from classifiers.protoseg import ProtoSegClassifier
 from harness.config import config_hash, flatten, to_dict
@@ -177,3 +177,40 @@ def test_a_finished_cell_keeps_its_weights_and_predict_and_measure_use_them(ray_
     assert alone["metrics"]["params/total"] == logged["params/total"]
     assert alone["metrics"]["gflops/total"] == pytest.approx(logged["gflops/total"])
     assert alone["measurement"]["settings"] == outcome.results[0].measurement["settings"]
+
+
+def test_a_head_grid_on_a_logged_trunk_trains_heads_only_on_shared_features(ray_cluster, tmp_path, capsys):
+    import torch
+
+    from harness.tracking import load_run
+
+    uri, fixed = f"sqlite:///{tmp_path / 'mlflow.db'}", {"scale_range": [1, 1], "hflip_prob": 0, "color_jitter": 0}
+    base = run_grid(load_grid(write_spec(tmp_path, "base", classifiers=["softmax"])), uri,
+                    results_path=tmp_path / "base" / "results.jsonl", log=lambda m: None)
+    [base_run], _ = children(uri, "base")
+    spec_path = write_spec(tmp_path, "heads", classifiers=["softmax", "protoseg"],
+                           trunk={"run": "base/softmax@test_convnext-s0"},
+                           data={**TINY["data"], **fixed})
+    assert main(["grid", str(spec_path), "--dry-run", "--tracking-uri", uri]) == 0
+    listed = capsys.readouterr().out
+    logs = []
+    outcome = run_grid(load_grid(spec_path), uri, results_path=tmp_path / "heads" / "results.jsonl", log=logs.append)
+    assert [r.status for r in outcome.results] == ["FINISHED", "FINISHED"]
+    digest = outcome.results[0].tags["trunk"]
+    assert {r.tags["trunk"] for r in outcome.results} == {digest} and digest in listed
+    assert (tmp_path / "heads" / "checkpoints" / "trunks" / f"{digest}.pt").is_file()
+    assert len(list((tmp_path / "heads" / "checkpoints" / "trunk-features").glob("*.pt"))) == 1
+    trunk = torch.load(MlflowClient(uri).download_artifacts(base_run.info.run_id, "weights.pt", str(tmp_path / "w")),
+                       weights_only=True)
+    for run in children(uri, "heads")[0]:
+        assert run.data.params["engine.trunk_features"] == "cached"
+        _, model = load_run(run.info.run_id, uri)
+        assert all(torch.equal(v, trunk[k]) for k, v in model.state_dict().items()
+                   if k.startswith(("backbone.", "neck.")))
+    assert base.results[0].metrics["mIoU"] != outcome.results[0].metrics["mIoU"]  # the head was trained anew
+    assert run_grid(load_grid(spec_path), uri, results_path=tmp_path / "heads" / "results.jsonl",
+                    log=lambda m: None).ran == 0  # the pinned digest is the cells' identity
+    assert main(["report", "--experiment", "heads", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert f"Trunk {digest} (frozen): protoseg@test_convnext, softmax@test_convnext" in report
+    assert "top_prototype_share" in report and (tmp_path / "r" / "diagnostics_prototype_usage.png").is_file()

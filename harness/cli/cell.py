@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from harness.cli import stderr
 from harness.cli.parser import MEASURE_FLAGS, RUN_FLAGS
@@ -14,7 +15,7 @@ from harness.errors import InputError
 from harness.evaluation import dataset_sources, folder_sources, write_predictions
 from harness.measure import format_measurement, measure_model
 from harness.modeling import build_segmentor, state_dict_bytes
-from harness.tracking import load_run, log_cell, logged_measure_threads, resolve_tracking_uri
+from harness.tracking import TRUNKS, load_run, log_cell, logged_measure_threads, resolve_tracking_uri, resolve_trunk
 
 
 def _check_json(path) -> None:
@@ -29,8 +30,10 @@ def run(args: argparse.Namespace) -> int:
     _check_json(args.json)
     if args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected >= 1")
-    result, model = run_cell(cfg, resume=args.resume, log=stderr, workers=args.workers,
-                             storage=args.storage or default_storage(cfg))
+    storage = args.storage or default_storage(cfg)
+    if cfg.trunk.enabled:  # its weights as a file the workers read, pinned by digest
+        cfg.trunk = resolve_trunk(cfg.trunk, cfg.tracking_uri, None if "://" in str(storage) else Path(storage) / TRUNKS)
+    result, model = run_cell(cfg, resume=args.resume, log=stderr, workers=args.workers, storage=storage)
     if args.json is not None:
         args.json.write_text(result.to_json())
     if not args.no_tracking:

@@ -1,7 +1,7 @@
 """Configuration: the settings of one cell as checked dataclasses, and its identity.
 
 - ``run``: ``RunConfig`` and its sections (``ModelConfig``, ``DataConfig``, ``TrainConfig``,
-  ``MeasureConfig``, ``EvalConfig``), each field with its limits.
+  ``MeasureConfig``, ``EvalConfig``, ``TrunkConfig``), each field with its limits.
 - ``parse``: plain dicts (safe-loaded YAML) into those dataclasses and back (``from_dict``,
   ``to_dict``, ``read_yaml``, ``flatten``); unknown keys, wrong types and values out of bounds are
   ``InputError``s naming the dotted key.
@@ -21,7 +21,15 @@ from harness.config.identity import (
 )
 from harness.config.overrides import apply_overrides
 from harness.config.parse import bounded, check_fields, flatten, from_dict, read_yaml, to_dict
-from harness.config.run import DataConfig, EvalConfig, MeasureConfig, ModelConfig, RunConfig, TrainConfig
+from harness.config.run import (
+    DataConfig,
+    EvalConfig,
+    MeasureConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    TrunkConfig,
+)
 
 __all__ = [
     "ENGINE_PARAM_PREFIX",
@@ -33,6 +41,7 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "TrainConfig",
+    "TrunkConfig",
     "apply_overrides",
     "bounded",
     "check_fields",

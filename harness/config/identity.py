@@ -15,10 +15,11 @@ from harness.config.run import EvalConfig, RunConfig
 # Keys added after cells were logged, with the value they had implicitly: left out of the hash
 # at that value, so those cells keep theirs.
 _HASHED_WHEN_SET = {"model.neck_kwargs": {}, "model.sync_bn": "auto", "train.accumulate": 1, "train.precision": "fp32",
-                    "model.init": "torch", "train.param_groups": {},
+                    "model.init": "torch", "train.param_groups": {}, "trunk.train": False, "trunk.digest": None,
                     **{f"eval.{item.name}": item.default if item.default is not dataclasses.MISSING
                        else item.default_factory() for item in dataclasses.fields(EvalConfig)}}
-_NOT_HASHED = {"device", "output_dir", "tracking_uri", "experiment", "data.num_workers", "train.threads",
+# Where a trunk's weights are kept is not what the cell trains on: its ``trunk.digest`` is.
+_NOT_HASHED = {"trunk.run", "trunk.checkpoint", "device", "output_dir", "tracking_uri", "experiment", "data.num_workers", "train.threads",
                "train.log_period", "train.checkpoint_period", "train.eval_period"}
 # How a trained cell's cost is measured (recorded with each measurement, never its identity)
 # and how fast it is evaluated: changing them re-measures a FINISHED cell, never retrains it.
@@ -42,8 +43,12 @@ def _is_identity(key: str, value: Any) -> bool:
 
 def config_hash(config: RunConfig) -> str:
     """A stable 16-hex digest of what a cell trains and how it is evaluated: every setting but
-    where and how fast it runs and how its cost is measured (``measure.*``, ``data.eval_batch_size``)."""
-    semantic = {k: v for k, v in flatten(to_dict(config)).items() if _is_identity(k, v)}
+    where and how fast it runs and how its cost is measured (``measure.*``, ``data.eval_batch_size``);
+    a trunk counts by its weights' ``trunk.digest`` (by its source until that is resolved)."""
+    flat = flatten(to_dict(config))
+    semantic = {k: v for k, v in flat.items() if _is_identity(k, v)}
+    if config.trunk.enabled and config.trunk.digest is None:  # not resolved yet: its source stands for its weights
+        semantic.update({k: flat[k] for k in ("trunk.run", "trunk.checkpoint")})
     return hashlib.sha256(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:16]
 
 

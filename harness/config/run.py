@@ -159,12 +159,48 @@ class EvalConfig:
 
 
 @dataclass
+class TrunkConfig:
+    """A trained backbone and neck every cell starts from (head-only grids): ``run`` names a logged
+    cell whose ``weights.pt`` holds it (an MLflow run id, or ``<experiment>/<run name>``, the newest
+    FINISHED run of that name, e.g. ``quickstart/softmax@resnet10t-s0``), ``checkpoint`` a file
+    (a state dict such as ``weights.pt``, or a training checkpoint's ``state.pt`` or its folder).
+    ``train: false`` freezes the trunk (no gradients, BatchNorm in eval mode) so only the head
+    trains; ``true`` only starts from it. ``digest`` pins the weights (the first 16 hex of their
+    file's SHA-256): a grid fills it in when it resolves the trunk (``harness.tracking.resolve_trunks``),
+    so a cell's ``config_hash`` changes with its trunk's weights, not with where they are kept."""
+
+    run: str | None = None
+    checkpoint: str | None = None
+    train: bool = False
+    digest: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.run is not None or self.checkpoint is not None
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the cell trains its head only, on this trunk's fixed features."""
+        return self.enabled and not self.train
+
+    def check(self, section: str) -> None:
+        if not self.enabled and (self.train or self.digest is not None):
+            raise InputError(f"{section}: expected {section}.run (a logged cell) or {section}.checkpoint (a file)")
+
+    def describe(self) -> str:
+        """The trunk as a log line names it: its source and digest."""
+        source = self.run if self.run is not None else self.checkpoint
+        return f"trunk {source}" + (f" [{self.digest}]" if self.digest else "") + (" (fine-tuned)" if self.train else " (frozen)")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
     device: str = "auto"
     output_dir: str = "outputs"
     tracking_uri: str | None = None

@@ -2,7 +2,7 @@
 
 from harness.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
 from harness.data.builtin import register_sem_seg
-from harness.data.loader import DataParallelLayout, build_test_loader, build_train_loader, split_batch
+from harness.data.loader import DataParallelLayout, StepSampler, build_test_loader, build_train_loader, split_batch
 from harness.data.mapper import AugmentConfig, SemSegMapper
 from harness.data.sem_seg import load_sem_seg
 from harness.data.splits import dataset_splits, label_space
@@ -14,6 +14,7 @@ __all__ = [
     "Metadata",
     "MetadataCatalog",
     "SemSegMapper",
+    "StepSampler",
     "build_test_loader",
     "build_train_loader",
     "dataset_splits",

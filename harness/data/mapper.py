@@ -62,12 +62,29 @@ class SemSegMapper:
             label = torch.from_numpy(np.asarray(label).astype(np.int64))
         return {"image": image, "sem_seg": label, "file_name": record["file_name"]}
 
+    def _rescaled(self, size: tuple[int, int], factor: float) -> tuple[int, int]:
+        """(w, h) of an image of ``size`` (w, h) rescaled by scale factor ``factor`` (``AugmentConfig``)."""
+        scale = factor * max(self.augment.crop_size) / min(size)
+        return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+    def is_fixed(self, record: dict) -> bool:
+        """Whether training augmentation maps ``record``'s image the same on every draw: one scale,
+        no flip, no colour jitter, and the rescaled image no larger than the crop (the crop has
+        one place). The image's size is read from its header."""
+        aug = self.augment
+        if aug is None:
+            return True
+        if aug.scale_range[0] != aug.scale_range[1] or aug.hflip_prob > 0 or aug.color_jitter > 0:
+            return False
+        with Image.open(record["file_name"]) as image:
+            width, height = self._rescaled(image.size, aug.scale_range[0])
+        return height <= aug.crop_size[0] and width <= aug.crop_size[1]
+
     def _augment(self, image: Image.Image, label: Image.Image,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         aug = self.augment
         crop_h, crop_w = aug.crop_size
-        scale = _uniform(*aug.scale_range, generator) * max(crop_h, crop_w) / min(image.size)
-        size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+        size = self._rescaled(image.size, _uniform(*aug.scale_range, generator))
         image = torch.from_numpy(np.asarray(image.resize(size, Image.BILINEAR)).copy()).permute(2, 0, 1)
         label = torch.from_numpy(np.asarray(label.resize(size, Image.NEAREST)).astype(np.int64))
         pad_h, pad_w = max(0, crop_h - label.shape[0]), max(0, crop_w - label.shape[1])

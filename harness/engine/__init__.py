@@ -9,6 +9,9 @@
   (``train.checkpoint_period``), ``EvalHook`` (``train.eval_period``).
 - ``checkpoint.py``: checkpoint folders (state, every worker's RNG states; the sampler position
   is the iteration), in Ray Train's layout.
+- ``trunk.py``: a frozen (or fine-tuned) trunk from trained weights (``read_trunk``, ``attach_trunk``);
+  ``features.py``: its features computed once per training image, cached for every head on it
+  (``trunk_features``, ``feature_batches``).
 - ``context.py``: ``WorkerContext`` (rank, device, DDP, report, resume) and ``LocalContext``.
 - ``launch.py``: ``launch`` (a cell as a Ray Train ``TorchTrainer`` run), ``RayTrainContext``,
   ``init_ray``, ``ray_session``, ``memory_cap``; the one module of the engine that imports Ray, when called.
@@ -25,6 +28,7 @@ from harness.engine.cell import (
     train_cell,
 )
 from harness.engine.context import LocalContext, WorkerContext
+from harness.engine.features import TrunkFeatures, feature_batches, trunk_features
 from harness.engine.hooks import CheckpointHook, EvalHook, MetricsHook
 from harness.engine.precision import Precision
 from harness.engine.trainer import (
@@ -34,6 +38,7 @@ from harness.engine.trainer import (
     TrainingOutOfMemoryError,
     TrainResult,
 )
+from harness.engine.trunk import attach_trunk, read_trunk, trunk_digest, trunk_file, trunk_state
 
 __all__ = [
     "CheckpointHook",
@@ -46,13 +51,21 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingOutOfMemoryError",
+    "TrunkFeatures",
     "WorkerContext",
     "add_measurement",
+    "attach_trunk",
     "cell_tags",
     "default_storage",
+    "feature_batches",
+    "read_trunk",
     "resolve_device",
     "resolve_sync_bn",
     "run_cell",
     "seed_everything",
     "train_cell",
+    "trunk_digest",
+    "trunk_features",
+    "trunk_file",
+    "trunk_state",
 ]

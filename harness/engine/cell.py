@@ -27,11 +27,13 @@ from harness.data import (
 )
 from harness.engine import checkpoint
 from harness.engine.context import LocalContext, WorkerContext
+from harness.engine.features import cache_key, feature_batches, trunk_features
 from harness.engine.hooks import CheckpointHook, EvalHook, MetricsHook, save
 from harness.engine.launch import RESULT_FILE, launch, needs_ray_train, ray_session, read_cell
 from harness.engine.trainer import Trainer
+from harness.engine.trunk import attach_trunk, read_trunk
 from harness.errors import InputError
-from harness.evaluation import SUMMARY_METRICS, SemSegEvaluator, evaluate
+from harness.evaluation import SUMMARY_METRICS, SemSegEvaluator, diagnose, evaluate, split_diagnostics
 from harness.measure import check_settings, count_parameters, fingerprint, measure_model
 from harness.modeling import Segmentor, build_segmentor, load_segmentor, resolve_classifier
 from harness.results import FINISHED, CellResult
@@ -52,9 +54,13 @@ def seed_everything(seed: int) -> None:
 
 
 def cell_tags(cfg: RunConfig, digest: str | None = None) -> dict[str, str]:
-    """The tags every CellResult and MLflow run carries (docs/architecture.md, "Tracking")."""
-    return {"backbone": cfg.model.backbone, "classifier": cfg.model.classifier, "dataset": cfg.data.dataset,
+    """The tags every CellResult and MLflow run carries (docs/architecture.md, "Tracking"), and
+    ``trunk`` (its weights' digest) on a cell that starts from a trunk."""
+    tags = {"backbone": cfg.model.backbone, "classifier": cfg.model.classifier, "dataset": cfg.data.dataset,
             "seed": str(cfg.train.seed), "neck": cfg.model.neck, "config_hash": digest or config_hash(cfg)}
+    if cfg.trunk.enabled:  # cells on one trunk: their deltas hold no backbone noise
+        tags["trunk"] = cfg.trunk.digest or str(cfg.trunk.run or cfg.trunk.checkpoint)
+    return tags
 
 
 def resolve_sync_bn(setting: bool | str, world_size: int, device: torch.device) -> bool:
@@ -120,7 +126,10 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellR
 
     train_records = DatasetCatalog.get(splits["train"])
     val_records = DatasetCatalog.get(splits["val"])
-    model = build_segmentor(cfg, len(classes), ignore).to(device)
+    model = build_segmentor(cfg, len(classes), ignore)
+    if cfg.trunk.enabled:
+        attach_trunk(model, read_trunk(cfg.trunk)[0], cfg.trunk)
+    model.to(device)
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     trainer = Trainer(model, None, t, device, module=context.wrap(model), micro_index=layout.micro_index,
@@ -131,12 +140,24 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellR
     augment = AugmentConfig(crop_size=d.crop_size, scale_range=tuple(d.scale_range),
                             hflip_prob=d.hflip_prob if meta.get("allow_hflip", True) else 0.0,
                             color_jitter=d.color_jitter)
-    trainer.batches = build_train_loader(train_records, SemSegMapper(len(classes), ignore, augment), d.batch_size,
-                                         d.num_workers, t.seed, layout, trainer.iteration, device.type == "cuda")
+    mapper = SemSegMapper(len(classes), ignore, augment)
+    cached = cfg.trunk.frozen and all(mapper.is_fixed(record) for record in train_records)
+    if cached:  # the trunk's input never changes: its features are computed once and every step reads them
+        began = time.perf_counter()
+        features, source = trunk_features(model, train_records, mapper, device, d.eval_batch_size,
+                                          context.cache_folder, cache_key(cfg, train_records))
+        log(f"[segheads] {cfg.trunk.describe()}: features of {len(features)} training images "
+            f"({features.nbytes() / 2**20:.0f} MiB) {source} in {time.perf_counter() - began:.1f} s")
+        trainer.batches = feature_batches(features, t.seed, layout, trainer.iteration)
+    else:
+        trainer.batches = build_train_loader(train_records, mapper, d.batch_size, d.num_workers, t.seed, layout,
+                                             trainer.iteration, device.type == "cuda")
+
+    def val_loader():
+        return build_test_loader(val_records, SemSegMapper(len(classes), ignore), d.eval_batch_size, d.num_workers)
 
     def validate(evaluator: SemSegEvaluator | None = None, protocol: EvalConfig = cfg.eval) -> dict[str, float]:
-        loader = build_test_loader(val_records, SemSegMapper(len(classes), ignore), d.eval_batch_size, d.num_workers)
-        return evaluate(model, loader, evaluator or SemSegEvaluator(len(classes), ignore, classes), device, protocol)
+        return evaluate(model, val_loader(), evaluator or SemSegEvaluator(len(classes), ignore, classes), device, protocol)
 
     trainer.register_hooks([MetricsHook(context, t.log_period), CheckpointHook(context, t.checkpoint_period),
                             EvalHook(context, t.eval_period, validate)])
@@ -144,7 +165,7 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellR
         f"({len(train_records)} train / {len(val_records)} val), {t.iters} iters on {device}"
         + (f" x {context.world_size} workers" if context.world_size > 1 else "")
         + (f", resumed at iteration {trainer.iteration}" if resumed is not None else "")
-        + f"; evaluated {cfg.eval.describe_all()}")
+        + f"; evaluated {cfg.eval.describe_all()}" + (f"; {cfg.trunk.describe()}" if cfg.trunk.enabled else ""))
     trained = trainer.train()
     losses = [row for row in trained.history if "loss/total" in row]
     for row in losses[:: max(1, len(losses) // 10)] + losses[-1:]:
@@ -158,8 +179,9 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellR
         for name in cfg.eval.extra:  # further protocols (multi-scale + flip): summary metrics under their name
             summary = validate(protocol=cfg.eval.protocol(name))
             evaluation.update({f"{key}/{name}": summary[key] for key in SUMMARY_METRICS})
+        diagnostics, arrays = split_diagnostics(diagnose(model, val_loader(), device))
         metrics = {
-            **evaluation, **count_parameters(model),
+            **evaluation, **diagnostics, **count_parameters(model),
             "train/seconds": trained.seconds,
             "train/iters_per_second": trained.iterations / max(trained.seconds, 1e-9),
             "eval/seconds": time.perf_counter() - began,
@@ -171,10 +193,11 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellR
             per_class={"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
                        "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
             history=trained.history,
-            per_image=evaluator.per_image_counts(),
+            per_image=evaluator.per_image_counts(), diagnostics=arrays or None,
             environment={**fingerprint(device), "engine": {
                 "workers": context.world_size, "accumulate": t.accumulate, "micro_batch": layout.micro_batch,
                 "precision": t.precision, "sync_bn": sync_bn, "resumed_at": trainer.start_iteration,
+                **({"trunk_features": "cached" if cached else "live"} if cfg.trunk.frozen else {}),
                 **_weights_params(model)}})
     if context.keeps_checkpoints:
         save(context, trainer, {"iteration": trainer.iteration, "finished": True},

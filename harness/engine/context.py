@@ -13,6 +13,8 @@ from torch import nn
 
 from harness.engine import checkpoint
 
+TRUNK_FEATURES = "trunk-features"  # the folder beside a grid's run folders that holds frozen trunks' features
+
 
 class WorkerContext:
     """One data-parallel worker. ``report`` is a barrier every worker calls the same number of
@@ -22,6 +24,7 @@ class WorkerContext:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     keeps_checkpoints: bool = True  # False: checkpoints have nowhere to go and are not written
+    cache_folder: Path | None = None  # where cells share a frozen trunk's features (None: each cell keeps its own)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module to run forwards through (DDP over the workers when there are several)."""
@@ -44,11 +47,13 @@ class WorkerContext:
 
 class LocalContext(WorkerContext):
     """One process on ``device``. Checkpoints go to ``run_dir`` (None: none are written); with
-    ``resume`` the newest complete one there is resumed; reported metrics are kept in ``reported``."""
+    ``resume`` the newest complete one there is resumed; reported metrics are kept in ``reported``.
+    Frozen trunks' features are cached beside the run folder, in ``trunk-features``."""
 
     def __init__(self, device: torch.device, run_dir: Path | None = None, resume: bool = False) -> None:
         self.device, self.run_dir, self.resume = device, run_dir, resume
         self.keeps_checkpoints = run_dir is not None
+        self.cache_folder = run_dir.parent / TRUNK_FEATURES if run_dir is not None else None
         self.reported: list[dict] = []
 
     def resume_folder(self) -> Path | None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from harness.config import RunConfig, config_hash, from_dict, to_dict
 from harness.engine import checkpoint
-from harness.engine.context import WorkerContext, staging_folder
+from harness.engine.context import TRUNK_FEATURES, WorkerContext, staging_folder
 from harness.engine.trainer import NonFiniteLossError
 from harness.errors import InputError, one_line
 from harness.results import CellResult
@@ -159,6 +159,7 @@ def _worker(config: dict) -> None:
     metrics only); anything else is a worker failure Ray Train retries."""
     cfg = from_dict(RunConfig, config["cell"])
     context = RayTrainContext()
+    context.cache_folder = Path(config["cache_folder"]) if config["cache_folder"] else None
     try:
         with memory_cap(config["memory_gb"]):
             config["fn"](cfg, context, lambda message: None)
@@ -205,7 +206,8 @@ def launch(fn, cfg: RunConfig, workers: int, storage: str | Path, cpus: float = 
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {}),
                  **({"memory": int(memory_gb * 2**30)} if memory_gb else {})}
     trainer = TorchTrainer(
-        _worker, train_loop_config={"fn": fn, "cell": to_dict(cfg), "memory_gb": memory_gb},
+        _worker, train_loop_config={"fn": fn, "cell": to_dict(cfg), "memory_gb": memory_gb,
+                                    "cache_folder": None if "://" in storage else str(Path(storage) / TRUNK_FEATURES)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=config_hash(cfg), storage_path=storage, callbacks=list(callbacks),

@@ -82,7 +82,8 @@ class Trainer:
     device (``step_losses``, averaged over micro-batches); nothing is copied to the host in
     the loop, hooks read them when they report.
 
-    ``module`` is what runs the forward (``model`` or its DDP wrapper); ``micro_index(a)`` is
+    A batch is ``{"image", "sem_seg"}`` or, on a frozen trunk's cached features, ``{"features",
+    "sem_seg"}``. ``module`` is what runs the forward (``model`` or its DDP wrapper); ``micro_index(a)`` is
     the global index of this worker's ``a``-th micro-batch (``DataParallelLayout.micro_index``),
     ``micro_batches`` their number per step over all workers.
     """
@@ -137,6 +138,14 @@ class Trainer:
             hook.after_train()
         return TrainResult(self.cfg.iters - self.start_iteration, time.perf_counter() - began, self.history)
 
+    def _inputs(self, batch: dict) -> tuple:
+        """The model's arguments for ``batch``: (images, targets) or, from a frozen trunk's cache
+        (``harness.engine.features``), (None, targets, features)."""
+        targets = batch["sem_seg"].to(self.device, non_blocking=True)
+        if "features" in batch:
+            return None, targets, batch["features"].to(self.device, non_blocking=True)
+        return batch["image"].to(self.device, non_blocking=True), targets
+
     def run_step(self) -> None:
         accumulate = self.cfg.accumulate
         sync = getattr(self.module, "no_sync", None)
@@ -147,13 +156,13 @@ class Trainer:
             try:
                 with (sync() if sync is not None and a < accumulate - 1 else contextlib.nullcontext()):
                     with self.precision.autocast():
-                        losses = self.module(batch["image"].to(self.device, non_blocking=True),
-                                             batch["sem_seg"].to(self.device, non_blocking=True)).losses
+                        losses = self.module(*self._inputs(batch)).losses
                     terms = torch.stack([v.detach().float() for v in losses.values()])
                     self.precision.backward(sum(losses.values()) / accumulate)
             except Exception as exc:
                 if is_out_of_memory(exc):
-                    raise TrainingOutOfMemoryError(self.iteration, tuple(batch["image"].shape), self.device, exc) from exc
+                    shape = tuple(batch["image" if "image" in batch else "sem_seg"].shape)
+                    raise TrainingOutOfMemoryError(self.iteration, shape, self.device, exc) from exc
                 raise
             self.loss_names = list(losses)
             total_terms = terms if total_terms is None else total_terms + terms

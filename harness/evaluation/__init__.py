@@ -8,11 +8,14 @@
   model over a loader under a protocol).
 - ``boundary``: ``mask_to_boundary``, detectron2's boundary band (OpenCV).
 - ``calibration``: ``CalibrationBins``, the expected calibration error and reliability bins.
+- ``diagnostics``: ``diagnose`` (a head's own ``PixelClassifier.diagnostics``, averaged over
+  validation images), ``split_diagnostics`` (scalars as ``diag/<name>`` metrics, the rest as lists).
 - ``predict``: label maps, colours, legends and prediction images (``write_predictions``).
 """
 
 from harness.evaluation.boundary import mask_to_boundary
 from harness.evaluation.calibration import CalibrationBins
+from harness.evaluation.diagnostics import DIAGNOSTIC_PREFIX, diagnose, split_diagnostics
 from harness.evaluation.evaluator import SUMMARY_METRICS, SemSegEvaluator, evaluate
 from harness.evaluation.predict import (
     class_colors,
@@ -28,11 +31,13 @@ from harness.evaluation.predict import (
 from harness.evaluation.protocols import predict_labels_and_confidence, predict_logits
 
 __all__ = [
+    "DIAGNOSTIC_PREFIX",
     "SUMMARY_METRICS",
     "CalibrationBins",
     "SemSegEvaluator",
     "class_colors",
     "colorize",
+    "diagnose",
     "dataset_sources",
     "evaluate",
     "folder_sources",
@@ -43,5 +48,6 @@ __all__ = [
     "predict_labels",
     "predict_labels_and_confidence",
     "predict_logits",
+    "split_diagnostics",
     "write_predictions",
 ]

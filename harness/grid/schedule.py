@@ -30,6 +30,7 @@ from harness.grid.tasks import REPORT_FAILED, REPORT_TRAINED, failed_result, mea
 from harness.measure import MEASUREMENT_PREFIXES
 from harness.modeling import uncached_builtin_weights
 from harness.results import CellResult
+from harness.tracking import TRUNKS, resolve_trunks
 
 
 def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | None = None,
@@ -50,9 +51,21 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
     lease.acquire()  # before sync(): a second driver would mark the first's running cells KILLED
     try:
         storage = resolve_storage(storage or results_path.parent / "checkpoints")
+        cells = resolve_trunks(cells, store.tracking_uri, _trunk_folder(cells, storage))
         return _run_cells(spec, cells, store, lease, address, max_concurrent, log, storage)
     finally:
         lease.release()
+
+
+def _trunk_folder(cells: list[RunConfig], storage: str) -> Path | None:
+    """Where the grid writes the trunks its cells read from logged runs: ``<storage>/trunks``, a path
+    every node sees; ``InputError`` when ``storage`` is a URI and a cell's trunk is a run."""
+    if "://" not in storage:
+        return Path(storage) / TRUNKS
+    if any(cfg.trunk.run is not None and cfg.trunk.checkpoint is None for cfg in cells):
+        raise InputError(f"trunk.run with checkpoints at {storage}: workers read a trunk from a file; give "
+                         "trunk.checkpoint on a path every node sees")
+    return None
 
 
 def _run_cells(spec: GridSpec, cells: list[RunConfig], store: GridStore, lease, address: str | None,

@@ -15,7 +15,7 @@ from harness.data import dataset_splits, split_batch
 from harness.errors import InputError, unknown_name_error
 from harness.modeling import resolve_classifier
 
-_SECTIONS = ("model", "data", "train", "measure", "eval")  # RunConfig sections a spec may set
+_SECTIONS = ("model", "data", "train", "measure", "eval", "trunk")  # RunConfig sections a spec may set
 
 
 @dataclass
@@ -45,8 +45,9 @@ class Resources:
 @dataclass
 class GridSpec:
     """Axes ``backbones`` x ``classifiers`` x ``datasets`` x ``seeds`` x ``necks``; shared
-    config sections ``model``/``data``/``train``/``measure``/``eval`` (as in ``RunConfig``;
-    ``eval`` is the test protocol); ``dataset_overrides``, ``backbone_overrides`` and
+    config sections ``model``/``data``/``train``/``measure``/``eval``/``trunk`` (as in ``RunConfig``;
+    ``eval`` is the test protocol, ``trunk`` a trained backbone and neck every cell starts from,
+    frozen unless ``trunk.train``); ``dataset_overrides``, ``backbone_overrides`` and
     ``classifier_overrides`` map a name to config sections applied to that axis value's cells,
     in that order (e.g. a dataset's own test protocol, a backbone's weights)."""
 
@@ -61,6 +62,7 @@ class GridSpec:
     train: dict = field(default_factory=dict)
     measure: dict = field(default_factory=dict)
     eval: dict = field(default_factory=dict)
+    trunk: dict = field(default_factory=dict)
     dataset_overrides: dict = field(default_factory=dict)
     backbone_overrides: dict = field(default_factory=dict)
     classifier_overrides: dict = field(default_factory=dict)

@@ -11,6 +11,7 @@ from harness.grid.spec import GridSpec, describe, expand, validate_cells
 from harness.modeling import describe_weights
 from harness.report import Cell, baseline, baseline_name, configurations
 from harness.results import CellResult
+from harness.tracking import resolve_trunks
 
 
 @dataclass
@@ -85,10 +86,11 @@ def comparison_table(results: list[CellResult]) -> str:
     return "\n".join(lines)
 
 
-def dry_run(spec: GridSpec) -> str:
+def dry_run(spec: GridSpec, tracking_uri: str | None = None) -> str:
     """What ``segheads grid --dry-run`` prints: the resources of each cell, then every cell with its
-    ``config_hash``, iterations, threads, test protocol(s) and initial weights."""
-    cells = expand(spec)
+    ``config_hash``, iterations, threads, test protocol(s) and initial weights (a trunk's weights
+    are read for their digest, nothing is written)."""
+    cells = resolve_trunks(expand(spec), tracking_uri, None)
     validate_cells(cells, spec.resources.workers)
     r = spec.resources
     lines = [f"grid {spec.name!r}: {len(cells)} cells; per cell {r.workers} worker(s) x {r.cpus:g} CPU, "
@@ -98,5 +100,6 @@ def dry_run(spec: GridSpec) -> str:
              + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else "")]
     for cfg in cells:
         lines.append(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}\n"
-                     f"      eval: {cfg.eval.describe_all()}\n      weights: {describe_weights(cfg.model.backbone_kwargs)}")
+                     f"      eval: {cfg.eval.describe_all()}\n      weights: "
+                     + (cfg.trunk.describe() if cfg.trunk.enabled else describe_weights(cfg.model.backbone_kwargs)))
     return "\n".join(lines)

@@ -31,12 +31,13 @@ def resolve_classifier(cfg: RunConfig) -> RunConfig:
 def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segmentor:
     """Backbone (``checkpoint: builtin:digits`` pretrained on first use, ``harness.pretrain``),
     neck (``model.neck_kwargs``), classifier head and, when the neck trains
-    with one by default or ``neck_kwargs.auxiliary`` says so, the auxiliary FCN head;
+    with one by default or ``neck_kwargs.auxiliary`` says so and the trunk is not frozen, the
+    auxiliary FCN head;
     ``model.init: mmseg`` initialises the decoder as MMSegmentation does (``mmseg_init``)."""
     m = cfg.model
     backbone = build_backbone(m.backbone, **resolve_backbone_kwargs(m.backbone, m.backbone_kwargs))
     neck_kwargs = dict(m.neck_kwargs)
-    use_auxiliary = neck_kwargs.pop("auxiliary", neck_uses_auxiliary(m.neck))
+    use_auxiliary = neck_kwargs.pop("auxiliary", neck_uses_auxiliary(m.neck)) and not cfg.trunk.frozen
     if neck_accepts(m.neck, "num_classes"):  # a decoder with its own prediction (OCRNet's regions)
         neck_kwargs.setdefault("num_classes", num_classes)
     try:

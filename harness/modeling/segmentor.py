@@ -3,10 +3,13 @@ every cell trains and measures."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones.features import Features
 from backbones.necks import conv_norm_act
 from classifiers import ClassifierOutput, PixelClassifier
 from classifiers.base import pixel_cross_entropy
@@ -42,23 +45,51 @@ class Segmentor(nn.Module):
 
     ``forward(images, targets)`` returns the head's ``ClassifierOutput`` (logits at the
     head's resolution, losses when targets are given, the ``auxiliary`` head's ``aux`` loss
-    and a neck's own losses among them); ``predict(images)`` returns logits upsampled to the input size, with no
-    training-only work.
+    and a neck's own losses among them); ``forward(None, targets, features=...)`` runs the head
+    on features the trunk computed before (``harness.engine.features``); ``predict(images)``
+    returns logits upsampled to the input size, with no training-only work.
+
+    The trunk is the backbone and the neck. ``freeze_trunk()`` stops its gradients and keeps it
+    in eval mode (BatchNorm statistics fixed) whatever ``train()`` says: only the head trains.
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, classifier: PixelClassifier,
                  auxiliary: AuxiliaryFCNHead | None = None) -> None:
         super().__init__()
         self.backbone, self.neck, self.classifier, self.auxiliary = backbone, neck, classifier, auxiliary
+        self.trunk_frozen = False
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: Tensor, targets: Tensor | None = None) -> ClassifierOutput:
-        images = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
-        stages = self.backbone(images)
-        features = self.neck(stages, tuple(images.shape[-2:]))
+    def freeze_trunk(self) -> None:
+        if self.auxiliary is not None:
+            raise ValueError("a frozen trunk trains no auxiliary head (it would only train itself)")
+        self.trunk_frozen = True
+        for parameter in [*self.backbone.parameters(), *self.neck.parameters()]:
+            parameter.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Segmentor:
+        super().train(mode)
+        if self.trunk_frozen:
+            self.backbone.eval()
+            self.neck.eval()
+        return self
+
+    def trunk(self, images: Tensor) -> tuple[list[Tensor], Features]:
+        """(backbone stages, neck features) of ``images``; without gradients when the trunk is frozen."""
+        with torch.no_grad() if self.trunk_frozen else contextlib.nullcontext():
+            images = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+            stages = self.backbone(images)
+            return stages, self.neck(stages, tuple(images.shape[-2:]))
+
+    def forward(self, images: Tensor | None, targets: Tensor | None = None,
+                features: Features | None = None) -> ClassifierOutput:
+        stages = None
+        if features is None:
+            stages, features = self.trunk(images)
         output = self.classifier(features, targets)
-        if targets is not None:
+        if targets is not None and not self.trunk_frozen:
             if self.auxiliary is not None:
                 output.losses["aux"] = self.auxiliary(stages, targets)
             if hasattr(self.neck, "losses"):  # a neck with its own prediction (OCRNet's regions)

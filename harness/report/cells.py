@@ -25,7 +25,8 @@ from pathlib import Path
 from harness.config import config_params, seedless_settings
 from harness.errors import InputError
 from harness.results import CellResult, read_results
-from harness.tracking import finished_runs, open_client, read_per_image_counts, resolve_tracking_uri
+from harness.evaluation import DIAGNOSTIC_PREFIX
+from harness.tracking import finished_runs, open_client, read_diagnostics, read_per_image_counts, resolve_tracking_uri
 
 TAGS = ("dataset", "backbone", "neck", "classifier")
 BASELINE = "softmax"
@@ -35,7 +36,8 @@ BASELINE = "softmax"
 class Cell:
     """One FINISHED cell: its tags, metrics, seed-free settings (``seedless_settings``), MLflow
     run (None from a ``results.jsonl``), per-image evaluation counts (None for runs logged
-    before they existed) and ``order``, larger for newer cells."""
+    before they existed), its head's diagnostics (``CellResult.diagnostics``) and ``order``,
+    larger for newer cells."""
 
     tags: dict[str, str]
     metrics: dict[str, float]
@@ -43,6 +45,7 @@ class Cell:
     run_id: str | None = None
     per_image: list | None = None
     order: float = 0.0
+    diagnostics: dict | None = None
 
     @property
     def seed(self) -> int:
@@ -59,7 +62,7 @@ class Cell:
         """A cell from a ``CellResult`` (a ``results.jsonl`` line, or one a grid holds)."""
         metrics = {k: v for k, v in result.metrics.items() if v is not None}
         return cls(dict(result.tags), metrics, seedless_settings(config_params(result.config)),
-                   per_image=result.per_image, order=order)
+                   per_image=result.per_image, order=order, diagnostics=result.diagnostics)
 
 
 @dataclass
@@ -101,7 +104,8 @@ def read_cells(results: str | Path | None = None, experiment: str | None = None,
                tracking_uri: str | None = None, per_image: bool = False) -> tuple[str, list[Cell]]:
     """(name, FINISHED cells) of one source: a ``results.jsonl`` (its last line per cell; named by
     its folder), one grid's parent run (named by the run) or an MLflow experiment; ``per_image``
-    reads each run's per-image counts too (a ``results.jsonl`` line always has them)."""
+    reads each run's per-image counts too (a ``results.jsonl`` line always has them), and a run
+    with ``diag/`` metrics has its head's diagnostics read."""
     if results is not None:
         lines = read_results(results).values()
         return Path(results).parent.name, [Cell.from_result(r, order) for order, r in enumerate(lines) if r.finished]
@@ -116,8 +120,11 @@ def read_cells(results: str | Path | None = None, experiment: str | None = None,
         name = parent.data.tags.get("mlflow.runName", parent_run_id)
         experiment = client.get_experiment(parent.info.experiment_id).name
     cells = [Cell.from_run(run) for run in finished_runs(client, experiment, uri, parent_run_id)]
-    for cell in cells if per_image else ():
-        cell.per_image = read_per_image_counts(cell.run_id, uri)
+    for cell in cells:
+        if per_image:
+            cell.per_image = read_per_image_counts(cell.run_id, uri)
+        if any(name.startswith(DIAGNOSTIC_PREFIX) for name in cell.metrics):
+            cell.diagnostics = read_diagnostics(cell.run_id, uri)
     return name, cells
 
 

@@ -16,12 +16,25 @@ from __future__ import annotations
 import base64
 import csv
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.report.cells import Cell, configurations
+from harness.report.diagnostics import diagnostic_figures, trunk_notes
 from harness.report.figures import plots
 from harness.report.predictions import prediction_panels
 from harness.report.statistics import COLUMNS, RESAMPLES, summarise_configurations
+
+
+@dataclass
+class Section:
+    """A part of the report after the table and plots: its anchor, title, what it shows, notes and pictures."""
+
+    anchor: str
+    title: str
+    intro: str
+    notes: list[str]
+    images: dict[str, bytes]
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -63,16 +76,14 @@ def _figures(images: dict[str, bytes]) -> str:
                    f"<figcaption>{n}</figcaption></figure>" for n, b in images.items())
 
 
-def _html(name: str, rows: list[dict], images: dict[str, bytes], predictions: dict[str, bytes] | None = None,
-          notes: list[str] | None = None) -> str:
+def _html(name: str, rows: list[dict], images: dict[str, bytes], sections: list[Section]) -> str:
     header = "".join(f"<th onclick='sortBy({i})'>{html.escape(c)}</th>" for i, c in enumerate(COLUMNS))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c], 3))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
     figures = _figures(images)
-    if predictions or notes:
-        figures += ("<h2 id='predictions'>Predictions</h2><p>The same validation images (a fixed, seeded draw) "
-                    "for every head on one backbone, with each image's mIoU under its panel.</p>"
-                    + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes or [])
-                    + _figures(predictions or {}))
+    for section in sections:
+        figures += (f"<h2 id='{section.anchor}'>{html.escape(section.title)}</h2><p>{html.escape(section.intro)}</p>"
+                    + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in section.notes)
+                    + _figures(section.images))
     script = """function sortBy(i){const t=document.getElementById('results'),b=t.tBodies[0];
 const rows=[...b.rows],asc=t.dataset.col==i?!(t.dataset.asc==='true'):true;t.dataset.col=i;t.dataset.asc=asc;
 const v=r=>{const s=r.cells[i].textContent.replace(/,/g,'');const n=parseFloat(s);return isNaN(n)?s:n};
@@ -86,8 +97,9 @@ rows.sort((a,c)=>{const x=v(a),y=v(c);return (x>y?1:x<y?-1:0)*(asc?1:-1)});rows.
 
 def write_report(name: str, cells: list[Cell], out: Path, tracking_uri: str | None = None,
                  latest: bool = False) -> list[Path]:
-    """Write ``results.csv``, ``report.md``, the PNG plots and ``report.html`` into ``out``;
-    with ``tracking_uri`` (cells with ``run_id``s), the predictions section too; with
+    """Write ``results.csv``, ``report.md``, the PNG plots and ``report.html`` into ``out``, with
+    the shared trunks and the heads' diagnostics when cells have them and, with ``tracking_uri``
+    (cells with ``run_id``s), the predictions section too; with
     ``latest``, only the newest configuration of each dataset x backbone x neck x classifier."""
     configs = configurations(cells, latest)
     rows = summarise_configurations(configs)
@@ -100,13 +112,22 @@ def write_report(name: str, cells: list[Cell], out: Path, tracking_uri: str | No
     images = plots(rows, configs)
     for file_name, data in images.items():
         (out / file_name).write_bytes(data)
-    predictions, notes = prediction_panels(configs, tracking_uri) if tracking_uri else ({}, [])
-    for file_name, data in predictions.items():
-        (out / file_name).write_bytes(data)
-    if predictions or notes:
-        with open(out / "report.md", "a") as handle:
-            handle.write("\n## Predictions\n\n" + "".join(f"- {n}\n" for n in notes)
-                         + "".join(f"![{n}]({n})\n" for n in predictions))
-    (out / "report.html").write_text(_html(name, rows, images, predictions, notes))
-    return [out / "results.csv", out / "report.md", *(out / n for n in images), *(out / n for n in predictions),
-            out / "report.html"]
+    diagnostic_images, diagnostic_notes = diagnostic_figures(configs)
+    predictions, prediction_notes = prediction_panels(configs, tracking_uri) if tracking_uri else ({}, [])
+    sections = [Section("trunks", "Shared trunks", "Configurations whose cells start from one trained backbone "
+                        "and neck (a grid's trunk section).", trunk_notes(configs), {}),
+                Section("diagnostics", "Head diagnostics", "What each head shows about itself, averaged over "
+                        "validation images and seeds (PixelClassifier.diagnostics).", diagnostic_notes,
+                        diagnostic_images),
+                Section("predictions", "Predictions", "The same validation images (a fixed, seeded draw) for every "
+                        "head on one backbone, with each image's mIoU under its panel.", prediction_notes, predictions)]
+    sections = [section for section in sections if section.notes or section.images]
+    with open(out / "report.md", "a") as handle:
+        for section in sections:
+            for file_name, data in section.images.items():
+                (out / file_name).write_bytes(data)
+            handle.write(f"\n## {section.title}\n\n{section.intro}\n\n" + "".join(f"- {n}\n" for n in section.notes)
+                         + "".join(f"![{n}]({n})\n" for n in section.images))
+    (out / "report.html").write_text(_html(name, rows, images, sections))
+    return [out / "results.csv", out / "report.md", *(out / n for n in images),
+            *(out / n for section in sections for n in section.images), out / "report.html"]

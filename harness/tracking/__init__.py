@@ -4,8 +4,10 @@
   that has answered, or a one-line ``InputError`` naming the store), ``search_all_runs``.
 - ``log``: ``log_cell`` (a ``CellResult`` as a run, through ``CellResult.to_mlflow``),
   ``log_rows`` (training rows as step series), ``update_measurement``, ``cell_run_tags``.
-- ``read``: ``read_result`` (a run's ``CellResult``), ``finished_runs``, ``read_per_image_counts``.
+- ``read``: ``read_result`` (a run's ``CellResult``), ``finished_runs``, ``read_per_image_counts``,
+  ``read_diagnostics``.
 - ``artifacts``: reading a run's artifacts; ``models``: ``load_run`` (a logged cell's trained model).
+- ``trunks``: ``resolve_trunks`` (cells' ``trunk`` sections made one weights file each, pinned by digest).
 - ``ui``: ``serve_ui`` (``segheads ui``).
 """
 
@@ -23,12 +25,14 @@ from harness.tracking.client import (
 )
 from harness.tracking.log import cell_run_tags, log_cell, log_rows, update_measurement
 from harness.tracking.models import load_run, logged_measure_threads
-from harness.tracking.read import finished_runs, read_per_image_counts, read_result
+from harness.tracking.read import finished_runs, read_diagnostics, read_per_image_counts, read_result
+from harness.tracking.trunks import TRUNKS, resolve_trunk, resolve_trunks
 from harness.tracking.ui import serve_ui
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "FINISHED_CELLS",
+    "TRUNKS",
     "WEIGHTS_ARTIFACT",
     "cell_run_tags",
     "download_artifact",
@@ -43,9 +47,12 @@ __all__ = [
     "quick_http_failures",
     "read_artifact",
     "read_artifact_bytes",
+    "read_diagnostics",
     "read_per_image_counts",
     "read_result",
     "resolve_tracking_uri",
+    "resolve_trunk",
+    "resolve_trunks",
     "search_all_runs",
     "serve_ui",
     "store_label",

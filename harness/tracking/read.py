@@ -8,7 +8,7 @@ import json
 from mlflow.tracking import MlflowClient
 
 from harness.errors import InputError
-from harness.results import CELL_RESULT_ARTIFACT, PER_IMAGE_ARTIFACT, CellResult, MlflowRecord
+from harness.results import CELL_RESULT_ARTIFACT, DIAGNOSTICS_ARTIFACT, PER_IMAGE_ARTIFACT, CellResult, MlflowRecord
 from harness.tracking.artifacts import read_artifact
 from harness.tracking.client import FINISHED_CELLS, experiment_id, search_all_runs
 
@@ -26,12 +26,22 @@ def read_result(run_id: str, tracking_uri: str) -> CellResult:
     return CellResult.from_mlflow(record, f"run {run_id}")
 
 
-def read_per_image_counts(run_id: str, tracking_uri: str) -> list | None:
-    """A cell's ``per_image_counts.json``, or None for runs logged before it existed."""
+def _optional_json(run_id: str, name: str, tracking_uri: str):
+    """A run's JSON artifact ``name``, or None when the run has none."""
     try:
-        return json.loads(read_artifact(run_id, PER_IMAGE_ARTIFACT, tracking_uri))
+        return json.loads(read_artifact(run_id, name, tracking_uri))
     except InputError:
         return None
+
+
+def read_per_image_counts(run_id: str, tracking_uri: str) -> list | None:
+    """A cell's ``per_image_counts.json``, or None for runs logged before it existed."""
+    return _optional_json(run_id, PER_IMAGE_ARTIFACT, tracking_uri)
+
+
+def read_diagnostics(run_id: str, tracking_uri: str) -> dict | None:
+    """A cell's head diagnostics (``diagnostics.json``), or None when its head has none."""
+    return _optional_json(run_id, DIAGNOSTICS_ARTIFACT, tracking_uri)
 
 
 def finished_runs(client, experiment: str, tracking_uri: str, parent_run_id: str | None = None) -> list:
