@@ -315,9 +315,9 @@ class ECEClassifier(PixelClassifier):
         own = o["class_probabilities"] == "own"
         self.class_logits = nn.Linear(dim, num_classes if own else num_classes + 1)
 
-    def _decode(self, features: Features) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+    def _decode(self, features: Features) -> tuple[Tensor, Tensor, list[Tensor], Tensor, list[Tensor]]:
         """The inference path: (logits, class embeddings [B, N, D], the masks coarse to fine at the
-        finest stage's size, the reconstruction's diverse parts)."""
+        finest stage's size, their sum, the reconstruction's diverse parts)."""
         if len(features.pyramid) != len(self.reconstruct):
             raise InputError(f"ece: built for {len(self.reconstruct)} stages, got a pyramid of {len(features.pyramid)}; "
                              "set classifier_kwargs.num_stages")
@@ -336,15 +336,15 @@ class ECEClassifier(PixelClassifier):
         fused = self.fuse(torch.cat([upsample(x, size) for x in stages], dim=1))
         with full_precision(fused):
             masks = [upsample(m, size) for m in masks]
-            logits = fused.float() + self._class_masks(classes, torch.stack(masks).sum(0))
-        return logits, classes, masks, diverse
+            summed = torch.stack(masks).sum(0)
+            logits = fused.float() + self._class_masks(classes, summed)
+        return logits, classes, masks, summed, diverse
 
     def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
-        logits, _, masks, diverse = self._decode(features)
+        logits, _, masks, summed, diverse = self._decode(features)
         if targets is None:
             return ClassifierOutput(logits)
         with full_precision(logits):
-            summed = torch.stack(masks).sum(0)
             supervised = summed if self.options["supervised_masks"] == "all" else torch.stack(masks[:-1]).sum(0)
             focal, dice = _focal_and_dice(supervised, *self.one_hot(self.labels_at(targets, logits.shape[-2:]),
                                                                     summed.dtype))
