@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from harness.data.digits import cache_root
 from harness.errors import InputError
+from harness.files import staged_file
 
 _LAYOUT = "IMAGE_ROOT/<stem>{image_suffix} paired with GT_ROOT/<stem>{gt_suffix} (same relative path and stem)"
 
@@ -134,9 +133,8 @@ def scanned_sizes(images: list[Path], image_root: Path) -> list[tuple[int, int]]
     for place in places:  # written whole, then renamed into place
         try:
             place.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=place.parent, prefix=place.name, delete=False) as out:
+            with staged_file(place, "w") as out:
                 json.dump({"key": key, "sizes": sizes}, out)
-            os.replace(out.name, place)
             break
         except OSError:
             continue

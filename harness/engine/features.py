@@ -7,8 +7,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from torch import Tensor
 from backbones.features import Features
 from harness.config import RunConfig, to_dict
 from harness.data import DataParallelLayout, SemSegMapper, StepSampler
+from harness.files import staged_file
 from harness.modeling import Segmentor
 
 _TRUNK_MODEL_KEYS = ("backbone", "neck", "embed_dim", "backbone_kwargs", "neck_kwargs")  # what shapes the features
@@ -86,9 +85,8 @@ def trunk_features(model: Segmentor, records: list[dict], mapper: SemSegMapper, 
         if path.is_file():
             return TrunkFeatures(**torch.load(path, map_location="cpu", weights_only=True)), f"read from {path}"
         features = _compute(model, records, mapper, device, batch_size)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as part:
+        with staged_file(path) as part:
             torch.save(vars(features), part)
-        os.replace(part.name, path)
     return features, f"computed, cached at {path}"
 
 

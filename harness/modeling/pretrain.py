@@ -52,6 +52,7 @@ from backbones import build_backbone
 from harness.config import TrainConfig
 from harness.data.digits import DIGIT_CLASSES, cache_root, digit_pools, make_digit_crop
 from harness.errors import InputError
+from harness.files import staged_file
 from harness.modeling.segmentor import IMAGENET_MEAN, IMAGENET_STD
 from harness.solver import build_optimizer, lr_factor
 
@@ -118,10 +119,9 @@ def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, s
             return path
         log(f"[segheads] pretraining {backbone} on digit classification ({steps} steps), once; cached at {path}")
         state, record = _pretrain(backbone, backbone_kwargs, steps)
-        staging = path.with_suffix(".tmp")  # one writer: the lock holder
-        torch.save(state, staging)
-        path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(staging, path)
+        with staged_file(path) as staging:  # one writer: the lock holder
+            torch.save(state, staging)
+            path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
         log(f"[segheads] {backbone}: {record['accuracy']:.1%} on {_NUM_EVAL_CROPS} crops of held-out digits "
             f"after {record['seconds']:.0f} s")
     return path

@@ -4,14 +4,13 @@ worker reads (``trunk.checkpoint``, absolute) and pinned by digest (``trunk.dige
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from harness.config import RunConfig, TrunkConfig
 from harness.engine import trunk_digest, trunk_file, trunk_state
 from harness.errors import InputError
+from harness.files import staged_file
 from harness.tracking.artifacts import WEIGHTS_ARTIFACT, read_artifact_bytes
 from harness.tracking.client import experiment_id, open_client, resolve_tracking_uri
 
@@ -43,9 +42,8 @@ def _write_once(folder: Path, data: bytes, digest: str) -> Path:
     path = folder / f"{digest}.pt"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as part:
+        with staged_file(path) as part:
             part.write(data)
-        os.replace(part.name, path)
     return path
 
 
