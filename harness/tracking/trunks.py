@@ -33,7 +33,7 @@ def _run_id(reference: str, tracking_uri: str) -> str:
                               max_results=1, order_by=["attributes.start_time DESC"])
     if not runs:
         raise InputError(f"trunk.run={reference!r}: experiment {experiment!r} in {tracking_uri} has no FINISHED run "
-                         f"named {name!r}; run its grid first (segheads grid), or list runs with segheads runs")
+                         f"named {name!r}; run its grid first (segheads grid), or find the run in segheads ui")
     return runs[0].info.run_id
 
 
