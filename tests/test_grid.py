@@ -13,6 +13,7 @@ from classifiers.protoseg import ProtoSegClassifier
 from harness.config import config_hash, flatten, to_dict
 from harness.errors import InputError
 from harness.grid import expand, load_grid, run_grid
+from harness.grid.spec import start_order
 from harness.results import CellResult
 
 
@@ -83,6 +84,28 @@ def test_dry_run_lists_cells_and_resources_and_rejects_unknown_names(tmp_path, c
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_cells_start_costliest_first_and_in_the_spec_s_order_when_a_cost_cannot_be_estimated(tmp_path, capsys):
+    path = write_spec(tmp_path, "order", classifiers=["softmax", "ssa", "ece", "query"])
+    ordered, unordered = start_order(expand(load_grid(path)))
+    assert unordered is None
+    assert [cfg.model.classifier for cfg, _ in ordered] == ["ece", "ssa", "softmax", "query"]  # a tie keeps its order
+    costs = [flops for _, flops in ordered]
+    assert costs[0] > costs[1] > costs[2] == costs[3]
+    assert main(["grid", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "cells in the order they start: costliest first by estimated training FLOPs" in out
+    assert out.index("ece@") < out.index("ssa@") < out.index("softmax@") < out.index("query@")
+    assert f"train~{costs[0] / 1e9:.3g} GFLOP" in out
+    # a model that cannot be built for the estimate: the spec's order, and why; the grid still runs
+    broken = write_spec(tmp_path, "broken", classifiers=["softmax", "ssa"],
+                        backbone_overrides={"test_convnext": {"model": {"backbone_kwargs": {"no_such_option": 1}}}})
+    cells = expand(load_grid(broken))
+    ordered, unordered = start_order(cells)
+    assert [cfg for cfg, _ in ordered] == cells and all(flops is None for _, flops in ordered)
+    assert unordered.startswith("no training cost estimate for softmax@test_convnext/mlp digits_sem_seg s0: TypeError")
+    assert "no_such_option" in unordered
+
+
 def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_grid(ray_cluster, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = write_spec(tmp_path, "pack", classifiers=["softmax", "query", "protoseg", "ssa"],
@@ -99,6 +122,8 @@ def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_gr
     events = sorted([(p["started"], 1) for p in placements] + [(p["ended"], -1) for p in placements])
     running = [sum(step for _, step in events[: i + 1]) for i in range(len(events))]
     assert max(running) == 2  # two 0.5-GPU cells at once, never more
+    first = sorted(outcome.results, key=lambda r: r.environment["ray"]["started"])[:2]
+    assert sorted(r.tags["classifier"] for r in first) == ["protoseg", "ssa"]  # the costliest two, not the spec's first
     timed = {c: r.measurement["node"] for c, r in by_classifier.items()}
     busy = [(p["node_id"], p["started"], p["ended"], ("train", r.tags["classifier"]))
             for r, p in zip(outcome.results, placements)]

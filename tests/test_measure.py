@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,9 +10,11 @@ from torch import nn
 from classifiers import list_classifiers
 from harness.cli import main
 from harness.config import MeasureConfig, RunConfig, apply_overrides
+from harness.data import label_space
 from harness.errors import InputError
 from harness.measure import (
     count_flops, count_parameters, machine_matmul_gflops, measure_latency, measure_model, pinned_threads,
+    training_flops,
 )
 from harness.check import load_reference
 from harness.modeling import build_segmentor
@@ -93,6 +96,22 @@ def test_part_flops_add_up_and_param_split_sums(classifier):
     assert params["params/inference"] == params["params/total"] - params["params/head_training_only"]
     assert model.training  # counting left the model as it found it
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("classifier", list_classifiers())
+def test_training_flops_count_the_real_model_s_forward_without_its_weights(classifier, tmp_path):
+    base = apply_overrides(RunConfig(), [f"model.classifier={classifier}", "model.backbone=test_convnext",
+                                         "model.embed_dim=32", "train.iters=7", "data.batch_size=3"])
+    names, ignore = label_space(base.data.dataset)
+    flops = count_flops(build_segmentor(base, len(names), ignore), torch.rand(1, 3, *base.data.crop_size) * 255)
+    forward, head = flops["gflops/total"] * 1e9, flops["gflops/head"] * 1e9
+    # the estimate builds the architecture only: a weights file that does not exist is never opened
+    absent = apply_overrides(base, [f"model.backbone_kwargs.checkpoint={tmp_path / 'absent.pt'}"])
+    assert training_flops(absent) == pytest.approx(7 * 3 * 3 * forward, rel=1e-9)  # iters x batch x 3 forwards
+    frozen = apply_overrides(absent, [f"trunk.checkpoint={tmp_path / 'trunk.pt'}", "trunk.train=false"])
+    assert training_flops(frozen) == pytest.approx(7 * 3 * (3 * head + forward - head), rel=1e-9)
+    longer = dataclasses.replace(absent, train=dataclasses.replace(absent.train, iters=14))
+    assert training_flops(longer) == pytest.approx(2 * training_flops(absent), rel=1e-12)
 
 
 def test_softmax_head_flops_are_c_times_d_per_feature_pixel():

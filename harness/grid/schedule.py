@@ -23,7 +23,7 @@ from harness.engine import cell_tags
 from harness.engine.launch import final_checkpoint, init_ray, needs_ray_train, read_cell, resolve_storage
 from harness.errors import InputError, one_line
 from harness.grid.progress import Progress
-from harness.grid.spec import GridSpec, Resources, describe, expand, validate_cells
+from harness.grid.spec import GridSpec, Resources, describe, expand, start_order, validate_cells
 from harness.grid.store import GridStore
 from harness.grid.table import GridOutcome
 from harness.grid.tasks import REPORT_FAILED, REPORT_TRAINED, failed_result, measure_task, train_trial
@@ -94,7 +94,10 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store: GridStore, lease, 
             for result, cfg, weights in unmeasured:
                 driver.measure(result, cfg, weights)
             if todo:
-                _tuner(spec, todo, storage, max_concurrent, driver).fit()
+                ordered, unordered = start_order(todo)
+                if unordered:
+                    log(f"[segheads] cells start in the spec's order: {unordered}")
+                _tuner(spec, [cfg for cfg, _ in ordered], storage, max_concurrent, driver).fit()
             driver.drain()
         finally:
             driver.progress.close()

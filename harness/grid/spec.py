@@ -12,7 +12,8 @@ from backbones import check_backbone, list_necks
 from classifiers import build_classifier, list_classifiers
 from harness.config import RunConfig, bounded, from_dict, read_yaml, to_dict
 from harness.data import dataset_splits, split_batch
-from harness.errors import InputError, unknown_name_error
+from harness.errors import InputError, one_line, unknown_name_error
+from harness.measure import training_flops
 from harness.modeling import resolve_classifier
 
 _SECTIONS = ("model", "data", "train", "measure", "eval", "trunk")  # RunConfig sections a spec may set
@@ -171,8 +172,6 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     (single) necks axis value for its cells (e.g. ``hrnetv2_w48: {model: {neck: ocr}}``,
     ``ece: {model: {neck: stages}}``). Each cell's
     classifier kwargs are resolved (``harness.run.resolve_classifier``)."""
-
-
     threads = max(1, int(spec.resources.cpus))
     cells = []
     for dataset in spec.datasets:
@@ -219,6 +218,21 @@ def validate_cells(cells: list[RunConfig], workers: int = 1) -> None:
             build_classifier(m.classifier, num_classes=2, in_channels=8, **m.classifier_kwargs)
         except InputError as exc:
             raise InputError(f"cell {describe(cfg)}: {exc}") from None
+
+
+def start_order(cells: list[RunConfig]) -> tuple[list[tuple[RunConfig, float | None]], str | None]:
+    """The order a grid starts its cells in, each with its estimated training FLOPs
+    (``harness.measure.training_flops``): costliest first, ties in the given order, so that the
+    longest cells do not start last and leave the rest of the cluster idle while they finish
+    (longest processing time first). Returns (cells and costs, None); when a cell's cost cannot be
+    estimated, (the given order with no costs, why): the order is a hint, and the grid still runs."""
+    costs = []
+    for cfg in cells:
+        try:
+            costs.append(training_flops(cfg))
+        except Exception as exc:  # e.g. an op without a meta kernel in a user's model
+            return [(c, None) for c in cells], f"no training cost estimate for {describe(cfg)}: {one_line(exc)}"
+    return sorted(zip(cells, costs), key=lambda pair: -pair[1]), None
 
 
 def describe(cfg: RunConfig) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import config_hash
-from harness.grid.spec import GridSpec, describe, expand, validate_cells
+from harness.grid.spec import GridSpec, describe, expand, start_order, validate_cells
 from harness.modeling import describe_weights
 from harness.report import Cell, baseline, baseline_name, configurations
 from harness.results import CellResult
@@ -87,19 +87,32 @@ def comparison_table(results: list[CellResult]) -> str:
 
 
 def dry_run(spec: GridSpec, tracking_uri: str | None = None) -> str:
-    """What ``segheads grid --dry-run`` prints: the resources of each cell, then every cell with its
-    ``config_hash``, iterations, threads, test protocol(s) and initial weights (a trunk's weights
-    are read for their digest, nothing is written)."""
+    """What ``segheads grid --dry-run`` prints: the resources of each cell, then every cell in the
+    order the grid starts them (``start_order``: costliest first) with its ``config_hash``,
+    iterations, threads, estimated training cost, test protocol(s) and initial weights (a trunk's
+    weights are read for their digest, nothing is written)."""
     cells = resolve_trunks(expand(spec), tracking_uri, None)
     validate_cells(cells, spec.resources.workers)
+    ordered, unordered = start_order(cells)
     r = spec.resources
     lines = [f"grid {spec.name!r}: {len(cells)} cells; per cell {r.workers} worker(s) x {r.cpus:g} CPU, "
              f"{r.gpus:g} GPU (training), "
              f"{r.measure_cpus:g} CPU, {r.measure_gpus:g} GPU (measurement, holding its whole node); "
              f"{r.retries} retries on lost workers"
-             + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else "")]
-    for cfg in cells:
-        lines.append(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}\n"
-                     f"      eval: {cfg.eval.describe_all()}\n      weights: "
+             + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else ""),
+             f"cells in the spec's order ({unordered})" if unordered else
+             "cells in the order they start: costliest first by estimated training FLOPs"]
+    for cfg, flops in ordered:
+        cost = "" if flops is None else f" train~{_flop_text(flops)}"
+        lines.append(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}"
+                     f"{cost}\n      eval: {cfg.eval.describe_all()}\n      weights: "
                      + (cfg.trunk.describe() if cfg.trunk.enabled else describe_weights(cfg.model.backbone_kwargs)))
     return "\n".join(lines)
+
+
+def _flop_text(flops: float) -> str:
+    """FLOPs in the largest unit that keeps the number at least 1: ``4.6 EFLOP``."""
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops / 1e9:.3g} GFLOP"

@@ -10,6 +10,7 @@
   ``TIMED_PROTOCOL``.
 - ``model``: ``measure_model``, all of the above with threads pinned, and the record of how.
 - ``table``: ``format_measurement``, the table ``segheads measure`` prints.
+- ``training``: ``training_flops``, a cell's training cost estimated before it runs (meta device).
 - ``vocabulary``: ``vocabulary_scaling``, each head's cost as the class count grows.
 """
 
@@ -21,6 +22,7 @@ from harness.measure.model import measure_model
 from harness.measure.params import count_parameters
 from harness.measure.settings import DTYPES, MEASUREMENT_PREFIXES, TIMED_PROTOCOL, check_settings
 from harness.measure.table import format_measurement
+from harness.measure.training import training_flops
 from harness.measure.vocabulary import SCALING_CLASSES, vocabulary_scaling
 
 __all__ = [
@@ -40,5 +42,6 @@ __all__ = [
     "measured_batches",
     "memory_method",
     "pinned_threads",
+    "training_flops",
     "vocabulary_scaling",
 ]
