@@ -18,7 +18,7 @@ class Features:
                 with one output gives that one map).
     image_size: (H, W) of the network input, so heads can resample targets.
     auxiliary_logits: [B, C, h, w] a neck's own class prediction (OCRNet's soft object
-                regions), which its ``losses(features, targets, ignore_index)`` supervises.
+                regions), which its ``losses(features, targets, ignore_index, average)`` supervises.
     """
 
     pixel: Tensor

@@ -5,10 +5,11 @@ SSA Table 2), built with ``pretrained=False``; ``checkpoint=PATH`` loads ImageNe
 | name | encoder | maps (strides) |
 |---|---|---|
 | ``resnet101_os8`` | ResNet-101 V1c (timm ``resnet101c``: the deep stem of three 3x3 convs, MMSegmentation's ``ResNetV1c``), last two stages dilated: output stride 8 as in FCN/PSPNet | 4, 8, 8, 8 |
-| ``hrnetv2_w48`` | HRNetV2-W48 (timm ``hrnet_w48``), the four branches (48/96/192/384 ch); pair with the ``hrnet_concat`` neck | 4, 8, 16, 32 |
-| ``swin_t``, ``swin_b``, ``swin_l`` | Swin-T (window 7), Swin-B/L (window 12) from timm, any input size | 4, 8, 16, 32 |
+| ``hrnetv2_w48`` | HRNetV2-W48 (timm ``hrnet_w48``, its branches fused as MMSegmentation's: bilinear upsampling resized to each branch, any input size), the four branches (48/96/192/384 ch); pair with the ``hrnet_concat`` neck | 4, 8, 16, 32 |
+| ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l`` | Swin-T/S (window 7), Swin-B/L (window 12) as MMSegmentation computes them (``backbones.swin``: pad then shift, output norms, drop-path 0.3), any input size | 4, 8, 16, 32 |
 | ``mit_b0`` .. ``mit_b5`` | SegFormer's Mix Transformer from ``transformers``' ``SegformerModel`` built from its config | 4, 8, 16, 32 |
 
+Swin loads MMSegmentation's, the official release's and timm's files (``backbones.swin``).
 The ResNet-101 and HRNet also load MMSegmentation's files (``resnet101_v1c``, ``hrnetv2_w48``, bare
 or a segmentor's ``backbone.*``): ``_from_mmseg`` renames V1c's ``stem`` to timm's ``conv1``/``bn1``;
 HRNet's names are the same in both. MiT loads MMSegmentation's ``mit_b*.pth`` (``_from_mmseg_mit``).
@@ -21,20 +22,22 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch.nn.functional as F
+from timm.models.hrnet import HighResolutionModule
 from torch import Tensor, nn
 
 from backbones.build import register_backbone
+from backbones.swin import VARIANTS as _SWIN, SwinTransformer
 from backbones.timm_backbone import TimmBackbone
 from backbones.weights import WeightsReport, check_complete, read_state_dict, wrong_shapes_error
 from harness.errors import InputError, first_line
 
-_SWIN = {"swin_t": "swin_tiny_patch4_window7_224", "swin_b": "swin_base_patch4_window12_384",
-         "swin_l": "swin_large_patch4_window12_384"}
 # SegFormer (Xie et al. 2021) Table 6: channels per stage and blocks per stage of MiT-B0..B5.
 _MIT = {"mit_b0": ([32, 64, 160, 256], [2, 2, 2, 2]), "mit_b1": ([64, 128, 320, 512], [2, 2, 2, 2]),
         "mit_b2": ([64, 128, 320, 512], [3, 4, 6, 3]), "mit_b3": ([64, 128, 320, 512], [3, 4, 18, 3]),
         "mit_b4": ([64, 128, 320, 512], [3, 8, 27, 3]), "mit_b5": ([64, 128, 320, 512], [3, 6, 40, 3])}
 _MIT_HUB = "nvidia/mit-b{}"  # SegFormer's ImageNet-1K encoders on the model hub
+_MIT_LAYER_NORM_EPS = 1e-6  # every LayerNorm of MMSeg's MiT (norm_cfg=dict(type="LN", eps=1e-6)); transformers' are 1e-5
 
 
 _MMSEG_PREFIX = "backbone."  # an MMSegmentation segmentor checkpoint's encoder
@@ -66,24 +69,58 @@ def resnet101_os8(**kw) -> nn.Module:
     return TimmBackbone("resnet101c", output_stride=8, convert=_from_mmseg, **kw)
 
 
+class _MMSegFusion(HighResolutionModule):
+    """timm's HRNet module with MMSegmentation's fusion: a coarser branch is upsampled bilinearly
+    (``align_corners=False``, where timm's is nearest) and resized to the finer branch's size, so
+    maps of any size fuse (an odd-sized branch upsampled by 2 is one row or column too many)."""
+
+    def forward(self, x: list[Tensor]) -> list[Tensor]:
+        if self.num_branches == 1:
+            return [self.branches[0](x[0])]
+        x = [branch(level) for branch, level in zip(self.branches, x)]
+        fused = []
+        for i, fuse in enumerate(self.fuse_layers):
+            y = None
+            for j, (layer, level) in enumerate(zip(fuse, x)):
+                out = layer(level)
+                if j > i and out.shape[-2:] != x[i].shape[-2:]:
+                    out = F.interpolate(out, size=x[i].shape[-2:], mode="bilinear", align_corners=False)
+                y = out if y is None else y + out
+            fused.append(self.fuse_act(y))
+        return fused
+
+
+def _mmseg_hrnet(backbone: TimmBackbone) -> TimmBackbone:
+    """``backbone``'s HRNet modules fused as MMSegmentation's (``_MMSegFusion``)."""
+    for module in backbone.modules():
+        if isinstance(module, HighResolutionModule):
+            module.__class__ = _MMSegFusion
+            for fuse in module.fuse_layers:
+                for layer in fuse:
+                    if isinstance(layer, nn.Sequential) and isinstance(layer[-1], nn.Upsample):
+                        layer[-1] = nn.Upsample(scale_factor=layer[-1].scale_factor, mode="bilinear", align_corners=False)
+    return backbone
+
+
 @register_backbone("hrnetv2_w48")
 def hrnetv2_w48(**kw) -> nn.Module:
-    return TimmBackbone("hrnet_w48", feature_location="", input_multiple=32, convert=_from_mmseg, **kw)
+    return _mmseg_hrnet(TimmBackbone("hrnet_w48", feature_location="", convert=_from_mmseg, **kw))
 
 
-def _swin(timm_name: str):
+def _swin(variant: str):
     def build(**kw) -> nn.Module:
-        return TimmBackbone(timm_name, strict_img_size=False, input_multiple=32, **kw)
+        return SwinTransformer(variant, **kw)
     return build
 
 
-for _name, _timm_name in _SWIN.items():
-    register_backbone(_name)(_swin(_timm_name))
+for _name in _SWIN:
+    register_backbone(_name)(_swin(_name))
 
 
 class MixTransformer(nn.Module):
     """SegFormer's hierarchical encoder (``transformers.SegformerModel``, random init): four
-    NCHW maps at strides 4, 8, 16, 32.
+    NCHW maps at strides 4, 8, 16, 32; its LayerNorms' eps 1e-6, as MMSegmentation's
+    ``MixVisionTransformer`` (equal maps and gradients, ``tests/peers``).
 
     ``checkpoint``: a ``transformers`` folder (``save_pretrained``: ``config.json`` and
     ``model.safetensors`` or ``pytorch_model.bin``, e.g. a copy of ``nvidia/mit-b0``) or a state
@@ -109,6 +146,9 @@ class MixTransformer(nn.Module):
         if list(self.body.config.hidden_sizes) != channels or list(self.body.config.depths) != depths:
             raise InputError(f"backbone {variant!r}: the weights' model has widths {self.body.config.hidden_sizes}, "
                              f"depths {self.body.config.depths}; expected {channels}, {depths}")
+        for module in self.body.modules():  # MMSegmentation's MixVisionTransformer: LN(eps=1e-6) throughout
+            if isinstance(module, nn.LayerNorm):
+                module.eps = _MIT_LAYER_NORM_EPS
         self.channels, self.strides = list(channels), [4, 8, 16, 32]
 
     def forward(self, images: Tensor) -> list[Tensor]:

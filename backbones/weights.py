@@ -18,6 +18,7 @@ tensor is an ``InputError`` naming the count and the first names unless
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +90,11 @@ def wrong_shapes_error(name: str, source: str, wrong: list[tuple]) -> InputError
     return InputError(f"backbone {name!r}: checkpoint {source} has {len(wrong)} tensors of the wrong shape (first: {first})")
 
 
-def check_complete(report: WeightsReport, name: str, strict: bool, first_in_file: tuple[str, ...] = ()) -> WeightsReport:
+def check_complete(report: WeightsReport, name: str, strict: bool, first_in_file: tuple[str, ...] = (),
+                   extra_allowed: Callable[[str], bool] | None = None) -> WeightsReport:
     """``report``, or an ``InputError`` naming the count and the first names when nothing loaded or
-    (``strict``) when any encoder tensor is missing."""
+    (``strict``) when any encoder tensor is missing, or, given ``extra_allowed`` (which file
+    tensors may be left over, e.g. a classifier), when the file has others this encoder has no place for."""
     total = report.loaded + len(report.missing)
     if report.loaded == 0:
         raise InputError(f"backbone {name!r}: checkpoint {report.source} fills none of the {total} encoder tensors "
@@ -101,6 +104,11 @@ def check_complete(report: WeightsReport, name: str, strict: bool, first_in_file
         raise InputError(f"backbone {name!r}: checkpoint {report.source} fills {report.loaded} of {total} encoder "
                          f"tensors ({len(report.missing)} missing; first missing: {', '.join(report.missing[:_SHOWN])}); "
                          "expected all, or set model.backbone_kwargs.checkpoint_strict: false")
+    extra = [key for key in report.unexpected if extra_allowed is not None and not extra_allowed(key)]
+    if strict and extra:
+        raise InputError(f"backbone {name!r}: checkpoint {report.source} has {len(extra)} tensors this encoder has "
+                         f"no place for (first: {', '.join(extra[:_SHOWN])}); expected this encoder's checkpoint, or set "
+                         "model.backbone_kwargs.checkpoint_strict: false")
     return report
 
 

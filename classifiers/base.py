@@ -38,12 +38,22 @@ def upsample(logits: Tensor, size, align_corners: bool = False) -> Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
-def pixel_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = 255, align_corners: bool = False) -> Tensor:
-    """Pixel-wise CE averaged over labelled pixels, after bilinear upsampling of ``logits``
-    to the target resolution; 0 (not NaN) when every pixel is ignored."""
+# How a pixel CE is averaged (``loss_average``): over the labelled pixels (torch's
+# ``reduction="mean"``) or over all of them, ignored ones counting 0 (MMSegmentation's
+# ``CrossEntropyLoss`` with ``avg_non_ignore=False``, every one of its configs' default).
+LOSS_AVERAGES = ("labelled", "all")
+
+
+def pixel_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = 255, align_corners: bool = False,
+                        average: str = "labelled") -> Tensor:
+    """Pixel-wise CE after bilinear upsampling of ``logits`` to the target resolution, summed and
+    divided by the labelled pixels (``average="labelled"``; 0, not NaN, when every pixel is
+    ignored) or by all pixels (``"all"``, MMSegmentation's: ignored pixels dilute the loss)."""
     logits = upsample(logits, targets.shape[-2:], align_corners)
     targets = targets.long()
     summed = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    if average == "all":
+        return summed / targets.numel()
     return summed / (targets != ignore_index).sum().clamp(min=1)
 
 
@@ -93,6 +103,10 @@ class PixelClassifier(nn.Module):
     gradient (ProtoSeg's momentum prototypes) gathers what its training forwards saw and
     applies it there, all-reduced across workers, so that every worker holds the same state.
 
+    ``loss_average`` (``LOSS_AVERAGES``) is how the head's pixel CE is averaged (``cross_entropy``),
+    and with it the cell's other pixel CEs (the auxiliary head's, a neck's own): over labelled
+    pixels or over all, as the code base the head comes from does (a paper head's preset says).
+
     ``CONV_SEG`` names the sub-modules that play MMSegmentation's final classifier ``conv_seg``
     (initialised N(0, 0.01) under ``model.init: mmseg``).
 
@@ -106,13 +120,16 @@ class PixelClassifier(nn.Module):
     PRESET_CHOICES: dict[str, tuple[str, ...]] = {}
     CONV_SEG: tuple[str, ...] = ()
 
-    def __init__(self, num_classes: int, in_channels: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, in_channels: int, ignore_index: int = 255,
+                 loss_average: str = "labelled") -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_choice(type(self).__name__, "loss_average", loss_average, LOSS_AVERAGES)
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.ignore_index = ignore_index
+        self.loss_average = loss_average
 
     def forward(self, features: Features, targets: Tensor | None = None) -> ClassifierOutput:
         raise NotImplementedError
@@ -165,6 +182,8 @@ class PixelClassifier(nn.Module):
         onehot = F.one_hot(labels * labelled, self.num_classes).permute(0, 3, 1, 2).to(dtype)
         return onehot * valid, valid
 
-    def cross_entropy(self, logits: Tensor, targets: Tensor, align_corners: bool = False) -> Tensor:
-        """``pixel_cross_entropy`` with this head's ``ignore_index``."""
-        return pixel_cross_entropy(logits, targets, self.ignore_index, align_corners)
+    def cross_entropy(self, logits: Tensor, targets: Tensor, align_corners: bool = False,
+                      average: str | None = None) -> Tensor:
+        """``pixel_cross_entropy`` with this head's ``ignore_index`` and (unless ``average`` says)
+        its ``loss_average``."""
+        return pixel_cross_entropy(logits, targets, self.ignore_index, align_corners, average or self.loss_average)

@@ -30,6 +30,9 @@ gated updater          Eq. 9-10                      Eq. 9-10, then FC + LayerNo
 mask losses            "as in DETR": focal 1, dice 1 focal 5, dice 2                          ``focal_weight``,
                                                                                               ``dice_weight``
 masks supervised       (not said: every stage's)     intermediate, stride 16, stride 8         ``supervised_masks``
+CE average             (not said: the code's)        over all pixels, ignored ones counting 0 ``loss_average``
+                                                     (MMSeg's ``CrossEntropyLoss`` of the
+                                                     config's ``loss_decode``)
 ====================== ============================= ======================================== ========================
 
 Both: L = int(alpha sqrt(N)) made odd (the text writes L ~ alpha sqrt(N)); bins
@@ -64,7 +67,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ChannelLayerNorm, ClassifierOutput, PixelClassifier, check_choice, full_precision, upsample
+from classifiers.base import (
+    LOSS_AVERAGES,
+    ChannelLayerNorm,
+    ClassifierOutput,
+    PixelClassifier,
+    check_choice,
+    full_precision,
+    upsample,
+)
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -250,14 +261,17 @@ class ECEClassifier(PixelClassifier):
     PRESETS = {
         "code": {"inverted_attention": True, "query_projection": "separable", "aggregation": "conv3x3",
                  "class_probabilities": "own", "reconstruction": "code", "mask_learner": "grouped",
-                 "updater_fc": True, "focal_weight": 5.0, "dice_weight": 2.0, "supervised_masks": "coarse"},
+                 "updater_fc": True, "focal_weight": 5.0, "dice_weight": 2.0, "supervised_masks": "coarse",
+                 "loss_average": "all"},
         "paper": {"inverted_attention": False, "query_projection": "linear", "aggregation": "conv1x1",
                   "class_probabilities": "mixed", "reconstruction": "paper", "mask_learner": "dense",
-                  "updater_fc": False, "focal_weight": 1.0, "dice_weight": 1.0, "supervised_masks": "all"},
+                  "updater_fc": False, "focal_weight": 1.0, "dice_weight": 1.0, "supervised_masks": "all",
+                  "loss_average": "all"},
     }
     PRESET_CHOICES = {"query_projection": ("separable", "linear"), "aggregation": ("conv3x3", "conv1x1"),
                       "class_probabilities": ("own", "mixed"), "reconstruction": ("code", "paper"),
-                      "mask_learner": ("grouped", "dense"), "supervised_masks": ("coarse", "all")}
+                      "mask_learner": ("grouped", "dense"), "supervised_masks": ("coarse", "all"),
+                      "loss_average": LOSS_AVERAGES}
 
     def __init__(
         self,
@@ -283,9 +297,10 @@ class ECEClassifier(PixelClassifier):
         focal_weight: float | None = None,
         dice_weight: float | None = None,
         supervised_masks: str | None = None,
+        loss_average: str | None = None,
     ) -> None:
-        super().__init__(num_classes, in_channels, ignore_index)
         o = self.preset_options("ece", locals())
+        super().__init__(num_classes, in_channels, ignore_index, o["loss_average"])
         check_choice("ece", "updater", updater, ("gated", "plus"))
         check_choice("ece", "upsampling", upsampling, ("ghost", "bilinear"))
         dim = in_channels

@@ -25,6 +25,8 @@ PPD weight (Eq. 13)          0.01                         0.001                 
 assignment for the update    argmax of Q (Eq. 14)         hard Gumbel sample of Q, tau 0.5  ``assignment``
 pixels that update           all                          correctly classified only         ``update_on``
 CE upsampling                (not said: the code's)       bilinear, align_corners=True      ``align_corners``
+CE and PPC average           (not said: the code's)       over labelled pixels (torch's     ``loss_average``
+                                                          ``nn.CrossEntropyLoss``, FSCELoss)
 ============================ ============================ ================================= ====================
 
 Both: K=10, mu=0.999, 3 Sinkhorn iterations, kappa 0.05, PPC weight 0.01, prototypes
@@ -72,7 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ChannelLayerNorm, ClassifierOutput, PixelClassifier, full_precision
+from classifiers.base import LOSS_AVERAGES, ChannelLayerNorm, ClassifierOutput, PixelClassifier, full_precision
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -171,12 +173,14 @@ class ProtoSegClassifier(PixelClassifier):
 
     PRESETS = {
         "code": {"class_score_norm": "layernorm", "projection": True, "projection_l2": "width", "feat_norm": True,
-                 "tau": 1.0, "ppd_weight": 0.001, "assignment": "gumbel", "update_on": "correct", "align_corners": True},
+                 "tau": 1.0, "ppd_weight": 0.001, "assignment": "gumbel", "update_on": "correct", "align_corners": True,
+                 "loss_average": "labelled"},
         "paper": {"class_score_norm": "none", "projection": False, "projection_l2": "channels", "feat_norm": False,
-                  "tau": 0.1, "ppd_weight": 0.01, "assignment": "argmax", "update_on": "all", "align_corners": True},
+                  "tau": 0.1, "ppd_weight": 0.01, "assignment": "argmax", "update_on": "all", "align_corners": True,
+                  "loss_average": "labelled"},
     }
     PRESET_CHOICES = {"class_score_norm": ("none", "layernorm"), "projection_l2": ("width", "channels"),
-                      "assignment": ("argmax", "gumbel"), "update_on": ("all", "correct")}
+                      "assignment": ("argmax", "gumbel"), "update_on": ("all", "correct"), "loss_average": LOSS_AVERAGES}
 
     def __init__(
         self,
@@ -198,9 +202,10 @@ class ProtoSegClassifier(PixelClassifier):
         assignment: str | None = None,
         update_on: str | None = None,
         align_corners: bool | None = None,
+        loss_average: str | None = None,
     ) -> None:
-        super().__init__(num_classes, in_channels, ignore_index)
         o = self.preset_options("protoseg", locals())
+        super().__init__(num_classes, in_channels, ignore_index, o["loss_average"])
         if num_prototypes < 1:
             raise InputError(f"protoseg: num_prototypes={num_prototypes}; expected >= 1")
         self.preset = o["preset"]

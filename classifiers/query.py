@@ -29,7 +29,7 @@ class QueryClassifier(PixelClassifier):
     §3.2): pixel tokens and class queries are concatenated and pass jointly through
     pre-norm transformer layers (``num_heads``, MLP ratio ``mlp_ratio``) before the
     cosine, so queries exchange context across classes (ProtoSeg §2).
-    Loss: ``ce``, cross-entropy with ``ignore_index``.
+    Loss: ``ce``, cross-entropy with ``ignore_index`` (``loss_average`` as ``softmax``'s).
     """
 
     def __init__(
@@ -42,8 +42,9 @@ class QueryClassifier(PixelClassifier):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         init_scale: float = 10.0,
+        loss_average: str = "labelled",
     ) -> None:
-        super().__init__(num_classes, in_channels, ignore_index)
+        super().__init__(num_classes, in_channels, ignore_index, loss_average)
         self.queries = nn.Parameter(torch.empty(num_classes, in_channels))
         nn.init.trunc_normal_(self.queries, std=0.02)
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))

@@ -30,6 +30,11 @@ lambda_r, lambda_s, lambda_p 1, 1, 1                      1, 10, 0.4            
 CE and dice terms           (not said: the code's)        at label resolution (bilinear,          ``loss_resolution``
                                                           align_corners=True); L_rd at the
                                                           head's resolution
+student CE average          (not said: the code's)        over all pixels, ignored ones counting  ``loss_average``
+                                                          0 (MMSeg's ``CrossEntropyLoss``, the
+                                                          head's ``loss_decode``); the coarse and
+                                                          teacher CEs over labelled pixels
+                                                          (``nn.CrossEntropyLoss``) in both
 =========================== ============================= ====================================== ==================
 
 Where the text says nothing, both presets run the code (no option): Dropout2d(0.1) on
@@ -72,7 +77,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.features import Features
-from classifiers.base import ClassifierOutput, PixelClassifier, check_choice, full_precision, upsample
+from classifiers.base import LOSS_AVERAGES, ClassifierOutput, PixelClassifier, check_choice, full_precision, upsample
 from classifiers.registry import register_classifier
 from harness.errors import InputError
 
@@ -177,13 +182,14 @@ class SSAClassifier(PixelClassifier):
     PRESETS = {
         "code": {"logit": "cosine", "coarse_ce": True, "adapter": "mlp", "rd_onehot": 0.5, "edge_size": 3,
                  "sd_similarity": "cosine", "pd_direction": "teacher_to_student", "rd_weight": 1.0,
-                 "sd_weight": 10.0, "pd_weight": 0.4, "loss_resolution": "label"},
+                 "sd_weight": 10.0, "pd_weight": 0.4, "loss_resolution": "label", "loss_average": "all"},
         "paper": {"logit": "dot", "coarse_ce": False, "adapter": "linear", "rd_onehot": 0.0, "edge_size": 4,
                   "sd_similarity": "dot", "pd_direction": "student_to_teacher", "rd_weight": 1.0,
-                  "sd_weight": 1.0, "pd_weight": 1.0, "loss_resolution": "label"},
+                  "sd_weight": 1.0, "pd_weight": 1.0, "loss_resolution": "label", "loss_average": "all"},
     }
     PRESET_CHOICES = {"logit": ("dot", "cosine"), "adapter": ("mlp", "linear"), "sd_similarity": ("dot", "cosine"),
-                      "pd_direction": ("teacher_to_student", "student_to_teacher"), "loss_resolution": ("head", "label")}
+                      "pd_direction": ("teacher_to_student", "student_to_teacher"), "loss_resolution": ("head", "label"),
+                      "loss_average": LOSS_AVERAGES}
 
     def __init__(
         self,
@@ -203,9 +209,10 @@ class SSAClassifier(PixelClassifier):
         sd_weight: float | None = None,
         pd_weight: float | None = None,
         loss_resolution: str | None = None,
+        loss_average: str | None = None,
     ) -> None:
-        super().__init__(num_classes, in_channels, ignore_index)
         o = self.preset_options("ssa", locals())
+        super().__init__(num_classes, in_channels, ignore_index, o["loss_average"])
         check_choice("ssa", "position_encoding", position_encoding, ("cpvt", "sinusoidal", "learnable"))
         if not 0 <= o["rd_onehot"] <= 1:
             raise InputError(f"ssa: rd_onehot={o['rd_onehot']!r}; expected a value in [0, 1]")
@@ -298,11 +305,11 @@ class SSAClassifier(PixelClassifier):
         losses = {
             "ce": self.cross_entropy(logits, targets, align_corners=True),
             "dice": _dice(logits, labels, self.ignore_index),
-            "teacher_ce": self.cross_entropy(t_logits, labels, align_corners=True),
+            "teacher_ce": self.cross_entropy(t_logits, labels, align_corners=True, average="labelled"),
             "teacher_dice": _dice(t_logits, labels, self.ignore_index),
         }
         if o["coarse_ce"]:
-            losses["coarse_ce"] = self.cross_entropy(coarse, labels, align_corners=True)
+            losses["coarse_ce"] = self.cross_entropy(coarse, labels, align_corners=True, average="labelled")
         edge = boundary_mask(head_labels, o["edge_size"]).to(pixels.dtype)
         losses["rd"] = o["rd_weight"] * _response_distillation(logits, t_logits.detach(), head_onehot, edge,
                                                                o["rd_onehot"])

@@ -130,6 +130,22 @@ def test_auxiliary_head_adds_its_weighted_loss_in_training_and_never_runs_at_inf
     assert calls == []
 
 
+@pytest.mark.parametrize("neck, term", [("fcn", "aux"), ("ocr", "regions")])
+def test_the_auxiliary_and_region_losses_average_as_the_cell_s_head(neck, term):
+    """MMSeg's auxiliary FCN head and OCRNet's regions use the decode head's CrossEntropyLoss:
+    a head with ``loss_average: all`` divides those CEs by every pixel too."""
+    images = torch.rand(2, 3, 64, 64) * 255
+    targets = torch.randint(0, 5, (2, 64, 64))
+    targets[:, :16] = 255  # a quarter ignored
+    losses = {}
+    for average in ("labelled", "all"):
+        torch.manual_seed(0)
+        cfg = apply_overrides(RunConfig(), [*_TINY, f"model.neck={neck}", f"model.classifier_kwargs.loss_average={average}"])
+        losses[average] = build_segmentor(cfg, 5, 255).eval()(images, targets).losses
+    for name in ("ce", term):
+        torch.testing.assert_close(losses["all"][name], 0.75 * losses["labelled"][name])
+
+
 def test_auxiliary_head_is_counted_as_training_only_and_follows_the_neck_s_default():
     channels = build_backbone("test_convnext").channels
     counts = {}

@@ -54,6 +54,32 @@ def test_ignored_pixels_do_not_contribute_and_all_ignored_gives_zero():
     assert head(features, torch.full_like(targets, 7)).losses["ce"].item() == 0.0
 
 
+@pytest.mark.parametrize("name, code_average", [("softmax", "labelled"), ("query", "labelled"),
+                                                ("protoseg", "labelled"), ("ece", "all"), ("ssa", "all")])
+def test_loss_average_all_divides_the_summed_ce_by_every_pixel(name, code_average):
+    """``loss_average="all"`` is MMSegmentation's CrossEntropyLoss (avg_non_ignore=False): the
+    summed CE over all pixels, ignored ones counting 0; ``"labelled"`` torch's mean. A paper
+    head's code preset runs what its authors' code runs (ProtoSeg: torch's CE; ECENet and SSA:
+    MMSeg's loss_decode); SSA's coarse and teacher CEs are torch's in its code, so stay labelled."""
+    torch.manual_seed(0)
+    pyramid = [torch.randn(2, 32, 8 >> i, 8 >> i) for i in range(4)]  # ECENet reads every stage
+    features = Features(pyramid[0], pyramid, (32, 32))
+    targets = torch.randint(0, 5, (2, 32, 32))
+    targets[:, :8] = 255  # a quarter ignored
+    losses = {}
+    for average in ("labelled", "all", None):
+        torch.manual_seed(1)
+        head = build_classifier(name, num_classes=5, in_channels=32,
+                                **({} if average is None else {"loss_average": average})).eval()
+        losses[average] = head(features, targets).losses
+    assert losses[None]["ce"].item() == losses[code_average]["ce"].item()
+    torch.testing.assert_close(losses["all"]["ce"], 0.75 * losses["labelled"]["ce"])
+    for term in set(losses["all"]) - {"ce"}:  # every other term is its own, whatever the CE's average
+        torch.testing.assert_close(losses["all"][term], losses["labelled"][term])
+    with pytest.raises(InputError, match="loss_average='mean'; expected one of: labelled, all"):
+        build_classifier(name, num_classes=5, in_channels=32, loss_average="mean")
+
+
 class _BufferHead(PixelClassifier):
     def __init__(self, num_classes, in_channels, ignore_index=255):
         super().__init__(num_classes, in_channels, ignore_index)

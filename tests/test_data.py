@@ -60,16 +60,48 @@ def test_size_mismatch_names_both_files(folder_dataset):
 def test_train_mapper_crops_pads_with_ignore_and_is_seeded(folder_dataset):
     image_root, gt_root = folder_dataset
     record = load_sem_seg(gt_root, image_root)[0]
-    mapper = SemSegMapper(3, 255, AugmentConfig(crop_size=(64, 64), scale_range=(0.5, 0.5)))
-    torch.manual_seed(3)
-    first = mapper(record)
-    torch.manual_seed(3)
-    second = mapper(record)
+    mapper = SemSegMapper(3, 255, AugmentConfig(crop_size=(64, 64), scale_range=(0.5, 0.7), hflip_prob=0.5,
+                                                color_jitter=0.2))
+    first, second, other = mapper(record, seed=3), mapper(record, seed=3), mapper(record, seed=4)
     assert first["image"].shape == (3, 64, 64) and first["image"].dtype == torch.uint8
     assert first["sem_seg"].shape == (64, 64)
     assert torch.equal(first["image"], second["image"]) and torch.equal(first["sem_seg"], second["sem_seg"])
-    # Rescaled to 32 px on the short side, so padding fills at least half the crop with the ignore label.
-    assert (first["sem_seg"] == 255).float().mean() >= 0.5
+    assert not torch.equal(first["image"], other["image"])
+    # Rescaled to 32-45 px on the short side (MMCV's rounding: int(x * f + 0.5)), the rest of the crop
+    # is padding: labels ignored, pixels left for the model to zero after normalisation.
+    rows, cols = first["image_size"].tolist()
+    assert 32 <= rows <= 45 and cols == int(48 * rows / 40 + 0.5) or cols == int(48 * (rows + 0.5) / 40 + 0.5)
+    assert (first["sem_seg"][rows:] == 255).all() and (first["sem_seg"][:, cols:] == 255).all()
+    assert (first["sem_seg"][:rows, :cols] != 255).any()
+
+
+def test_the_model_zeroes_the_padding_after_normalising():
+    from harness.modeling.segmentor import IMAGENET_MEAN, Segmentor
+
+    model = Segmentor(torch.nn.Identity(), torch.nn.Identity(), None)
+    images = torch.full((2, 3, 6, 8), 200, dtype=torch.uint8)
+    normalised = model.normalise(images, torch.tensor([[6, 8], [4, 5]]))
+    assert (normalised[0] > 0).all()
+    assert (normalised[1, :, :4, :5] > 0).all() and not normalised[1, :, 4:].any() and not normalised[1, :, :, 5:].any()
+    mean_colour = torch.tensor(IMAGENET_MEAN).view(3, 1, 1).expand(3, 6, 8)
+    assert not model.normalise(mean_colour[None]).abs().gt(1e-6).any()  # 0 is the mean colour
+
+
+def test_cat_max_ratio_redraws_crops_that_one_class_fills(tmp_path):
+    """A label map that is one class but for a 10-pixel-wide stripe: most 16-wide crops hold only
+    that class; with cat_max_ratio 0.75 the crop is redrawn until it holds the stripe too."""
+    label = np.zeros((16, 96), np.uint8)
+    label[:, 40:50] = 1
+    Image.fromarray(label).save(tmp_path / "label.png")
+    Image.fromarray(np.zeros((16, 96, 3), np.uint8)).save(tmp_path / "image.png")
+    record = {"file_name": str(tmp_path / "image.png"), "sem_seg_file_name": str(tmp_path / "label.png")}
+    mixed = {}
+    for ratio in (1.0, 0.75):
+        mapper = SemSegMapper(2, 255, AugmentConfig(crop_size=(16, 16), scale_range=(1.0, 1.0), cat_max_ratio=ratio))
+        crops = [mapper(record, seed)["sem_seg"] for seed in range(40)]
+        mixed[ratio] = sum(int(crop.unique().numel() > 1) for crop in crops)
+        assert all(crop.shape == (16, 16) for crop in crops)
+    assert mixed[1.0] < 20 and mixed[0.75] >= 36  # 25 of 81 offsets hold both classes; 11 draws at most
 
 
 def test_test_mapper_keeps_original_size(folder_dataset):

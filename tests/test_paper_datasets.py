@@ -79,7 +79,7 @@ def _downloads(root):
 _READ_BACK = """
 import json
 from harness.data import DatasetCatalog, MetadataCatalog
-from harness.data.sem_seg import read_sem_seg
+from harness.data.sem_seg import read_label_array
 from harness.data import dataset_splits
 import numpy as np
 out = {}
@@ -88,7 +88,7 @@ for dataset in ("ade20k_sem_seg", "cityscapes_fine_sem_seg", "coco_stuff_164k_se
     out[dataset] = {}
     for split, name in dataset_splits(dataset).items():
         records, meta = DatasetCatalog.get(name), MetadataCatalog.get(name)
-        label = np.asarray(read_sem_seg(records[0]["sem_seg_file_name"], len(meta.stuff_classes), meta.ignore_label))
+        label = read_label_array(records[0]["sem_seg_file_name"], len(meta.stuff_classes), meta.ignore_label)
         out[dataset][split] = {"name": name, "records": len(records), "classes": len(meta.stuff_classes),
                                "ignore": meta.ignore_label, "first": label.flatten()[:4].tolist()}
 print(json.dumps(out))

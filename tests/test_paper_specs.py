@@ -94,3 +94,28 @@ def test_paper_param_groups_name_parameters_of_their_models(spec):
         assert sum(len(g["params"]) for g in groups) == len(names)
         assert all(g["lr"] == cfg.train.lr * g["lr_mult"] for g in groups)
     assert seen
+
+
+@pytest.mark.parametrize("spec", _SPECS, ids=lambda p: p.stem)
+def test_every_paper_cell_trains_with_mmsegs_pipeline_loss_and_schedule(spec):
+    """MMSeg's training pipeline for the dataset (RandomResize scale (2048, 512), (2560, 640) for the
+    640 crops, Cityscapes' (2048, 1024); ratio 0.5-2; cat_max_ratio 0.75; flip; PhotoMetricDistortion; no segheads jitter), its
+    schedules (LinearLR then PolyLR; SGD rows PolyLR(0.9, eta_min 1e-4) without warm-up, AdamW rows
+    warm-up 1500 from 1e-6 then PolyLR(1.0)), the softmax baselines' CE over all pixels and each
+    paper head's loss average from its preset."""
+    for cfg in expand(load_grid(spec)):
+        d, t = cfg.data, cfg.train
+        short = 1024 if d.dataset.startswith("cityscapes") else max(d.crop_size)  # MMSeg's scale=(long, short)
+        long = {512: 2048, 640: 2560, 1024: 2048}[short]
+        assert (d.short_side or max(d.crop_size), d.max_long_side) == (short, long), (cfg.model.backbone, d)
+        assert d.scale_range == [0.5, 2.0] and d.cat_max_ratio == 0.75 and d.hflip_prob == 0.5
+        assert d.photometric.enabled and d.color_jitter == 0
+        assert t.schedule == "mmseg"
+        if t.optimizer == "sgd":
+            assert (t.lr, t.weight_decay, t.warmup_iters, t.poly_power, t.min_lr) == (0.01, 0.0005, 0, 0.9, 0.0001)
+            assert t.param_groups == {"": {"decay_mult": 1}}
+        else:
+            assert (t.lr, t.weight_decay, t.warmup_iters, t.warmup_ratio, t.poly_power, t.min_lr) == (
+                6e-5, 0.01, 1500, 1e-6, 1.0, 0.0)
+        expected = {"softmax": "all", "protoseg": "labelled", "ssa": "all", "ece": "all"}[cfg.model.classifier]
+        assert cfg.model.classifier_kwargs["loss_average"] == expected

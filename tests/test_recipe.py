@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.config import RunConfig, TrainConfig, apply_overrides
-from harness.solver import build_optimizer, lr_factor
+from harness.solver import build_optimizer, build_scheduler
 from harness.errors import InputError
 from harness.modeling import build_segmentor
 
@@ -85,7 +85,7 @@ def test_the_longest_key_a_name_contains_sets_its_lr_and_decay_multipliers():
             expected = (0.01, 0.05)
         assert settings[name] == pytest.approx(expected), name
     assert optimizer.param_groups[0]["lr"] == 0.01  # the base group first: the lr MetricsHook reports
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, TrainConfig(lr=0.01, iters=10)))
+    scheduler = build_scheduler(optimizer, TrainConfig(lr=0.01, iters=10))
     for _ in range(4):
         optimizer.step()
         scheduler.step()
@@ -100,7 +100,7 @@ def test_swins_relative_position_tables_take_no_decay_with_the_papers_keys():
     _, settings = _groups(model, param_groups={"relative_position_bias_table": {"decay_mult": 0}, "norm": {"decay_mult": 0}})
     tables = [name for name in settings if name.endswith("relative_position_bias_table")]
     assert len(tables) == 12 and all(settings[name][1] == 0.0 for name in tables)
-    assert settings["backbone.body.layers_0.blocks.0.attn.qkv.weight"][1] == 0.05
+    assert settings["backbone.stages.0.blocks.0.attn.w_msa.qkv.weight"][1] == 0.05
 
 
 def test_param_groups_are_checked_with_the_key_named():

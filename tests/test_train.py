@@ -11,7 +11,7 @@ from classifiers import ClassifierOutput, PixelClassifier, register_classifier
 from harness.config import RunConfig, TrainConfig, apply_overrides
 from harness.data import AugmentConfig, DatasetCatalog, SemSegMapper, build_train_loader
 from harness.engine import checkpoint, LocalContext, MetricsHook, NonFiniteLossError, Trainer
-from harness.solver import lr_factor
+from harness.solver import lr_at
 from harness.errors import InputError
 from harness.engine import resolve_sync_bn, seed_everything, train_cell
 from harness.modeling import build_segmentor
@@ -106,10 +106,22 @@ def test_non_finite_loss_names_its_iteration_at_the_end_of_the_period():
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
     cfg = TrainConfig(iters=100, warmup_iters=10, poly_power=1.0)
-    factors = [lr_factor(i, cfg) for i in range(101)]
+    factors = [lr_at(i, cfg, 1.0) for i in range(101)]
     assert factors[0] < 0.01 and factors[10] == pytest.approx(0.9)
     assert all(a < b for a, b in zip(factors[:10], factors[1:10]))
     assert factors[-1] == 0.0 and factors[50] == pytest.approx(0.5)
+
+
+def test_mmseg_schedule_is_linear_warmup_then_poly_from_its_end_to_a_floor():
+    """MMSeg's Swin/SegFormer recipe in small: LinearLR(1e-6) over [0, 4), then PolyLR(power 1) over
+    [4, 10); MMEngine counts end - begin - 1 steps, so each reaches its end value a step early."""
+    cfg = TrainConfig(iters=10, warmup_iters=4, warmup_ratio=1e-6, poly_power=1.0, schedule="mmseg")
+    lrs = [lr_at(i, cfg, 2.0) for i in range(12)]
+    assert lrs[:4] == pytest.approx([2e-6, 2e-6 + (2 - 2e-6) / 3, 2e-6 + 2 * (2 - 2e-6) / 3, 2.0])
+    assert lrs[4:] == pytest.approx([2.0, 1.6, 1.2, 0.8, 0.4, 0.0, 0.0, 0.0])
+    floored = TrainConfig(iters=11, warmup_iters=0, poly_power=0.9, min_lr=1e-4, schedule="mmseg", lr=0.01)
+    assert lr_at(0, floored, 0.01) == pytest.approx(0.01) and lr_at(10, floored, 0.01) == pytest.approx(1e-4)
+    assert lr_at(5, floored, 0.01) == pytest.approx(1e-4 + (0.01 - 1e-4) * 0.5 ** 0.9)
 
 
 @pytest.mark.parametrize("classifier", ["softmax", "protoseg"])

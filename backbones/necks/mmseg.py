@@ -213,8 +213,10 @@ class OCRNeck(nn.Module):
         pixel = self.fuse(torch.cat([self.out(context), pixels], dim=1))
         return Features(pixel, [pixel], image_size, auxiliary_logits=regions)
 
-    def losses(self, features: Features, targets: Tensor, ignore_index: int) -> dict[str, Tensor]:
-        """The soft object regions' CE (training only; called by ``Segmentor`` with targets)."""
+    def losses(self, features: Features, targets: Tensor, ignore_index: int, average: str) -> dict[str, Tensor]:
+        """The soft object regions' CE, averaged as ``average`` says (``classifiers.base.LOSS_AVERAGES``;
+        training only, called by ``Segmentor`` with targets)."""
         from classifiers.base import pixel_cross_entropy
 
-        return {"regions": self.REGION_LOSS_WEIGHT * pixel_cross_entropy(features.auxiliary_logits, targets, ignore_index)}
+        return {"regions": self.REGION_LOSS_WEIGHT * pixel_cross_entropy(features.auxiliary_logits, targets, ignore_index,
+                                                                          average=average)}

@@ -1,7 +1,7 @@
 """Configuration: the settings of one cell as checked dataclasses, and its identity.
 
 - ``run``: ``RunConfig`` and its sections (``ModelConfig``, ``DataConfig``, ``TrainConfig``,
-  ``MeasureConfig``, ``EvalConfig``, ``TrunkConfig``), each field with its limits.
+  ``MeasureConfig``, ``EvalConfig``, ``TrunkConfig``; ``PhotometricConfig`` inside ``DataConfig``), each field with its limits.
 - ``parse``: plain dicts (safe-loaded YAML) into those dataclasses and back (``from_dict``,
   ``to_dict``, ``read_yaml``, ``flatten``); unknown keys, wrong types and values out of bounds are
   ``InputError``s naming the dotted key.
@@ -26,6 +26,7 @@ from harness.config.run import (
     EvalConfig,
     MeasureConfig,
     ModelConfig,
+    PhotometricConfig,
     RunConfig,
     TrainConfig,
     TrunkConfig,
@@ -38,6 +39,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "MeasureConfig",
+    "PhotometricConfig",
     "ModelConfig",
     "RunConfig",
     "TrainConfig",

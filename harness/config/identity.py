@@ -9,15 +9,22 @@ import json
 from typing import Any
 
 from harness.config.parse import flatten, to_dict
-from harness.config.run import EvalConfig, RunConfig
+from harness.config.run import EvalConfig, PhotometricConfig, RunConfig
 
 # Settings that change where or how fast a cell runs, not what it computes.
 # Keys added after cells were logged, with the value they had implicitly: left out of the hash
 # at that value, so those cells keep theirs.
+def _defaults(section: str, cls: type) -> dict[str, Any]:
+    """``{"<section>.<field>": default}`` for every field of dataclass ``cls``."""
+    return {f"{section}.{item.name}": item.default if item.default is not dataclasses.MISSING else item.default_factory()
+            for item in dataclasses.fields(cls)}
+
+
 _HASHED_WHEN_SET = {"model.neck_kwargs": {}, "model.sync_bn": "auto", "train.accumulate": 1, "train.precision": "fp32",
                     "model.init": "torch", "train.param_groups": {}, "trunk.train": False, "trunk.digest": None,
-                    **{f"eval.{item.name}": item.default if item.default is not dataclasses.MISSING
-                       else item.default_factory() for item in dataclasses.fields(EvalConfig)}}
+                    "data.short_side": None, "data.max_long_side": None, "data.cat_max_ratio": 1.0, "train.schedule": "poly",
+                    "train.warmup_ratio": 1e-3, "train.min_lr": 0.0,
+                    **_defaults("eval", EvalConfig), **_defaults("data.photometric", PhotometricConfig)}
 # Where a trunk's weights are kept is not what the cell trains on: its ``trunk.digest`` is.
 _NOT_HASHED = {"trunk.run", "trunk.checkpoint", "device", "output_dir", "tracking_uri", "experiment", "data.num_workers", "train.threads",
                "train.log_period", "train.checkpoint_period", "train.eval_period"}

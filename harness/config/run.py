@@ -26,8 +26,36 @@ class ModelConfig:
 
 
 @dataclass
+class PhotometricConfig:
+    """MMSegmentation's ``PhotoMetricDistortion`` (``enabled``; off by default), with its settings:
+    brightness + U(-``brightness_delta``, ``brightness_delta``), contrast and saturation times
+    U(``contrast_range``), U(``saturation_range``), hue + U{-``hue_delta``, ..., ``hue_delta`` - 1}
+    of OpenCV's 180 hues; each applied with probability 0.5."""
+
+    enabled: bool = False
+    brightness_delta: float = bounded(32.0, min=0, max=255)
+    contrast_range: list[float] = bounded([0.5, 1.5], min=0, length=2)
+    saturation_range: list[float] = bounded([0.5, 1.5], min=0, length=2)
+    hue_delta: int = bounded(18, min=0, max=180)
+
+    def check(self, section: str) -> None:
+        for key in ("contrast_range", "saturation_range"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise InputError(f"{section}.{key}={[low, high]!r}; expected [low, high] with low <= high")
+
+
+@dataclass
 class DataConfig:
-    """``dataset`` names a pair ``<dataset>_train`` / ``<dataset>_val`` in the catalog."""
+    """``dataset`` names a pair ``<dataset>_train`` / ``<dataset>_val`` in the catalog. Training
+    augmentation is MMSegmentation's pipeline (``harness.data.AugmentConfig``): images rescaled so
+    their short side is ``short_side`` (null: the crop's longer side), their long side at most
+    ``max_long_side`` (null: no cap), both times a ratio of ``scale_range``; a crop (``cat_max_ratio`` < 1: redrawn while
+    one class fills that share of it); a flip with ``hflip_prob``; ``photometric`` distortion
+    and/or segheads' ``color_jitter``; padding to the crop (labels ignored, pixels the mean colour).
+    MMSeg's ADE20K pipeline is ``image_size: 512, max_long_side: 2048, scale_range: [0.5, 2.0],
+    cat_max_ratio: 0.75, hflip_prob: 0.5, color_jitter: 0, photometric: {enabled: true}``; its
+    Cityscapes pipeline rescales to ``short_side: 1024, max_long_side: 2048`` whatever the crop."""
 
     dataset: str = "digits_sem_seg"
     image_size: int | list[int] = bounded(48, min=16)  # the training crop: a square's side, or [h, w]
@@ -35,12 +63,18 @@ class DataConfig:
     eval_batch_size: int = bounded(8, min=1)
     num_workers: int = bounded(2, min=0)
     scale_range: list[float] = bounded([0.8, 1.25], above=0, length=2)
+    short_side: int | None = bounded(None, min=1)
+    max_long_side: int | None = bounded(None, min=1)
+    cat_max_ratio: float = bounded(1.0, above=0, max=1)
     hflip_prob: float = bounded(0.5, min=0, max=1)
     color_jitter: float = bounded(0.2, min=0, max=1)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
 
     def check(self, section: str) -> None:
         if isinstance(self.image_size, list) and len(self.image_size) != 2:
             raise InputError(f"{section}.image_size={self.image_size!r}: expected a side or [h, w]")
+        if self.scale_range[0] > self.scale_range[1]:
+            raise InputError(f"{section}.scale_range={self.scale_range!r}; expected [low, high] with low <= high")
 
     @property
     def crop_size(self) -> tuple[int, int]:
@@ -65,8 +99,15 @@ class TrainConfig:
     lr: float = bounded(3e-3, above=0)
     weight_decay: float = bounded(0.01, min=0)
     momentum: float = bounded(0.9, min=0, max=1)
+    # The learning-rate schedule (``harness.solver.lr_at``): ``poly``, poly decay over the whole run
+    # times a linear warm-up from ``warmup_ratio`` over ``warmup_iters``; ``mmseg``, MMEngine's
+    # LinearLR(start_factor=warmup_ratio) over ``warmup_iters`` then PolyLR(eta_min=min_lr) over the
+    # rest, as MMSegmentation's configs chain them. ``min_lr`` is the decay's floor in both.
+    schedule: str = bounded("poly", choices=("poly", "mmseg"))
     warmup_iters: int = bounded(50, min=0)
+    warmup_ratio: float = bounded(1e-3, min=0, max=1)
     poly_power: float = bounded(0.9, min=0)
+    min_lr: float = bounded(0.0, min=0)
     grad_clip: float | None = bounded(None, above=0)
     seed: int = 0
     threads: int = bounded(0, min=0)

@@ -14,7 +14,7 @@ _SAMPLE_SEED_STRIDE = 0x9E3779B97F4A7C15  # spreads (seed, position) over 63-bit
 
 
 class _MapDataset(Dataset):
-    """Maps ``records[index]``; an ``(index, seed)`` item maps it with a generator seeded by ``seed``."""
+    """Maps ``records[index]``; an ``(index, seed)`` item maps it with its augmentation seeded by ``seed``."""
 
     def __init__(self, records: list[dict], mapper: Callable[..., dict]) -> None:
         self.records, self.mapper = records, mapper
@@ -25,7 +25,7 @@ class _MapDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         if isinstance(item, tuple):
             index, seed = item
-            return self.mapper(self.records[index], torch.Generator().manual_seed(seed))
+            return self.mapper(self.records[index], seed)
         return self.mapper(self.records[item])
 
 
@@ -103,7 +103,7 @@ def build_train_loader(
     layout: DataParallelLayout | None = None, start_step: int = 0, pin_memory: bool = False,
 ) -> Iterator[dict]:
     """An endless iterator of micro-batches ``{"image": uint8 [b,3,S,S], "sem_seg": long [b,S,S],
-    "file_name": [...]}``: ``layout``'s share of each step's ``batch_size`` samples (all of
+    "image_size": long [b,2] (before padding), "file_name": [...]}``: ``layout``'s share of each step's ``batch_size`` samples (all of
     them when ``layout`` is None), from ``start_step`` on (``StepSampler``); loader processes
     persist across epochs."""
     layout = layout or DataParallelLayout(batch_size)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -150,32 +151,42 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise InputError(f"cannot read image {path}: {exc}") from None
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """An RGB image; ``InputError`` naming the file if it is missing or unreadable."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+def read_image_array(path: str | Path) -> np.ndarray:
+    """An RGB uint8 [H, W, 3] array, decoded by OpenCV as MMSegmentation's ``LoadImageFromFile``
+    does (the same pixels as Pillow's, faster), on the file's stored pixel grid (EXIF orientation
+    ignored, as the label map's); ``InputError`` naming the file if it is missing or unreadable."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        reason = "no such file" if not Path(path).is_file() else "not an image OpenCV can decode"
+        raise InputError(f"cannot read image {path}: {reason}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_sem_seg(path: str | Path, num_classes: int, ignore_label: int) -> Image.Image:
-    """A single-channel label map whose values are in [0, num_classes) or ``ignore_label``.
-
-    Raises ``InputError`` naming the file and the offending value otherwise.
-    """
+def read_label_array(path: str | Path, num_classes: int, ignore_label: int) -> np.ndarray:
+    """A single-channel label map [H, W] (Pillow's decoder: palette PNGs give their indices, as
+    MMSegmentation's ``LoadAnnotations`` reads them) whose values are in [0, num_classes) or
+    ``ignore_label``; ``InputError`` naming the file and the offending values otherwise."""
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16"):
                 raise InputError(f"label map {path} has mode {img.mode}; expected a single-channel (L/P/I) PNG")
-            label = img.copy()
+            label = np.array(img)
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"cannot read label map {path}: {exc}") from None
-    values = np.unique(np.asarray(label))
-    bad = values[(values >= num_classes) | (values < 0)]
-    bad = bad[bad != ignore_label]
+    if label.max(initial=0) < num_classes and label.min(initial=0) >= 0:
+        return label
+    values = np.unique(label[(label >= num_classes) | (label < 0)])
+    bad = values[values != ignore_label]
     if bad.size:
         shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
         raise InputError(f"label map {path} has value{'s' if bad.size > 1 else ''} {shown}; "
                          f"expected class ids in [0, {num_classes}) or the ignore label {ignore_label}")
     return label
+
+
+def size_mismatch(image_path, image: np.ndarray, label_path, label: np.ndarray) -> str | None:
+    """The message for an image and its label map of different sizes, or None when they agree."""
+    if image.shape[:2] == label.shape[:2]:
+        return None
+    return (f"image {image_path} is {image.shape[1]}x{image.shape[0]} but label map {label_path} is "
+            f"{label.shape[1]}x{label.shape[0]}; expected equal sizes")

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.data.catalog import DatasetCatalog, MetadataCatalog
-from harness.data.sem_seg import pair_files, read_image, read_sem_seg
+from harness.data.sem_seg import pair_files, read_image_array, read_label_array, size_mismatch
 from harness.data.splits import dataset_splits
 from harness.errors import InputError
 
@@ -23,17 +23,15 @@ _PROGRESS_EVERY = 1000
 def _check_pair(image_path: str, label_path: str, num_classes: int, ignore_label: int) -> list[str]:
     problems, image, label = [], None, None
     try:
-        image = read_image(image_path)
+        image = read_image_array(image_path)
     except InputError as exc:
         problems.append(str(exc))
     try:
-        label = read_sem_seg(label_path, num_classes, ignore_label)
+        label = read_label_array(label_path, num_classes, ignore_label)
     except InputError as exc:
         problems.append(str(exc))
-    if image is not None and label is not None and image.size != label.size:
-        problems.append(f"image {image_path} is {image.size[0]}x{image.size[1]} but label map {label_path} is "
-                        f"{label.size[0]}x{label.size[1]}; expected equal sizes")
-    return problems
+    mismatch = size_mismatch(image_path, image, label_path, label) if image is not None and label is not None else None
+    return problems + ([mismatch] if mismatch else [])
 
 
 def validate_records(records: list[dict], num_classes: int, ignore_label: int, log=print) -> list[str]:

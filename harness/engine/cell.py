@@ -137,10 +137,7 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellR
     resumed = context.resume_folder()
     if resumed is not None:
         trainer.load_state_dict(checkpoint.read(resumed, context.rank))
-    augment = AugmentConfig(crop_size=d.crop_size, scale_range=tuple(d.scale_range),
-                            hflip_prob=d.hflip_prob if meta.get("allow_hflip", True) else 0.0,
-                            color_jitter=d.color_jitter)
-    mapper = SemSegMapper(len(classes), ignore, augment)
+    mapper = SemSegMapper(len(classes), ignore, AugmentConfig.from_config(d, meta.get("allow_hflip", True)))
     cached = cfg.trunk.frozen and all(mapper.is_fixed(record) for record in train_records)
     if cached:  # the trunk's input never changes: its features are computed once and every step reads them
         began = time.perf_counter()

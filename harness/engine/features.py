@@ -60,8 +60,9 @@ def _compute(model: Segmentor, records: list[dict], mapper: SemSegMapper, device
              batch_size: int) -> TrunkFeatures:
     pixel, pyramid, labels = [], [], []
     for start in range(0, len(records), batch_size):
-        mapped = [mapper(r, torch.Generator().manual_seed(0)) for r in records[start : start + batch_size]]
-        _, features = model.trunk(torch.stack([m["image"] for m in mapped]).to(device))
+        mapped = [mapper(r, seed=0) for r in records[start : start + batch_size]]
+        images, filled = (torch.stack([m[key] for m in mapped]).to(device) for key in ("image", "image_size"))
+        _, features = model.trunk(images, filled)
         pixel.append(features.pixel.float().cpu())
         pyramid.append([level.float().cpu() for level in features.pyramid])
         labels.append(torch.stack([m["sem_seg"] for m in mapped]).to(torch.int16))

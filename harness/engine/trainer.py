@@ -16,7 +16,7 @@ from classifiers.base import PixelClassifier
 from harness.config import TrainConfig
 from harness.engine.precision import Precision
 from harness.errors import first_line, is_out_of_memory
-from harness.solver import build_optimizer, lr_factor
+from harness.solver import build_optimizer, build_scheduler
 
 _MICRO_SEED_STRIDE = 1_000_003
 
@@ -82,8 +82,8 @@ class Trainer:
     device (``step_losses``, averaged over micro-batches); nothing is copied to the host in
     the loop, hooks read them when they report.
 
-    A batch is ``{"image", "sem_seg"}`` or, on a frozen trunk's cached features, ``{"features",
-    "sem_seg"}``. ``module`` is what runs the forward (``model`` or its DDP wrapper); ``micro_index(a)`` is
+    A batch is ``{"image", "sem_seg"}`` (and ``"image_size"``, each image's size before padding,
+    ``Segmentor.normalise``) or, on a frozen trunk's cached features, ``{"features", "sem_seg"}``. ``module`` is what runs the forward (``model`` or its DDP wrapper); ``micro_index(a)`` is
     the global index of this worker's ``a``-th micro-batch (``DataParallelLayout.micro_index``),
     ``micro_batches`` their number per step over all workers.
     """
@@ -93,7 +93,7 @@ class Trainer:
         self.model, self.module, self.batches, self.cfg, self.device = model, module or model, batches, cfg, device
         self.micro_index, self.micro_batches = micro_index, micro_batches or cfg.accumulate
         self.optimizer = build_optimizer(model, cfg)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, cfg))
+        self.scheduler = build_scheduler(self.optimizer, cfg)
         self.precision = Precision(cfg.precision, device)
         self.heads = [m for m in model.modules() if isinstance(m, PixelClassifier)]
         self.iteration = self.start_iteration = 0
@@ -138,13 +138,15 @@ class Trainer:
             hook.after_train()
         return TrainResult(self.cfg.iters - self.start_iteration, time.perf_counter() - began, self.history)
 
-    def _inputs(self, batch: dict) -> tuple:
-        """The model's arguments for ``batch``: (images, targets) or, from a frozen trunk's cache
-        (``harness.engine.features``), (None, targets, features)."""
-        targets = batch["sem_seg"].to(self.device, non_blocking=True)
+    def _inputs(self, batch: dict) -> dict:
+        """The model's arguments for ``batch``: images, targets and the images' unpadded sizes or,
+        from a frozen trunk's cache (``harness.engine.features``), targets and features."""
+        inputs = {"targets": batch["sem_seg"].to(self.device, non_blocking=True)}
         if "features" in batch:
-            return None, targets, batch["features"].to(self.device, non_blocking=True)
-        return batch["image"].to(self.device, non_blocking=True), targets
+            return {**inputs, "images": None, "features": batch["features"].to(self.device, non_blocking=True)}
+        sizes = batch.get("image_size")
+        return {**inputs, "images": batch["image"].to(self.device, non_blocking=True),
+                "image_sizes": None if sizes is None else sizes.to(self.device, non_blocking=True)}
 
     def run_step(self) -> None:
         accumulate = self.cfg.accumulate
@@ -156,7 +158,7 @@ class Trainer:
             try:
                 with (sync() if sync is not None and a < accumulate - 1 else contextlib.nullcontext()):
                     with self.precision.autocast():
-                        losses = self.module(*self._inputs(batch)).losses
+                        losses = self.module(**self._inputs(batch)).losses
                     terms = torch.stack([v.detach().float() for v in losses.values()])
                     self.precision.backward(sum(losses.values()) / accumulate)
             except Exception as exc:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from harness.config import EvalConfig
 from harness.data import DatasetCatalog, SemSegMapper, dataset_splits
-from harness.data.sem_seg import IMAGE_EXTENSIONS, read_image
+from harness.data.sem_seg import IMAGE_EXTENSIONS, read_image_array
 from harness.errors import InputError
 from harness.evaluation.protocols import predict_logits
 from harness.figures import colormap
@@ -83,7 +83,7 @@ def folder_sources(folder: Path, limit: int | None = None) -> list[tuple[str, to
     """(name, uint8 [3, H, W] image) of the first ``limit`` images under ``folder``, each named by
     its relative path (``/`` as ``__``)."""
     return [(str(p.relative_to(folder).with_suffix("")).replace("/", "__"),
-             torch.from_numpy(np.asarray(read_image(p)).copy()).permute(2, 0, 1)) for p in list_images(folder)[:limit]]
+             torch.from_numpy(read_image_array(p)).permute(2, 0, 1).contiguous()) for p in list_images(folder)[:limit]]
 
 
 def dataset_sources(dataset: str, num_classes: int, ignore_label: int,

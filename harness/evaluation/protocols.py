@@ -69,9 +69,10 @@ def predict_labels_and_confidence(model: nn.Module, image: Tensor, cfg: EvalConf
     """(the argmax of ``predict_logits``, the probability of that class): one view's softmax, or
     several views' mean probability. [H, W] each (or [B, H, W])."""
     scores, are_probabilities = _predict(model, image, cfg)
-    labels = scores.argmax(dim=-3)
-    probabilities = scores if are_probabilities else scores.softmax(dim=-3)
-    return labels, probabilities.gather(-3, labels.unsqueeze(-3)).squeeze(-3)
+    top, labels = scores.max(dim=-3)
+    if are_probabilities:
+        return labels, top
+    return labels, (top - scores.logsumexp(dim=-3)).exp_()  # the top class's softmax probability, no softmax map
 
 
 @torch.no_grad()
@@ -89,7 +90,9 @@ def _predict(model: nn.Module, image: Tensor, cfg: EvalConfig) -> tuple[Tensor, 
         view = view.flip(-1) if flip else view
         logits = model.predict(view) if cfg.mode == "whole" else _slide(model, view, cfg.crop_size, cfg.stride)
         logits = _resize(logits.flip(-1) if flip else logits, (height, width))
-        scores = logits if len(views) == 1 else logits.softmax(dim=1)
-        merged = scores if merged is None else merged + scores
-    merged = merged / len(views)
-    return (merged[0] if single else merged), len(views) > 1
+        if len(views) == 1:  # one view: its logits as they are
+            return (logits[0] if single else logits), False
+        scores = logits.softmax(dim=1)
+        merged = scores if merged is None else merged.add_(scores)
+    merged.div_(len(views))
+    return (merged[0] if single else merged), True

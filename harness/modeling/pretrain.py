@@ -54,7 +54,7 @@ from harness.data.digits import DIGIT_CLASSES, cache_root, digit_pools, make_dig
 from harness.errors import InputError
 from harness.files import staged_file
 from harness.modeling.segmentor import IMAGENET_MEAN, IMAGENET_STD
-from harness.solver import build_optimizer, lr_factor
+from harness.solver import build_optimizer, build_scheduler
 
 BUILTIN_PREFIX = "builtin:"
 WEIGHTS_PREFIX = "weights:"  # a file under $SEGHEADS_WEIGHTS
@@ -175,7 +175,7 @@ def _pretrain(backbone: str, backbone_kwargs: dict, steps: int) -> tuple[dict, d
         model = _DigitClassifier(encoder).train()
         recipe = dataclasses.replace(_RECIPE, iters=steps, warmup_iters=min(_RECIPE.warmup_iters, steps // 10))
         optimizer = build_optimizer(model, recipe)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, recipe))
+        scheduler = build_scheduler(optimizer, recipe)
         order = torch.randint(len(labels), (steps, _BATCH))
         for batch in order:
             loss = F.cross_entropy(model(images[batch]), labels[batch])

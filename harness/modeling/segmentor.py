@@ -22,8 +22,9 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 class AuxiliaryFCNHead(nn.Module):
     """MMSegmentation's auxiliary FCNHead (``num_convs=1``, ``concat_input=False``): a 3x3
     conv of ``channels`` (256) + BN + ReLU on backbone stage ``stage`` (the third,
-    ``in_index=2``), Dropout2d(0.1), a 1x1 classifier. Its CE at label resolution, times
-    ``loss_weight`` (0.4), is the loss ``aux``. Training only: never run at inference."""
+    ``in_index=2``), Dropout2d(0.1), a 1x1 classifier. Its CE at label resolution, averaged as
+    ``average`` says (the cell's head's ``loss_average``), times ``loss_weight`` (0.4), is the loss
+    ``aux``. Training only: never run at inference."""
 
     CONV_SEG = ("classifier",)
 
@@ -35,17 +36,18 @@ class AuxiliaryFCNHead(nn.Module):
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, stages: list[Tensor], targets: Tensor) -> Tensor:
+    def forward(self, stages: list[Tensor], targets: Tensor, average: str = "labelled") -> Tensor:
         logits = self.classifier(self.dropout(self.conv(stages[self.stage])))
-        return self.loss_weight * pixel_cross_entropy(logits, targets, self.ignore_index)
+        return self.loss_weight * pixel_cross_entropy(logits, targets, self.ignore_index, average=average)
 
 
 class Segmentor(nn.Module):
     """Takes images as float or uint8 RGB in [0, 255], [B, 3, H, W], and normalises them itself.
 
-    ``forward(images, targets)`` returns the head's ``ClassifierOutput`` (logits at the
+    ``forward(images, targets, image_sizes=None)`` (``image_sizes``: see ``normalise``) returns the
+    head's ``ClassifierOutput`` (logits at the
     head's resolution, losses when targets are given, the ``auxiliary`` head's ``aux`` loss
-    and a neck's own losses among them); ``forward(None, targets, features=...)`` runs the head
+    and a neck's own losses among them, their CEs averaged as the head's, ``loss_average``); ``forward(None, targets, features=...)`` runs the head
     on features the trunk computed before (``harness.engine.features``); ``predict(images)``
     returns logits upsampled to the input size, with no training-only work.
 
@@ -76,24 +78,38 @@ class Segmentor(nn.Module):
             self.neck.eval()
         return self
 
-    def trunk(self, images: Tensor) -> tuple[list[Tensor], Features]:
-        """(backbone stages, neck features) of ``images``; without gradients when the trunk is frozen."""
+    def normalise(self, images: Tensor, image_sizes: Tensor | None = None) -> Tensor:
+        """``images`` in [0, 255] less the mean, over the standard deviation; with ``image_sizes``
+        ([B, 2], the rows and columns each image fills before padding to the batch's size) the
+        padding is 0 afterwards: the mean colour, as MMSegmentation's ``SegDataPreProcessor`` pads."""
+        images = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+        if image_sizes is None:
+            return images
+        height, width = images.shape[-2:]
+        rows = torch.arange(height, device=images.device) < image_sizes[:, :1]  # [B, H]
+        cols = torch.arange(width, device=images.device) < image_sizes[:, 1:]  # [B, W]
+        return images * (rows[:, None, :, None] & cols[:, None, None, :])
+
+    def trunk(self, images: Tensor, image_sizes: Tensor | None = None) -> tuple[list[Tensor], Features]:
+        """(backbone stages, neck features) of ``images`` (``normalise``); without gradients when the
+        trunk is frozen."""
         with torch.no_grad() if self.trunk_frozen else contextlib.nullcontext():
-            images = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+            images = self.normalise(images, image_sizes)
             stages = self.backbone(images)
             return stages, self.neck(stages, tuple(images.shape[-2:]))
 
     def forward(self, images: Tensor | None, targets: Tensor | None = None,
-                features: Features | None = None) -> ClassifierOutput:
+                features: Features | None = None, image_sizes: Tensor | None = None) -> ClassifierOutput:
         stages = None
         if features is None:
-            stages, features = self.trunk(images)
+            stages, features = self.trunk(images, image_sizes)
         output = self.classifier(features, targets)
         if targets is not None and not self.trunk_frozen:
+            average = self.classifier.loss_average
             if self.auxiliary is not None:
-                output.losses["aux"] = self.auxiliary(stages, targets)
+                output.losses["aux"] = self.auxiliary(stages, targets, average)
             if hasattr(self.neck, "losses"):  # a neck with its own prediction (OCRNet's regions)
-                output.losses.update(self.neck.losses(features, targets, self.classifier.ignore_index))
+                output.losses.update(self.neck.losses(features, targets, self.classifier.ignore_index, average))
         return output
 
     @torch.no_grad()

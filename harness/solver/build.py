@@ -1,5 +1,5 @@
 """The optimiser and its schedule (detectron2's ``solver``): parameter groups with MMEngine's
-``custom_keys`` multipliers, AdamW or SGD, poly decay with a linear warm-up."""
+``custom_keys`` multipliers, AdamW or SGD, poly decay with a linear warm-up (segheads' or MMSeg's)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from torch import Tensor, nn
 
 from harness.config import TrainConfig
 from harness.errors import InputError
-
-_WARMUP_START = 1e-3
 
 
 def _multipliers(name: str, param: Tensor, custom: dict[str, dict]) -> tuple[float, float]:
@@ -56,9 +54,35 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     raise InputError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}; expected one of: adamw, sgd")
 
 
-def lr_factor(iteration: int, cfg: TrainConfig) -> float:
-    """Poly decay (1 - t/T)^power, times a linear warm-up from 1e-3 over ``warmup_iters``."""
-    factor = (1.0 - min(iteration, cfg.iters) / cfg.iters) ** cfg.poly_power
-    if iteration < cfg.warmup_iters:
-        factor *= _WARMUP_START + (1.0 - _WARMUP_START) * iteration / cfg.warmup_iters
-    return factor
+def lr_at(iteration: int, cfg: TrainConfig, base_lr: float) -> float:
+    """The learning rate at step ``iteration`` of a parameter group whose rate is ``base_lr``
+    (``cfg.lr`` x its lr_mult). With W = ``warmup_iters``, s = ``warmup_ratio``, T = ``iters``,
+    eta = ``min_lr``, p = ``poly_power``:
+
+    - ``poly``: (eta + (base - eta) (1 - t/T)^p) x (s + (1 - s) t / W while t < W);
+    - ``mmseg``: MMEngine's ``LinearLR(start_factor=s, begin=0, end=W)`` then
+      ``PolyLR(eta_min=eta, power=p, begin=W, end=T)``, whose chained updates reach
+      base (s + (1 - s) t / (W - 1)) for t < W, then eta + (base - eta) (1 - (t - W) / (T - W - 1))^p
+      (MMEngine counts each scheduler's ``end - begin - 1`` steps)."""
+    return base_lr * _factor(iteration, cfg, cfg.min_lr / base_lr)
+
+
+def _factor(t: int, cfg: TrainConfig, floor: float) -> float:
+    """``lr_at`` over ``base_lr``; ``floor`` = min_lr / base_lr."""
+    warmup, start = cfg.warmup_iters, cfg.warmup_ratio
+    if cfg.schedule == "poly":
+        factor = floor + (1.0 - floor) * (1.0 - min(t, cfg.iters) / cfg.iters) ** cfg.poly_power
+        return factor * (start + (1.0 - start) * t / warmup) if t < warmup else factor
+    if t < warmup:
+        return start + (1.0 - start) * t / (warmup - 1) if warmup > 1 else start
+    steps = cfg.iters - warmup - 1
+    if steps <= 0:
+        return 1.0
+    return floor + (1.0 - floor) * (1.0 - min(t - warmup, steps) / steps) ** cfg.poly_power
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of ``lr_at`` for each of ``optimizer``'s groups (each from its own base rate)."""
+    floors = [cfg.min_lr / group["lr"] for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda t, floor=floor: _factor(t, cfg, floor)
+                                                         for floor in floors])

@@ -1,0 +1,121 @@
+"""The training transforms, as MMSegmentation's pipelines compute them (``mmcv.transforms``
+``RandomResize`` and ``RandomFlip``, ``mmseg.datasets.transforms`` ``RandomCrop`` and
+``PhotoMetricDistortion``), on RGB uint8 arrays [H, W, 3] and label maps [H, W].
+
+Each random transform draws from a ``numpy.random.RandomState`` with the same calls, in the same
+order, as MMSegmentation's draws from NumPy's global generator: given the same state, the same
+draws (``tests/peers/test_mmseg_pipeline.py``). The arithmetic is the same too (cv2's resize;
+``PhotoMetricDistortion``'s float32 multiply-add, clip and truncation, as 256-entry tables), so
+images equal MMSeg's and labels equal them exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """``PhotoMetricDistortion``'s settings: brightness + U(-delta, delta), contrast and saturation
+    x U(range), hue + U{-delta, .., delta - 1} (OpenCV's 180 hues), each applied with probability 0.5,
+    contrast first or last at random."""
+
+    brightness_delta: float = 32
+    contrast_range: tuple[float, float] = (0.5, 1.5)
+    saturation_range: tuple[float, float] = (0.5, 1.5)
+    hue_delta: int = 18
+
+
+def rescale_size(width: int, height: int, short_side: int, long_side: int | None) -> tuple[int, int]:
+    """(w, h) of an image rescaled, keeping its ratio, so that its short side is at most
+    ``short_side`` and its long side at most ``long_side`` (MMCV's ``rescale_size``:
+    ``int(x * factor + 0.5)``)."""
+    factor = short_side / min(width, height)
+    if long_side is not None:
+        factor = min(factor, long_side / max(width, height))
+    return int(width * factor + 0.5), int(height * factor + 0.5)
+
+
+def random_rescale(image: np.ndarray, label: np.ndarray, rng: np.random.RandomState, short_side: int,
+                   long_side: int | None, ratio_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``RandomResize(scale=(long_side, short_side), ratio_range, keep_ratio=True)``: both sides
+    times one ratio drawn from ``ratio_range`` (truncated to whole pixels), the image bilinear and
+    the labels nearest (cv2). ``long_side`` None: no cap."""
+    ratio = rng.random_sample() * (ratio_range[1] - ratio_range[0]) + ratio_range[0]
+    size = rescale_size(image.shape[1], image.shape[0], int(short_side * ratio),
+                        None if long_side is None else int(long_side * ratio))
+    if size == (image.shape[1], image.shape[0]):
+        return image, label
+    return (cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
+            cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+
+
+def random_crop_box(label: np.ndarray, rng: np.random.RandomState, crop: tuple[int, int], cat_max_ratio: float,
+                    ignore_label: int) -> tuple[int, int]:
+    """``RandomCrop(crop, cat_max_ratio)``'s (top, left): a crop no larger than the image; with
+    ``cat_max_ratio`` < 1, drawn again (up to 10 times) until no class covers that share of the
+    crop's labelled pixels and it holds more than one class; the last draw stands."""
+    margin_h, margin_w = max(label.shape[0] - crop[0], 0), max(label.shape[1] - crop[1], 0)
+
+    def draw() -> tuple[int, int]:
+        return rng.randint(0, margin_h + 1), rng.randint(0, margin_w + 1)
+
+    top, left = draw()
+    if cat_max_ratio < 1.0:
+        for _ in range(10):
+            counts = np.bincount(label[top : top + crop[0], left : left + crop[1]].ravel(), minlength=256)
+            counts[ignore_label] = 0
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            top, left = draw()
+    return top, left
+
+
+def random_flip(rng: np.random.RandomState, prob: float) -> bool:
+    """``RandomFlip(prob)``'s choice, as ``np.random.choice([horizontal, None], p=[prob, 1 - prob])`` draws it."""
+    return rng.random_sample() < prob
+
+
+def _convert(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """``PhotoMetricDistortion.convert`` as a table over the 256 grey levels: float32 x alpha + beta,
+    clipped to [0, 255], truncated to uint8."""
+    return np.clip(np.arange(256, dtype=np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def _hsv_channel(image: np.ndarray, channel: int, table: np.ndarray) -> np.ndarray:
+    """``image`` (RGB) through HSV with one channel mapped by ``table`` and back (OpenCV's uint8 HSV)."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    hsv[..., channel] = table[hsv[..., channel]]
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def photometric_distortion(image: np.ndarray, rng: np.random.RandomState, settings: Photometric) -> np.ndarray:
+    """``PhotoMetricDistortion``: brightness, then contrast (mode 1), saturation, hue, contrast
+    (mode 0), each with probability 0.5; saturation and hue each take their own trip through HSV,
+    as MMSeg's do. Brightness and a following contrast compose into one table."""
+    s = settings
+    table = _convert(beta=rng.uniform(-s.brightness_delta, s.brightness_delta)) if rng.randint(2) else None
+    contrast_first = rng.randint(2) == 1
+
+    def contrast(current):
+        if not rng.randint(2):
+            return current
+        step = _convert(alpha=rng.uniform(*s.contrast_range))
+        return step if current is None else step[current]
+
+    if contrast_first:
+        table = contrast(table)
+    if table is not None:
+        image = cv2.LUT(image, table)
+    if rng.randint(2):
+        image = _hsv_channel(image, 1, _convert(alpha=rng.uniform(*s.saturation_range)))
+    if rng.randint(2):
+        image = _hsv_channel(image, 0, ((np.arange(256) + rng.randint(-s.hue_delta, s.hue_delta)) % 180).astype(np.uint8))
+    if not contrast_first:
+        table = contrast(None)
+        if table is not None:
+            image = cv2.LUT(image, table)
+    return image
