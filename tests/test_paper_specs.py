@@ -109,6 +109,7 @@ def test_every_paper_cell_trains_with_mmsegs_pipeline_loss_and_schedule(spec):
         long = {512: 2048, 640: 2560, 1024: 2048}[short]
         assert (d.short_side or max(d.crop_size), d.max_long_side) == (short, long), (cfg.model.backbone, d)
         assert d.scale_range == [0.5, 2.0] and d.cat_max_ratio == 0.75 and d.hflip_prob == 0.5
+        assert d.resize_backend == "cv2"
         assert d.photometric.enabled and d.color_jitter == 0
         assert t.schedule == "mmseg"
         if t.optimizer == "sgd":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import cv2
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -110,12 +111,20 @@ def build_train_loader(
     loader = DataLoader(
         _MapDataset(records, mapper), batch_sampler=StepSampler(len(records), seed, layout, start_step),
         num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
+        worker_init_fn=_one_opencv_thread,
     )
     return iter(loader)
+
+
+def _one_opencv_thread(worker_id: int) -> None:
+    """A loader process decodes and resizes on its own thread only (MMEngine sets OpenCV's threads
+    to 0 for the same reason): eight loader processes per GPU would each start a pool per core."""
+    cv2.setNumThreads(0)
 
 
 def build_test_loader(records: list[dict], mapper: Callable[[dict], dict], batch_size: int, num_workers: int) -> DataLoader:
     """Batches as lists of mapped dicts (images may differ in size), in dataset order."""
     return DataLoader(
-        _MapDataset(records, mapper), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=list
+        _MapDataset(records, mapper), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=list,
+        worker_init_fn=_one_opencv_thread,
     )

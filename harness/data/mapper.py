@@ -33,7 +33,7 @@ class AugmentConfig:
        ``short_side`` (None: the crop's longer side) and its long side at most ``max_long_side``
        (None: no cap), both times a ratio drawn from ``scale_range`` (MMSeg's ``scale=(2048, 512),
        ratio_range=(0.5, 2.0)`` is ``max_long_side`` 2048 with a 512 crop); bilinear, labels
-       nearest (cv2, as mmcv).
+       nearest, by mmcv's ``resize_backend`` (``pillow``, anti-aliased, or ``cv2``, MMSeg's default).
     2. ``RandomCrop``: a ``crop_size`` (h, w) window, no larger than the image; with
        ``cat_max_ratio`` < 1 drawn again until no class covers that share of its labels.
     3. ``RandomFlip`` with ``hflip_prob``.
@@ -47,6 +47,7 @@ class AugmentConfig:
     scale_range: tuple[float, float] = (1.0, 1.0)
     short_side: int | None = None
     max_long_side: int | None = None
+    resize_backend: str = "pillow"
     cat_max_ratio: float = 1.0
     hflip_prob: float = 0.0
     color_jitter: float = 0.0
@@ -59,8 +60,8 @@ class AugmentConfig:
         p = data.photometric
         photometric = Photometric(p.brightness_delta, tuple(p.contrast_range), tuple(p.saturation_range),
                                   p.hue_delta) if p.enabled else None
-        return cls(data.crop_size, tuple(data.scale_range), data.short_side, data.max_long_side, data.cat_max_ratio,
-                   data.hflip_prob if allow_hflip else 0.0, data.color_jitter, photometric)
+        return cls(data.crop_size, tuple(data.scale_range), data.short_side, data.max_long_side, data.resize_backend,
+                   data.cat_max_ratio, data.hflip_prob if allow_hflip else 0.0, data.color_jitter, photometric)
 
 
 class SemSegMapper:
@@ -119,7 +120,8 @@ class SemSegMapper:
                  rng: np.random.RandomState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         aug = self.augment
         crop_h, crop_w = aug.crop_size
-        image, label = random_rescale(image, label, rng, self._short_side, aug.max_long_side, aug.scale_range)
+        image, label = random_rescale(image, label, rng, self._short_side, aug.max_long_side, aug.scale_range,
+                                      aug.resize_backend)
         top, left = random_crop_box(label, rng, aug.crop_size, aug.cat_max_ratio, self.ignore_label)
         image, label = image[top : top + crop_h, left : left + crop_w], label[top : top + crop_h, left : left + crop_w]
         if aug.hflip_prob > 0 and random_flip(rng, aug.hflip_prob):

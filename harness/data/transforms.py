@@ -4,7 +4,8 @@
 
 Each random transform draws from a ``numpy.random.RandomState`` with the same calls, in the same
 order, as MMSegmentation's draws from NumPy's global generator: given the same state, the same
-draws (``tests/peers/test_mmseg_pipeline.py``). The arithmetic is the same too (cv2's resize;
+draws (``tests/peers/test_mmseg_pipeline.py``). The arithmetic is the same too (mmcv's resize, cv2's
+or Pillow's;
 ``PhotoMetricDistortion``'s float32 multiply-add, clip and truncation, as 256-entry tables), so
 images equal MMSeg's and labels equal them exactly."""
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -38,18 +40,32 @@ def rescale_size(width: int, height: int, short_side: int, long_side: int | None
     return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
+RESIZE_BACKENDS = ("pillow", "cv2")  # mmcv's imresize backends
+
+
+def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int], backend: str) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` bilinear and ``label`` nearest to ``size`` (w, h), as mmcv's ``imresize`` with
+    ``backend``: ``cv2`` (MMSegmentation's default) or ``pillow``, whose bilinear filter widens
+    when it shrinks an image (anti-aliased)."""
+    if backend == "cv2":
+        return (cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
+                cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+    return (np.array(Image.fromarray(image).resize(size, Image.BILINEAR)),
+            np.array(Image.fromarray(label).resize(size, Image.NEAREST)))
+
+
 def random_rescale(image: np.ndarray, label: np.ndarray, rng: np.random.RandomState, short_side: int,
-                   long_side: int | None, ratio_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """``RandomResize(scale=(long_side, short_side), ratio_range, keep_ratio=True)``: both sides
-    times one ratio drawn from ``ratio_range`` (truncated to whole pixels), the image bilinear and
-    the labels nearest (cv2). ``long_side`` None: no cap."""
+                   long_side: int | None, ratio_range: tuple[float, float],
+                   backend: str = "cv2") -> tuple[np.ndarray, np.ndarray]:
+    """``RandomResize(scale=(long_side, short_side), ratio_range, keep_ratio=True, backend)``: both
+    sides times one ratio drawn from ``ratio_range`` (truncated to whole pixels), then ``resize``.
+    ``long_side`` None: no cap."""
     ratio = rng.random_sample() * (ratio_range[1] - ratio_range[0]) + ratio_range[0]
     size = rescale_size(image.shape[1], image.shape[0], int(short_side * ratio),
                         None if long_side is None else int(long_side * ratio))
     if size == (image.shape[1], image.shape[0]):
         return image, label
-    return (cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+    return resize(image, label, size, backend)
 
 
 def random_crop_box(label: np.ndarray, rng: np.random.RandomState, crop: tuple[int, int], cat_max_ratio: float,

@@ -36,12 +36,12 @@ def _scene(path, height, width, seed):
             "height": height, "width": width}
 
 
-def _mmseg_pipeline(crop, scale, cat_max_ratio):
+def _mmseg_pipeline(crop, scale, cat_max_ratio, backend):
     from mmseg.registry import TRANSFORMS
 
     return [TRANSFORMS.build(t) for t in (
         dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", reduce_zero_label=False),
-        dict(type="RandomResize", scale=scale, ratio_range=(0.5, 2.0), keep_ratio=True),
+        dict(type="RandomResize", scale=scale, ratio_range=(0.5, 2.0), keep_ratio=True, backend=backend),
         dict(type="RandomCrop", crop_size=crop, cat_max_ratio=cat_max_ratio), dict(type="RandomFlip", prob=0.5),
         dict(type="PhotoMetricDistortion"), dict(type="PackSegInputs"))]
 
@@ -57,18 +57,20 @@ def _run_mmseg(pipeline, record, seed):
     return image, results["data_samples"].gt_sem_seg.data[0].long()
 
 
-@pytest.mark.parametrize("size, crop, short_side", [((512, 683), (512, 512), None), ((300, 410), (512, 512), None),
-                                                    ((512, 1024), (512, 1024), None), ((1024, 2048), (768, 768), 1024)])
-def test_augmented_pairs_equal_mmsegs_with_the_same_draws(mmseg, tmp_path, size, crop, short_side):
+@pytest.mark.parametrize("size, crop, short_side, backend", [
+    ((512, 683), (512, 512), None, "cv2"), ((300, 410), (512, 512), None, "cv2"),
+    ((512, 1024), (512, 1024), None, "cv2"), ((1024, 2048), (768, 768), 1024, "cv2"), ((300, 410), (512, 512), None, "pillow")])
+def test_augmented_pairs_equal_mmsegs_with_the_same_draws(mmseg, tmp_path, size, crop, short_side, backend):
     """ADE20K's pipeline (and Cityscapes': scale (2048, 1024) with a 512x1024 crop, and ProtoSeg's
-    768 crop): every draw (ratio, crops redrawn by cat_max_ratio, flip, each distortion) the same;
-    labels equal, images within a grey level (in practice equal), the rest of the crop padding."""
+    768 crop; and mmcv's Pillow resize): every draw (ratio, crops redrawn by cat_max_ratio, flip,
+    each distortion) the same; labels equal, images within a grey level (in practice equal), the
+    rest of the crop padding."""
     record = _scene(tmp_path, *size, seed=size[0])
     data = from_dict(DataConfig, {"image_size": list(crop), "scale_range": [0.5, 2.0], "short_side": short_side,
-                                  "max_long_side": 2048, "cat_max_ratio": 0.75, "hflip_prob": 0.5, "color_jitter": 0.0,
-                                  "photometric": {"enabled": True}}, "data")
+                                  "max_long_side": 2048, "resize_backend": backend, "cat_max_ratio": 0.75,
+                                  "hflip_prob": 0.5, "color_jitter": 0.0, "photometric": {"enabled": True}}, "data")
     mapper = SemSegMapper(150, 255, AugmentConfig.from_config(data))
-    pipeline = _mmseg_pipeline(crop, (2048, short_side or max(crop)), 0.75)
+    pipeline = _mmseg_pipeline(crop, (2048, short_side or max(crop)), 0.75, backend)
     padded = 0
     for seed in _SEEDS:
         expected_image, expected_label = _run_mmseg(pipeline, record, seed)
