@@ -1,4 +1,5 @@
-"""Data in detectron2's dataset-dict format: catalogs, built-in datasets, mapper, loaders."""
+"""Data in detectron2's dataset-dict format: catalogs, built-in datasets, the mapper with MMSegmentation's
+training transforms (``transforms``), loaders."""
 
 from harness.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
 from harness.data.builtin import register_sem_seg

@@ -16,7 +16,7 @@ from harness.data.transforms import (
     random_crop_box,
     random_flip,
     random_rescale,
-    rescale_size,
+    rescaled_size,
 )
 from harness.errors import InputError
 
@@ -93,12 +93,6 @@ class SemSegMapper:
         image, label, filled = self._augment(image, label, rng)
         return {"image": image, "sem_seg": label, "image_size": filled, "file_name": record["file_name"]}
 
-    def _rescaled(self, width: int, height: int, ratio: float) -> tuple[int, int]:
-        """(w, h) of an image of ``width`` x ``height`` after ``RandomResize`` at ``ratio``."""
-        aug = self.augment
-        return rescale_size(width, height, int(self._short_side * ratio),
-                            None if aug.max_long_side is None else int(aug.max_long_side * ratio))
-
     @property
     def _short_side(self) -> int:
         return self.augment.short_side or max(self.augment.crop_size)
@@ -113,7 +107,8 @@ class SemSegMapper:
         if (aug.scale_range[0] != aug.scale_range[1] or aug.hflip_prob > 0 or aug.color_jitter > 0
                 or aug.photometric is not None):
             return False
-        width, height = self._rescaled(*image_size(record["file_name"]), aug.scale_range[0])
+        width, height = rescaled_size(*image_size(record["file_name"]), aug.scale_range[0], self._short_side,
+                                      aug.max_long_side)
         return height <= aug.crop_size[0] and width <= aug.crop_size[1]
 
     def _augment(self, image: np.ndarray, label: np.ndarray,

@@ -30,17 +30,25 @@ class Photometric:
     hue_delta: int = 18
 
 
-def rescale_size(width: int, height: int, short_side: int, long_side: int | None) -> tuple[int, int]:
+def rescale_size(width: int, height: int, short_side: int | None, long_side: int | None) -> tuple[int, int]:
     """(w, h) of an image rescaled, keeping its ratio, so that its short side is at most
-    ``short_side`` and its long side at most ``long_side`` (MMCV's ``rescale_size``:
-    ``int(x * factor + 0.5)``)."""
-    factor = short_side / min(width, height)
-    if long_side is not None:
-        factor = min(factor, long_side / max(width, height))
+    ``short_side`` and its long side at most ``long_side`` (either None: no bound; both: the size
+    as it is), as MMCV's ``rescale_size`` (``int(x * factor + 0.5)``) for training and test resizes."""
+    factors = [bound / side for bound, side in ((short_side, min(width, height)), (long_side, max(width, height)))
+               if bound is not None]
+    if not factors:
+        return width, height
+    factor = min(factors)
     return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
-RESIZE_BACKENDS = ("pillow", "cv2")  # mmcv's imresize backends
+def rescaled_size(width: int, height: int, ratio: float, short_side: int, long_side: int | None) -> tuple[int, int]:
+    """(w, h) of a ``width`` x ``height`` image after ``RandomResize`` drew ``ratio``: the scale
+    (``long_side``, ``short_side``) times the ratio, each truncated to whole pixels, then
+    ``rescale_size``."""
+    return rescale_size(width, height, int(short_side * ratio), None if long_side is None else int(long_side * ratio))
+
+
 
 
 def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int], backend: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +69,7 @@ def random_rescale(image: np.ndarray, label: np.ndarray, rng: np.random.RandomSt
     sides times one ratio drawn from ``ratio_range`` (truncated to whole pixels), then ``resize``.
     ``long_side`` None: no cap."""
     ratio = rng.random_sample() * (ratio_range[1] - ratio_range[0]) + ratio_range[0]
-    size = rescale_size(image.shape[1], image.shape[0], int(short_side * ratio),
-                        None if long_side is None else int(long_side * ratio))
+    size = rescaled_size(image.shape[1], image.shape[0], ratio, short_side, long_side)
     if size == (image.shape[1], image.shape[0]):
         return image, label
     return resize(image, label, size, backend)

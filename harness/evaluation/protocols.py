@@ -8,22 +8,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.config import EvalConfig
+from harness.data.transforms import rescale_size
 
 _WINDOWS_PER_FORWARD = 4  # sliding windows stacked into one forward (bounds memory, as MMSeg's one at a time)
 
 
 def _protocol_size(height: int, width: int, cfg: EvalConfig) -> tuple[int, int]:
-    """The size an image is predicted at before ``scales``: ``short_side`` with the long side
-    capped at ``max_long_side``, keeping the ratio (MMCV's ``rescale_size``: ``int(x * f + 0.5)``)."""
-    if cfg.short_side is None and cfg.max_long_side is None:
-        return height, width
-    factors = []
-    if cfg.short_side is not None:
-        factors.append(cfg.short_side / min(height, width))
-    if cfg.max_long_side is not None:
-        factors.append(cfg.max_long_side / max(height, width))
-    factor = min(factors)
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    """The size (h, w) an image is predicted at before ``scales``: ``short_side`` with the long
+    side capped at ``max_long_side``, keeping the ratio (``harness.data.transforms.rescale_size``)."""
+    new_width, new_height = rescale_size(width, height, cfg.short_side, cfg.max_long_side)
+    return new_height, new_width
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:

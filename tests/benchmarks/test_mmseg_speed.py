@@ -2,7 +2,7 @@
 ``python -m pytest tests/benchmarks -s -k mmseg``.
 
 - The training pipeline per image: segheads' mapper with the ADE20K paper specs' augmentation
-  against MMSeg's ADE20K ``train_pipeline`` (LoadImageFromFile, LoadAnnotations, RandomResize,
+  (``jobs/papers/protoseg_table1_ade20k.yaml``'s data section) against MMSeg's ADE20K ``train_pipeline`` (LoadImageFromFile, LoadAnnotations, RandomResize,
   RandomCrop with cat_max_ratio, RandomFlip, PhotoMetricDistortion, PackSegInputs), on
   ADE20K-sized JPEG/PNG pairs (about 512 x 683, 150 classes), one process, images interleaved.
 - Whole-image inference: ``predict_logits`` (uint8 image to logits at its size) against MMSeg's
@@ -25,12 +25,12 @@ import timing
 from harness.config import DataConfig, EvalConfig, RunConfig, apply_overrides, from_dict
 from harness.data import AugmentConfig, SemSegMapper
 from harness.evaluation import predict_logits
+from harness.grid import load_grid
 from harness.modeling import build_segmentor
 from peers.mmseg_peer import import_mmseg
 
 _PAIRS = 600
-_ADE = {"image_size": 512, "scale_range": [0.5, 2.0], "max_long_side": 2048, "cat_max_ratio": 0.75, "hflip_prob": 0.5,
-        "color_jitter": 0.0, "photometric": {"enabled": True}}
+_SPEC = Path(__file__).resolve().parents[2] / "jobs" / "papers" / "protoseg_table1_ade20k.yaml"  # its data section
 
 
 def _configs() -> Path:
@@ -59,7 +59,7 @@ def test_training_pipeline_per_image_against_mmsegs(benchmark, tmp_path):
 
     cv2.setNumThreads(1)
     records = _pairs(tmp_path, _PAIRS)
-    mapper = SemSegMapper(150, 255, AugmentConfig.from_config(from_dict(DataConfig, _ADE, "data")))
+    mapper = SemSegMapper(150, 255, AugmentConfig.from_config(from_dict(DataConfig, load_grid(_SPEC).data, "data")))
     steps = Config.fromfile(_configs() / "_base_/datasets/ade20k.py").train_pipeline
     for step in steps:  # the label maps here are already reduced, as segheads' prepared ADE20K's are
         if step["type"] == "LoadAnnotations":
