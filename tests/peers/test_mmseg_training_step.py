@@ -60,6 +60,8 @@ def _batch_norm(node):
 
 
 def _mmseg(configs: Path, config: str, width: int):
+    """(config, model): MMSeg's model of ``config`` (BN for SyncBN, nothing downloaded, no padding
+    beyond the batch), initialised by MMSeg, then ``randomise``d."""
     from mmseg.registry import MODELS
 
     cfg = Config.fromfile(configs / config)
@@ -75,9 +77,9 @@ def _mmseg(configs: Path, config: str, width: int):
 
 
 def _cell(spec: str, backbone: str):
-    cell = next(c for c in expand(load_grid(_PAPERS / f"{spec}.yaml"))
+    """The spec's softmax baseline cell on ``backbone``, as the grid expands it."""
+    return next(c for c in expand(load_grid(_PAPERS / f"{spec}.yaml"))
                 if c.model.backbone == backbone and c.model.classifier == "softmax")
-    return cell
 
 
 def _with_weights(cell, path):
