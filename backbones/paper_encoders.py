@@ -27,7 +27,8 @@ from timm.models.hrnet import HighResolutionModule
 from torch import Tensor, nn
 
 from backbones.build import register_backbone
-from backbones.swin import VARIANTS as _SWIN, SwinTransformer
+from backbones.swin import VARIANTS as _SWIN
+from backbones.swin import SwinTransformer
 from backbones.timm_backbone import TimmBackbone
 from backbones.weights import WeightsReport, check_complete, read_state_dict, wrong_shapes_error
 from harness.errors import InputError, first_line

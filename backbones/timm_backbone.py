@@ -9,7 +9,13 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from backbones.weights import WeightsReport, is_own_layout, load_state_dict_whole, read_state_dict, timm_state_for_features
+from backbones.weights import (
+    WeightsReport,
+    is_own_layout,
+    load_state_dict_whole,
+    read_state_dict,
+    timm_state_for_features,
+)
 from harness.errors import InputError
 
 _MIN_STRIDE = 4

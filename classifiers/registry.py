@@ -14,6 +14,7 @@ from classifiers.base import PixelClassifier, resolve_preset
 from harness.errors import InputError
 from harness.registry import Registry
 
+
 def _check_head(name: str, cls: type) -> None:
     if not (isinstance(cls, type) and issubclass(cls, PixelClassifier)):
         raise TypeError(f"classifier {name!r}: {cls!r} is not a PixelClassifier subclass")

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from harness import metric_keys as keys
 from harness.config import ENGINE_PARAM_PREFIX, MAX_PARAM_LENGTH, RunConfig, config_hash, config_params, from_dict
 from harness.errors import InputError
 
@@ -107,6 +108,23 @@ class CellResult:
             return self
         return dataclasses.replace(self, config_hash=digest, config_hash_v1=self.config_hash,
                                    tags={**self.tags, "config_hash": digest})
+
+    def with_measurement(self, metrics: dict[str, float] | None = None, record: dict | None = None,
+                         seconds: float | None = None, error: str | None = None) -> CellResult:
+        """This result with a cost measurement: its ``metrics`` added (replacing any the result had,
+        ``metric_keys.is_measurement``) and how it was taken (``record``); or, with ``error``, the
+        reason it has none. A result is never changed in place: each package hands on a new one."""
+        kept = {k: v for k, v in self.metrics.items() if not keys.is_measurement(k)}
+        return dataclasses.replace(self, metrics={**kept, **(metrics or {})}, measurement=record,
+                                   measure_seconds=seconds, measure_error=error)
+
+    def without_measurement(self, settings: dict) -> CellResult:
+        """This result before a measurement at ``settings`` (its config's ``measure`` section)."""
+        return dataclasses.replace(self.with_measurement(), config={**self.config, "measure": settings})
+
+    def placed(self, placement: dict, seconds: float) -> CellResult:
+        """This result with where its grid trial ran (``environment["ray"]``) and its wall time."""
+        return dataclasses.replace(self, environment={**self.environment, "ray": placement}, seconds=seconds)
 
     def to_mlflow(self) -> MlflowRecord:
         """The MLflow run this result is logged as (``harness.tracking.log_cell`` writes it)."""

@@ -3,6 +3,8 @@
 import os
 import tempfile
 
+from gridtools import tiny_cell
+
 # Set before anything imports Ray or MLflow.
 for _key, _value in {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -57,8 +59,7 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
-_TINY_CELL = ["model.backbone=test_convnext", "model.embed_dim=16", "data.num_workers=0", "data.image_size=32",
-         "train.iters=10", "measure.image_size=32", "measure.iters=2", "measure.warmup=1"]
+_TINY_CELL = tiny_cell(iters=10, measure=True)
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +69,8 @@ def logged_cells(tmp_path_factory):
     (folder, results.jsonl, tracking URI, results, parent run id)."""
     from mlflow.tracking import MlflowClient
 
+    from harness import engine
     from harness.config import RunConfig, apply_overrides
-    from harness.engine import run_cell
     from harness.modeling import state_dict_bytes
     from harness.tracking import log_cell
 
@@ -78,7 +79,8 @@ def logged_cells(tmp_path_factory):
     for classifier, seed in (("softmax", 0), ("softmax", 1), ("query", 0)):
         cfg = apply_overrides(RunConfig(), _TINY_CELL + [f"model.classifier={classifier}", f"train.seed={seed}",
                                                     f"output_dir={folder / 'outputs'}"])
-        result, model = run_cell(cfg, log=lambda msg: None)
+        trained = engine.run(cfg)
+        result, model = trained.result, trained.model()
         results.append(result)
         weights.append(state_dict_bytes(model))
     jsonl = folder / "results.jsonl"

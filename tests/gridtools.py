@@ -1,13 +1,24 @@
-"""Helpers shared by the grid tests and the fault suite: tiny grid specs and MLflow checks."""
+"""Helpers shared by the tests: a tiny cell's overrides (``tiny_cell``), tiny grid specs and MLflow checks."""
 
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 import yaml
+from mlflow.tracking import MlflowClient
 
 from harness.config import config_hash
 from harness.results import read_results
-from harness.grid.lease import LEASE_TAG
+from harness.tracking.lease import LEASE_TAG
+
+
+def tiny_cell(iters: int | None = None, measure: bool = False) -> list[str]:
+    """The overrides of a tiny real cell: test_convnext, D=16, 32 px digits, data loaded in the
+    process; ``iters`` training steps (the config's default when None); measured at 32 px in 2
+    timed iterations when ``measure``, else not measured."""
+    cell = ["model.backbone=test_convnext", "model.embed_dim=16", "data.num_workers=0", "data.image_size=32"]
+    cell += [f"train.iters={iters}"] if iters is not None else []
+    return cell + (["measure.image_size=32", "measure.iters=2", "measure.warmup=1"] if measure
+                   else ["measure.enabled=false"])
+
 
 TINY = {
     "backbones": ["test_convnext"],

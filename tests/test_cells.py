@@ -7,11 +7,9 @@ import copy
 import pytest
 import yaml
 
-from harness.report import baseline, Cell, configurations
-from harness.check import check
+from harness.check import check, load_reference
 from harness.grid import comparison_table
-from harness.check import load_reference
-from harness.report import summarise
+from harness.report import Cell, baseline, configurations, summarise
 
 
 def _placed(result: dict, classifier: str, neck: str) -> dict:

@@ -6,6 +6,7 @@ import yaml
 
 from harness.cli import main
 
+
 def _reference(folder, expect, select=None):
     path = folder / "ref.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "source": "test", "cases": [

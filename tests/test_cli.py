@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -7,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-
-from harness.cli import main
 from PIL import Image
 
+from harness.cli import main
 from harness.data import register_sem_seg
 
 _FAST = ["--backbone", "test_convnext", "--image-size", "48", "--set", "model.embed_dim=32", "data.num_workers=0",
@@ -111,3 +111,20 @@ def test_console_script_lists_and_rejects(tmp_path):
     assert listed.returncode == 0 and {"query", "softmax"} <= set(listed.stdout.split())
     bad = subprocess.run([script, "run", "--classifier", "nope"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "unknown classifier 'nope'" in bad.stderr
+
+
+def test_messages_go_through_the_segheads_logger_and_quiet_keeps_warnings_only(folder_dataset, capsys, caplog):
+    image_root, gt_root = folder_dataset
+    for split in ("train", "val"):
+        register_sem_seg(f"cli_logged_{split}", image_root, gt_root, ["a", "b", "c"])
+    assert main(["validate-data", "cli_logged"]) == 0
+    captured = capsys.readouterr()
+    said = f"{image_root} + {gt_root}: 4 pairs, 0 problem(s)"
+    assert f"[segheads] {said}" in captured.err.splitlines() and captured.out == ""
+    assert ("segheads", logging.INFO, said) in caplog.record_tuples
+    assert main(["validate-data", "cli_logged", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    Image.fromarray(np.full((40, 48), 17, np.uint8)).save(gt_root / "img1.png")
+    assert main(["validate-data", "cli_logged", "-q"]) == 2  # bad files: bad input
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"[segheads] warning: label map {gt_root / 'img1.png'} has value 17; expected class ids in [0, 3) or the ignore label 255"

@@ -10,19 +10,18 @@ import time
 
 import ray
 import torch
+from gridtools import children, processes_titled, tiny_cell, write_spec
 
-from gridtools import children, processes_titled, write_spec
+from harness import engine
 from harness.config import RunConfig, apply_overrides, config_hash
-from harness.engine import LocalContext, WorkerContext
+from harness.engine import LocalContext, WorkerContext, seed_everything, train_cell
 from harness.engine.launch import launch
 from harness.grid import load_grid, run_grid
-from harness.engine import run_cell, seed_everything, train_cell
 from harness.modeling import build_segmentor, resolve_classifier
 
 _HEADS = ["softmax", "protoseg", "ssa", "ece"]
-_CELL = ["model.backbone=test_convnext", "model.embed_dim=16", "data.image_size=32", "data.batch_size=4",
-         "data.num_workers=0", "train.threads=1", "train.optimizer=sgd", "train.lr=0.01", "train.warmup_iters=2",
-         "measure.enabled=false"]
+_CELL = tiny_cell() + ["data.batch_size=4", "train.threads=1", "train.optimizer=sgd", "train.lr=0.01",
+                      "train.warmup_iters=2"]
 _CPU = torch.device("cpu")
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers run this file's functions
@@ -42,9 +41,9 @@ class _Named(WorkerContext):
         self.inner.report(metrics, folder, f"{self.prefix}_{name}" if name else None)
 
 
-def _every_head(out_dir, cfg, context, log):
+def _every_head(out_dir, cfg, context):
     for head in _HEADS:
-        _, model = train_cell(apply_overrides(cfg, [f"model.classifier={head}"]), _Named(context, head), log)
+        _, model = train_cell(apply_overrides(cfg, [f"model.classifier={head}"]), _Named(context, head))
         if context.rank == 0:
             torch.save(model.state_dict(), out_dir / f"{head}.pt")
 
@@ -75,15 +74,14 @@ def _initial_prototypes(cfg):
 
 def test_a_worker_killed_after_a_checkpoint_restarts_there_and_ends_with_the_uninterrupted_weights(ray_cluster,
                                                                                                   tmp_path):
-    """``segheads run --workers 2`` (``run_cell``): a worker SIGKILLed after Ray Train registered
+    """``segheads run --workers 2`` (``engine.run``): a worker SIGKILLed after Ray Train registered
     the cell's first checkpoint is restarted from it, and the cell ends with the parameters of
     an uninterrupted run (here one worker accumulating the two micro-batches)."""
     cfg = resolve_classifier(apply_overrides(RunConfig(), _CELL + [
         "model.classifier=protoseg", "train.iters=40", "train.log_period=10", "train.checkpoint_period=10"]))
     storage, box = tmp_path / "storage", {}
     registered = storage / config_hash(cfg) / "checkpoint_manager_snapshot.json"  # Ray Train's own record
-    cell = threading.Thread(target=lambda: box.update(out=run_cell(cfg, log=lambda m: None, workers=2,
-                                                                   storage=storage)))
+    cell = threading.Thread(target=lambda: box.update(out=engine.run(cfg, engine.CellResources(workers=2), storage)))
     cell.start()
     deadline, killed = time.time() + 180, None
     while time.time() < deadline and killed is None:
@@ -94,7 +92,7 @@ def test_a_worker_killed_after_a_checkpoint_restarts_there_and_ends_with_the_uni
         time.sleep(0.05)
     cell.join(timeout=600)
     assert killed is not None
-    result, restarted = box["out"]
+    result, restarted = box["out"].result, box["out"].model()
     assert result.environment["engine"]["resumed_at"] in (10, 20, 30)
     _, uninterrupted = train_cell(apply_overrides(cfg, ["train.accumulate=2"]), LocalContext(_CPU))
     for name, value in _learned(uninterrupted.state_dict()).items():
@@ -106,7 +104,7 @@ def test_a_grid_of_two_worker_cells_records_each_run_and_a_non_finite_loss_once(
     spec = load_grid(write_spec(tmp_path, "parallel", classifiers=["softmax", "query"], resources={"workers": 2},
                                 train={"iters": 20, "checkpoint_period": 10},
                                 classifier_overrides={"query": {"train": {"lr": 1.0e+30}}}))  # inf/NaN loss
-    outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
+    outcome = run_grid(spec, uri, results_path=results)
     by = {r.tags["classifier"]: r for r in outcome.results}
     finished, failed = by["softmax"], by["query"]
     assert finished.status == "FINISHED" and "latency/bs1/p50_ms" in finished.metrics

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from gridtools import tiny_cell
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -99,8 +100,7 @@ def test_a_dataset_registered_only_in_detectron2_runs_validates_and_grids_by_nam
     env = {**os.environ, "D2_INTEROP_ROOT": str(tmp_path / "data"), "SEGHEADS_DATASETS": "my_d2_datasets",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     segheads = [sys.executable, "-m", "harness"]
-    tiny = ["model.backbone=test_convnext", "model.embed_dim=16", "data.num_workers=0", "data.image_size=32",
-            "data.batch_size=2", "train.iters=3", "measure.enabled=false", f"output_dir={tmp_path / 'outputs'}"]
+    tiny = tiny_cell(iters=3) + ["data.batch_size=2", f"output_dir={tmp_path / 'outputs'}"]
 
     def run(*args):
         return subprocess.run([*segheads, *args], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)

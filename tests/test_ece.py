@@ -4,8 +4,14 @@ import torch.nn.functional as F
 
 from backbones import Features
 from classifiers import build_classifier
-from classifiers.ece import (ClassUpdater, FeatureReconstruction, GhostUpsample, SemanticsAttention, diversity_loss,
-                            pooling_sizes)
+from classifiers.ece import (
+    ClassUpdater,
+    FeatureReconstruction,
+    GhostUpsample,
+    SemanticsAttention,
+    diversity_loss,
+    pooling_sizes,
+)
 from harness.config import RunConfig, apply_overrides
 from harness.errors import InputError
 from harness.modeling import build_segmentor

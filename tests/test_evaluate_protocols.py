@@ -5,16 +5,15 @@ protocols of a cell logged under their own names."""
 import pytest
 import torch
 import torch.nn.functional as F
+from gridtools import tiny_cell
 
 from harness.config import EvalConfig, RunConfig, apply_overrides, from_dict
-from harness.engine import LocalContext
+from harness.engine import LocalContext, train_cell
 from harness.errors import InputError
 from harness.evaluation import predict_logits
-from harness.engine import train_cell
 from harness.modeling import build_segmentor
 
-_TINY = ["model.backbone=test_convnext", "model.embed_dim=16", "data.num_workers=0", "data.image_size=32",
-         "train.iters=2", "measure.enabled=false"]
+_TINY = tiny_cell(iters=2)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +124,7 @@ def test_protocol_settings_are_checked_with_the_key_named():
 
 def test_a_cells_extra_protocols_are_logged_under_their_own_names():
     cfg = apply_overrides(RunConfig(), _TINY + ["eval.short_side=64", "eval.extra={ms_flip: {scales: [0.75, 1.25], flip: true}}"])
-    result, _ = train_cell(cfg, LocalContext(torch.device("cpu")), log=lambda message: None)
+    result, _ = train_cell(cfg, LocalContext(torch.device("cpu")))
     metrics = result.metrics
     assert {"mIoU/ms_flip", "mACC/ms_flip", "pACC/ms_flip", "fwIoU/ms_flip"} <= set(metrics)
     assert 0 <= metrics["mIoU/ms_flip"] <= 100 and "IoU-1/ms_flip" not in metrics

@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+from gridtools import TINY, assert_finished_once, children, write_spec
 from mlflow.tracking import MlflowClient
 
-from gridtools import TINY, assert_finished_once, children, write_spec
-from harness.cli import main
 from classifiers.protoseg import ProtoSegClassifier
+from harness.cli import main
 from harness.config import config_hash, flatten, to_dict
 from harness.errors import InputError
 from harness.grid import expand, load_grid, run_grid
@@ -106,12 +106,18 @@ def test_cells_start_costliest_first_and_in_the_spec_s_order_when_a_cost_cannot_
     assert "no_such_option" in unordered
 
 
-def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_grid(ray_cluster, tmp_path):
+def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_grid(ray_cluster, tmp_path,
+                                                                                    monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = write_spec(tmp_path, "pack", classifiers=["softmax", "query", "protoseg", "ssa"],
                  train={"iters": 150}, resources={"cpus": 1, "gpus": 0.5},  # long enough to overlap
                  classifier_overrides={"protoseg": {"train": {"lr": 1.0e+30}}})
-    outcome = run_grid(load_grid(path), uri, results_path=tmp_path / "results.jsonl", log=lambda m: None)
+    elsewhere = tmp_path / "elsewhere"  # the grid is started from a folder of its own
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    outcome = run_grid(load_grid(path), uri, results_path=tmp_path / "results.jsonl")
+    assert list(elsewhere.iterdir()) == []  # weights and artifacts beside mlflow.db, nothing where it started
+    assert len(list((tmp_path / "mlartifacts" / "pack").glob("*/artifacts/weights.pt"))) == 3
     by_classifier = {r.tags["classifier"]: r for r in outcome.results}
     failed = by_classifier.pop("protoseg")
     assert failed.status == "FAILED" and "non-finite loss at iteration" in failed.error
@@ -146,13 +152,13 @@ def test_half_gpu_cells_pack_two_per_gpu_and_a_failing_cell_does_not_stop_the_gr
 def test_rerun_skips_finished_cells_and_adds_new_ones(ray_cluster, tmp_path):
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
     first = load_grid(write_spec(tmp_path, "grow", classifiers=["softmax"]))
-    assert run_grid(first, uri, results_path=results, log=lambda m: None).ran == 1
+    assert run_grid(first, uri, results_path=results).ran == 1
     grown = load_grid(write_spec(tmp_path, "grow", classifiers=["softmax", "query"]))
-    outcome = run_grid(grown, uri, results_path=results, log=lambda m: None)
+    outcome = run_grid(grown, uri, results_path=results)
     assert outcome.ran == 1 and [r.status for r in outcome.results] == ["FINISHED", "FINISHED"]
     assert_finished_once(uri, "grow", expand(grown), results)
     assert len(results.read_text().splitlines()) == 4  # each cell trained, then measured
-    assert run_grid(grown, uri, results_path=results, log=lambda m: None).ran == 0
+    assert run_grid(grown, uri, results_path=results).ran == 0
     assert len(results.read_text().splitlines()) == 4
     # the report of this real grid: one row per cell, the delta over softmax, plots
     assert main(["report", "--parent", outcome.parent_run_id, "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
@@ -174,7 +180,7 @@ def test_a_finished_cell_keeps_its_weights_and_predict_and_measure_use_them(ray_
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = load_grid(write_spec(tmp_path, "kept", classifiers=["protoseg"]))
-    outcome = run_grid(spec, uri, results_path=tmp_path / "results.jsonl", log=lambda m: None)
+    outcome = run_grid(spec, uri, results_path=tmp_path / "results.jsonl")
     [run], _ = children(uri, "kept")
     folder = tmp_path / "artifacts"
     state = torch.load(MlflowClient(uri).download_artifacts(run.info.run_id, "weights.pt", str(folder)), weights_only=True)
@@ -211,15 +217,14 @@ def test_a_head_grid_on_a_logged_trunk_trains_heads_only_on_shared_features(ray_
 
     uri, fixed = f"sqlite:///{tmp_path / 'mlflow.db'}", {"scale_range": [1, 1], "hflip_prob": 0, "color_jitter": 0}
     base = run_grid(load_grid(write_spec(tmp_path, "base", classifiers=["softmax"])), uri,
-                    results_path=tmp_path / "base" / "results.jsonl", log=lambda m: None)
+                    results_path=tmp_path / "base" / "results.jsonl")
     [base_run], _ = children(uri, "base")
     spec_path = write_spec(tmp_path, "heads", classifiers=["softmax", "protoseg"],
                            trunk={"run": "base/softmax@test_convnext-s0"},
                            data={**TINY["data"], **fixed})
     assert main(["grid", str(spec_path), "--dry-run", "--tracking-uri", uri]) == 0
     listed = capsys.readouterr().out
-    logs = []
-    outcome = run_grid(load_grid(spec_path), uri, results_path=tmp_path / "heads" / "results.jsonl", log=logs.append)
+    outcome = run_grid(load_grid(spec_path), uri, results_path=tmp_path / "heads" / "results.jsonl")
     assert [r.status for r in outcome.results] == ["FINISHED", "FINISHED"]
     digest = outcome.results[0].tags["trunk"]
     assert {r.tags["trunk"] for r in outcome.results} == {digest} and digest in listed
@@ -233,8 +238,7 @@ def test_a_head_grid_on_a_logged_trunk_trains_heads_only_on_shared_features(ray_
         assert all(torch.equal(v, trunk[k]) for k, v in model.state_dict().items()
                    if k.startswith(("backbone.", "neck.")))
     assert base.results[0].metrics["mIoU"] != outcome.results[0].metrics["mIoU"]  # the head was trained anew
-    assert run_grid(load_grid(spec_path), uri, results_path=tmp_path / "heads" / "results.jsonl",
-                    log=lambda m: None).ran == 0  # the pinned digest is the cells' identity
+    assert run_grid(load_grid(spec_path), uri, results_path=tmp_path / "heads" / "results.jsonl").ran == 0  # the pinned digest is the cells' identity
     assert main(["report", "--experiment", "heads", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     report = (tmp_path / "r" / "report.md").read_text()
     assert f"Trunk {digest} (frozen): protoseg@test_convnext, softmax@test_convnext" in report

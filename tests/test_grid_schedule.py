@@ -11,11 +11,11 @@ import sys
 import time
 
 import numpy as np
+from gridtools import TINY, children, processes_titled, write_spec
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from ray.cluster_utils import Cluster
 
-from gridtools import TINY, children, processes_titled, write_spec
 from harness.config import config_hash
 from harness.engine import checkpoint
 from harness.grid import expand, load_grid, run_grid
@@ -159,7 +159,7 @@ def test_a_cell_is_live_in_mlflow_and_a_killed_driver_loses_neither_its_rows_nor
     assert "weights.pt" in {a.path for a in client.list_artifacts(kept.info.run_id)}
     resumed_from = int(checkpoint.latest(storage / query).name.removeprefix(checkpoint.PREFIX))
 
-    outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
+    outcome = run_grid(spec, uri, results_path=results)
     assert outcome.ran_hashes == [query]  # softmax: measured, not trained again
     by_hash = {r.config_hash: r for r in outcome.results}
     assert by_hash[softmax].measurement is not None

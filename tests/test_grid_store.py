@@ -14,16 +14,14 @@ import time
 
 import pytest
 import yaml
+from gridtools import assert_finished_once, children, write_spec
 from mlflow.tracking import MlflowClient
 
-from gridtools import assert_finished_once, children, write_spec
 from harness.cli import main
 from harness.config import config_hash, flatten, to_dict
 from harness.grid import expand, load_grid, run_grid
 from harness.results import read_results
 from harness.tracking import read_artifact
-
-_QUIET = {"log": lambda message: None}
 
 
 def _reference(path, select, expect):
@@ -35,7 +33,7 @@ _WRITER = """
 import sys
 from harness.grid.store import GridStore
 from harness.results import CellResult
-store = GridStore("torn", None, sys.argv[1], tracking=False, log=print)
+store = GridStore("torn", None, sys.argv[1], tracking=False)
 line = CellResult("FINISHED", {}, "0" * 16, {}, per_image=["x" * 1000] * 250_000)
 print("writing", flush=True)
 store._append(line)
@@ -81,12 +79,12 @@ def test_a_line_torn_by_a_killed_writer_is_set_aside_and_the_file_stays_readable
 def test_new_measure_settings_re_measure_finished_cells_from_their_weights_without_retraining(ray_cluster, tmp_path):
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
     first = run_grid(load_grid(write_spec(tmp_path, "again", classifiers=["softmax", "protoseg"])), uri,
-                     results_path=results, **_QUIET)
+                     results_path=results)
     before = {r.data.tags["config_hash"]: r for r in children(uri, "again")[0]}
     measure = {"image_size": 32, "iters": 2, "warmup": 1, "batch_sizes": [1, 2]}
     spec = load_grid(write_spec(tmp_path, "again", classifiers=["softmax", "protoseg"], measure=measure))
     assert [config_hash(c) for c in expand(spec)] == first.ran_hashes  # measurement is not the cell's identity
-    outcome = run_grid(spec, uri, results_path=results, **_QUIET)
+    outcome = run_grid(spec, uri, results_path=results)
     assert outcome.ran == 0  # cells retrained: none
     assert_finished_once(uri, "again", expand(spec))  # results.jsonl: a newer line per cell, checked below
     after = {r.data.tags["config_hash"]: r for r in children(uri, "again")[0]}
@@ -101,7 +99,7 @@ def test_new_measure_settings_re_measure_finished_cells_from_their_weights_witho
         line = lines[digest]
         assert line.measurement["settings"]["batch_sizes"] == [1, 2] and "latency/bs2/p50_ms" in line.metrics
         assert line.metrics["train/seconds"] == before[digest].data.metrics["train/seconds"]
-    assert run_grid(spec, uri, results_path=results, **_QUIET).ran == 0
+    assert run_grid(spec, uri, results_path=results).ran == 0
     assert len(results.read_text().splitlines()) == 6  # two trained, measured, measured again; nothing more
 
 
@@ -137,17 +135,17 @@ def test_cells_logged_with_the_old_hash_are_recognised_after_the_upgrade(ray_clu
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
     spec = load_grid(write_spec(tmp_path, "upgrade", classifiers=["softmax", "query"]))
     cells = expand(spec)
-    run_grid(spec, uri, results_path=results, **_QUIET)
+    run_grid(spec, uri, results_path=results)
     legacy = _as_main_wrote_it(uri, "upgrade", results, cells)
     assert all(old != new for new, old in legacy.items())
-    assert run_grid(spec, uri, results_path=results, **_QUIET).ran == 0  # no cell re-runs after the upgrade
+    assert run_grid(spec, uri, results_path=results).ran == 0  # no cell re-runs after the upgrade
     assert_finished_once(uri, "upgrade", cells)
     assert sorted(read_results(results)) == sorted(legacy)  # main's lines, read under today's hash
     for run in children(uri, "upgrade")[0]:
         assert run.data.tags["config_hash_v1"] == legacy[run.data.tags["config_hash"]]
     _as_main_wrote_it(uri, "upgrade", results, cells)
     results.unlink()  # lines rebuilt from the runs' cell_result.json, written with main's hash
-    assert run_grid(spec, uri, results_path=results, **_QUIET).ran == 0
+    assert run_grid(spec, uri, results_path=results).ran == 0
     assert sorted(read_results(results)) == sorted(legacy)
 
 
@@ -155,7 +153,7 @@ def test_a_changed_setting_is_a_new_configuration_never_a_seed(ray_cluster, tmp_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for lr in (0.01, 0.02):
         spec = load_grid(write_spec(tmp_path, "lr", classifiers=["softmax", "query"], train={"iters": 20, "lr": lr}))
-        run_grid(spec, uri, results_path=tmp_path / "results.jsonl", **_QUIET)
+        run_grid(spec, uri, results_path=tmp_path / "results.jsonl")
     runs = {(r.data.tags["classifier"], r.data.params["train.lr"]): r.data.metrics["mIoU"] for r in children(uri, "lr")[0]}
     assert main(["report", "--experiment", "lr", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     rows = {r["configuration"]: r for r in csv.DictReader(open(tmp_path / "r" / "results.csv"))}

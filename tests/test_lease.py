@@ -1,4 +1,4 @@
-"""The one-driver-per-grid lease (``harness.grid.lease``) on a real MLflow SQLite store and a real
+"""The one-driver-per-grid lease (``harness.tracking.lease``) on a real MLflow SQLite store and a real
 lock file: a live holder is named and refused, a dead or silent one is taken over."""
 
 import json
@@ -11,11 +11,11 @@ import time
 import pytest
 
 from harness.grid.store import GridStore
-from harness.grid.lease import EXPIRY_SECONDS, LEASE_TAG, FileLease, GridBusy
+from harness.tracking.lease import EXPIRY_SECONDS, LEASE_TAG, FileLease, GridBusy
 
 
 def _store(tmp_path, name="leased"):
-    return GridStore(name, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl", log=lambda m: None)
+    return GridStore(name, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl")
 
 
 def _foreign_lease(store, **tags):
@@ -23,11 +23,11 @@ def _foreign_lease(store, **tags):
     now = time.time()
     base = {LEASE_TAG: store.name, "state": "held", "host": "gpu-node-7", "pid": "4242", "started": f"{now - 60:.3f}",
             "heartbeat": f"{now:.3f}"}
-    return store.client.create_run(store.experiment_id, tags={**base, **tags}).info.run_id
+    return store.tracking.client.create_run(store.tracking.experiment_id, tags={**base, **tags}).info.run_id
 
 
 def _live_leases(store):
-    return store.client.search_runs([store.experiment_id], f"tags.`{LEASE_TAG}` = '{store.name}'")
+    return store.tracking.client.search_runs([store.tracking.experiment_id], f"tags.`{LEASE_TAG}` = '{store.name}'")
 
 
 def test_a_live_driver_on_another_host_is_named_and_the_second_is_refused(tmp_path):
@@ -58,7 +58,7 @@ def test_a_silent_or_dead_driver_s_lease_expires_and_the_next_driver_takes_over(
 
 def test_without_tracking_the_lock_file_refuses_a_second_driver_until_the_first_ends(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from harness.grid.lease import FileLease\n"
+        "import sys, time; from pathlib import Path; from harness.tracking.lease import FileLease\n"
         f"lease = FileLease(Path({str(tmp_path / 'results.jsonl')!r}), 'offline'); lease.acquire(); "
         "print('held', flush=True); "
         "time.sleep(60)")], stdout=subprocess.PIPE, text=True)

@@ -8,15 +8,20 @@ import torch
 from torch import nn
 
 from classifiers import list_classifiers
+from harness.check import load_reference
 from harness.cli import main
 from harness.config import MeasureConfig, RunConfig, apply_overrides
 from harness.data import label_space
 from harness.errors import InputError
 from harness.measure import (
-    count_flops, count_parameters, machine_matmul_gflops, measure_latency, measure_model, pinned_threads,
+    count_flops,
+    count_parameters,
+    machine_matmul_gflops,
+    measure_latency,
+    measure_model,
+    pinned_threads,
     training_flops,
 )
-from harness.check import load_reference
 from harness.modeling import build_segmentor
 
 REFERENCES = Path(__file__).resolve().parents[1] / "jobs" / "reference"

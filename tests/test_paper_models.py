@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.check import load_reference
 from harness.config import RunConfig, apply_overrides
 from harness.measure import count_flops, count_parameters
-from harness.check import load_reference
 from harness.modeling import build_segmentor
 
 _PAPERS = Path(__file__).resolve().parents[1] / "jobs" / "reference" / "papers"

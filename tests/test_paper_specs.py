@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.grid import expand, load_grid
 from harness.check import load_reference
+from harness.cli import main
 from harness.engine import cell_tags
+from harness.grid import expand, load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 _SPECS = sorted((ROOT / "jobs" / "papers").glob("*.yaml"))
@@ -75,9 +75,8 @@ def test_paper_param_groups_name_parameters_of_their_models(spec):
 
     import torch
 
+    from harness.modeling import INITIAL_WEIGHTS, build_segmentor, without_checkpoint
     from harness.solver import build_optimizer
-    from harness.modeling import INITIAL_WEIGHTS, without_checkpoint
-    from harness.modeling import build_segmentor
 
     seen = set()
     for cfg in expand(load_grid(spec)):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import threading
 
 import numpy as np
@@ -12,8 +13,13 @@ from backbones import build_backbone
 from harness.config import RunConfig, apply_overrides
 from harness.data.digits import digit_pools, make_digit_crop
 from harness.errors import InputError
-from harness.modeling import ensure_digits_backbone, resolve_backbone_kwargs, uncached_builtin_weights
-from harness.modeling import build_segmentor, load_segmentor
+from harness.modeling import (
+    build_segmentor,
+    ensure_digits_backbone,
+    load_segmentor,
+    resolve_backbone_kwargs,
+    uncached_builtin_weights,
+)
 
 _STEPS = 40
 
@@ -43,22 +49,22 @@ def test_digit_crop_draws_one_digit_of_its_class_from_the_pool():
     assert label == 7
 
 
-def test_weights_are_made_once_loaded_by_the_backbone_and_leave_the_global_rng_alone(cache):
-    logs = []
+def test_weights_are_made_once_loaded_by_the_backbone_and_leave_the_global_rng_alone(cache, caplog):
+    caplog.set_level(logging.INFO, logger="segheads")
     assert uncached_builtin_weights("test_resnet", {"checkpoint": "w.pt"}) is None
     waiting = uncached_builtin_weights("test_resnet", {"checkpoint": "builtin:digits"})
     assert waiting is not None and waiting.parent == cache / "pretrained" and not waiting.exists()
     rng_before = torch.random.get_rng_state()
-    path = ensure_digits_backbone("test_resnet", {}, steps=_STEPS, log=logs.append)
+    path = ensure_digits_backbone("test_resnet", {}, steps=_STEPS)
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # a cell seeded before builds the same model
     assert path.is_file() and path.parent == cache / "pretrained"
     record = json.loads(path.with_suffix(".json").read_text())
     assert record["steps"] == _STEPS and 0.0 <= record["accuracy"] <= 1.0
-    assert sum("pretraining test_resnet" in line for line in logs) == 1
+    assert sum("pretraining test_resnet" in line for line in caplog.messages) == 1
 
     stamp = path.stat().st_mtime_ns
-    assert ensure_digits_backbone("test_resnet", {}, steps=_STEPS, log=logs.append) == path
-    assert path.stat().st_mtime_ns == stamp and sum("pretraining" in line for line in logs) == 1
+    assert ensure_digits_backbone("test_resnet", {}, steps=_STEPS) == path
+    assert path.stat().st_mtime_ns == stamp and sum("pretraining" in line for line in caplog.messages) == 1
 
     state = torch.load(path, weights_only=True)
     fresh = build_backbone("test_resnet")
@@ -70,21 +76,22 @@ def test_weights_are_made_once_loaded_by_the_backbone_and_leave_the_global_rng_a
 
 
 def test_other_backbone_kwargs_get_their_own_weights(cache):
-    plain = ensure_digits_backbone("test_resnet", {}, steps=_STEPS, log=lambda _: None)
-    dropped = ensure_digits_backbone("test_resnet", {"drop_rate": 0.2}, steps=_STEPS, log=lambda _: None)
+    plain = ensure_digits_backbone("test_resnet", {}, steps=_STEPS)
+    dropped = ensure_digits_backbone("test_resnet", {"drop_rate": 0.2}, steps=_STEPS)
     assert plain != dropped and plain.is_file() and dropped.is_file()
 
 
-def test_concurrent_cells_pretrain_once(cache):
-    logs, paths = [], []
+def test_concurrent_cells_pretrain_once(cache, caplog):
+    caplog.set_level(logging.INFO, logger="segheads")
+    paths = []
     workers = [threading.Thread(target=lambda: paths.append(
-        ensure_digits_backbone("test_resnet", {}, steps=_STEPS, log=logs.append))) for _ in range(2)]
+        ensure_digits_backbone("test_resnet", {}, steps=_STEPS))) for _ in range(2)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
     assert len(paths) == 2 and paths[0] == paths[1]
-    assert sum("pretraining" in line for line in logs) == 1
+    assert sum("pretraining" in line for line in caplog.messages) == 1
     path = paths[0]  # the weights, their record and the lock; no staging file left
     assert sorted(p.name for p in (cache / "pretrained").iterdir()) == sorted(
         path.with_suffix(suffix).name for suffix in (".json", ".lock", ".pt"))

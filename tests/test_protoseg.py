@@ -1,12 +1,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_protoseg import algorithm1, per_class_cluster_and_update
 
 from backbones import Features
 from classifiers import build_classifier, resolve_classifier_kwargs
 from classifiers.protoseg import ProtoSegClassifier, class_sinkhorn, momentum_update, sinkhorn
 from harness.errors import InputError
-from reference_protoseg import algorithm1, per_class_cluster_and_update
 
 
 def test_sinkhorn_equals_algorithm1_transposed():

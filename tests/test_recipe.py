@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from harness.config import RunConfig, TrainConfig, apply_overrides
-from harness.solver import build_optimizer, build_scheduler
 from harness.errors import InputError
 from harness.modeling import build_segmentor
+from harness.solver import build_optimizer, build_scheduler
 
 _TINY = ["model.backbone=test_convnext", "model.embed_dim=64", "model.neck=upernet", "data.num_workers=0"]
 

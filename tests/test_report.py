@@ -182,8 +182,7 @@ def test_predictions_panel_shows_the_same_seeded_images_for_every_head(logged_ce
 
     from PIL import Image
 
-    from harness.report import configurations
-    from harness.report import prediction_panels, read_cells
+    from harness.report import configurations, prediction_panels, read_cells
 
     _, _, uri, _, _ = logged_cells
     _, cells = read_cells(experiment="checked", tracking_uri=uri, per_image=True)

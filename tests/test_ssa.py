@@ -4,8 +4,14 @@ import torch.nn.functional as F
 
 from backbones import Features
 from classifiers import build_classifier, resolve_classifier_kwargs
-from classifiers.ssa import (SSAClassifier, _dice, _relations, _response_distillation, _spatial_distillation,
-                            boundary_mask)
+from classifiers.ssa import (
+    SSAClassifier,
+    _dice,
+    _relations,
+    _response_distillation,
+    _spatial_distillation,
+    boundary_mask,
+)
 from harness.errors import InputError
 
 

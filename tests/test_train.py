@@ -10,11 +10,19 @@ from torch.overrides import TorchFunctionMode
 from classifiers import ClassifierOutput, PixelClassifier, register_classifier
 from harness.config import RunConfig, TrainConfig, apply_overrides
 from harness.data import AugmentConfig, DatasetCatalog, SemSegMapper, build_train_loader
-from harness.engine import checkpoint, LocalContext, MetricsHook, NonFiniteLossError, Trainer
-from harness.solver import lr_at
+from harness.engine import (
+    LocalContext,
+    MetricsHook,
+    NonFiniteLossError,
+    Trainer,
+    checkpoint,
+    resolve_sync_bn,
+    seed_everything,
+    train_cell,
+)
 from harness.errors import InputError
-from harness.engine import resolve_sync_bn, seed_everything, train_cell
 from harness.modeling import build_segmentor
+from harness.solver import lr_at
 
 _TINY = ["model.backbone=test_convnext", "model.embed_dim=32", "data.image_size=48", "train.warmup_iters=5",
          "data.num_workers=0", "measure.enabled=false", "train.threads=2"]

@@ -2,11 +2,14 @@
 frozen through training, features computed once and read by every head; the heads' diagnostics."""
 
 import dataclasses
+import logging
 
 import pytest
 import torch
+from gridtools import tiny_cell
 
 from classifiers.protoseg import ProtoSegClassifier
+from harness import engine
 from harness.config import RunConfig, TrunkConfig, apply_overrides, config_hash
 from harness.data import (
     AugmentConfig,
@@ -16,15 +19,14 @@ from harness.data import (
     build_test_loader,
     build_train_loader,
 )
-from harness.engine import attach_trunk, feature_batches, read_trunk, run_cell, trunk_digest, trunk_features
+from harness.engine import attach_trunk, feature_batches, read_trunk, trunk_digest, trunk_features
 from harness.errors import InputError
 from harness.evaluation import diagnose, split_diagnostics
 from harness.modeling import build_segmentor, state_dict_bytes
 from harness.report import Cell, collapsed_classes, write_report
 from harness.tracking import resolve_trunk
 
-TINY = ["model.backbone=test_convnext", "model.embed_dim=16", "data.num_workers=0", "data.image_size=32",
-        "train.iters=6", "measure.enabled=false", "train.threads=1"]
+TINY = tiny_cell(iters=6) + ["train.threads=1"]
 FIXED = ["data.scale_range=[1,1]", "data.hflip_prob=0", "data.color_jitter=0"]
 
 
@@ -32,7 +34,7 @@ FIXED = ["data.scale_range=[1,1]", "data.hflip_prob=0", "data.color_jitter=0"]
 def trunk_file(tmp_path_factory):
     """A trained tiny softmax cell's weights.pt (the trunk) and its state dict."""
     folder = tmp_path_factory.mktemp("trunk")
-    _, model = run_cell(apply_overrides(RunConfig(), TINY + ["model.classifier=softmax"]), log=lambda m: None)
+    model = engine.run(apply_overrides(RunConfig(), TINY + ["model.classifier=softmax"])).model()
     path = folder / "weights.pt"
     path.write_bytes(state_dict_bytes(model))
     return path, model.state_dict()
@@ -42,13 +44,14 @@ def _trunk_entries(state):
     return {k: v for k, v in state.items() if k.startswith(("backbone.", "neck."))}
 
 
-def test_a_frozen_trunk_stays_the_trunk_and_every_head_reads_its_features_once(trunk_file, tmp_path):
+def test_a_frozen_trunk_stays_the_trunk_and_every_head_reads_its_features_once(trunk_file, tmp_path, caplog):
     path, trunk = trunk_file
-    logs = []
+    caplog.set_level(logging.INFO, logger="segheads")
     results = {}
     for classifier in ("protoseg", "ssa"):
         cfg = apply_overrides(RunConfig(), TINY + FIXED + [f"model.classifier={classifier}", f"trunk.checkpoint={path}"])
-        result, model = run_cell(cfg, storage=tmp_path / "runs", log=logs.append)
+        trained = engine.run(cfg, storage=tmp_path / "runs")
+        result, model = trained.result, trained.model()
         results[classifier] = result
         state = model.state_dict()
         # every backbone and neck tensor, BatchNorm statistics included, is the trunk's after training
@@ -58,7 +61,7 @@ def test_a_frozen_trunk_stays_the_trunk_and_every_head_reads_its_features_once(t
         assert result.tags["trunk"] == str(path)
     cache = list((tmp_path / "runs" / "trunk-features").glob("*.pt"))
     assert len(cache) == 1  # one file for both heads
-    said = [m for m in logs if "features of" in m]
+    said = [m for m in caplog.messages if "features of" in m]
     assert "computed, cached at" in said[0] and "read from" in said[1]
     assert results["protoseg"].tags["trunk"] == results["ssa"].tags["trunk"]
 
@@ -134,7 +137,8 @@ def test_a_collapsed_protoseg_head_is_flagged_by_its_usage_diagnostic(trunk_file
     path, _ = trunk_file
     cfg = apply_overrides(RunConfig(), TINY + FIXED + ["model.classifier=protoseg", f"trunk.checkpoint={path}",
                                                       "model.classifier_kwargs={num_prototypes: 4}"])
-    result, model = run_cell(cfg, log=lambda m: None)
+    trained = engine.run(cfg)
+    result, model = trained.result, trained.model()
     usage = result.diagnostics["prototype_usage"]
     assert len(usage) == 11 and len(usage[0]) == 4
     present = [c for c, row in enumerate(usage) if row[0] == row[0]]  # NaN rows: classes the images lack

@@ -7,9 +7,8 @@ import torch
 
 from backbones import build_backbone
 from harness.config import RunConfig, apply_overrides
-from harness.engine import LocalContext
+from harness.engine import LocalContext, train_cell
 from harness.errors import InputError
-from harness.engine import train_cell
 
 # segheads name -> (timm model whose state dict is the checkpoint, kwargs of both)
 _TIMM = {"resnet101_os8": ("resnet101c", {}), "hrnetv2_w48": ("hrnet_w48", {})}
@@ -107,14 +106,14 @@ def test_a_cells_params_say_what_its_weights_load_did(tmp_path, monkeypatch):
     cfg = apply_overrides(RunConfig(), ["model.backbone=resnet18", "model.backbone_kwargs={checkpoint: 'weights:resnet18_in1k.pth'}",
                                         "model.embed_dim=16", "data.num_workers=0", "data.image_size=32",
                                         "train.iters=1", "measure.enabled=false"])
-    result, model = train_cell(cfg, LocalContext(torch.device("cpu")), log=lambda message: None)
+    result, model = train_cell(cfg, LocalContext(torch.device("cpu")))
     engine = result.environment["engine"]
     assert engine["backbone_weights"] == str(tmp_path / "store" / "resnet18_in1k.pth")
     assert engine["backbone_weights_loaded"] == str(len(model.backbone.body.state_dict()))
     assert engine["backbone_weights_missing"] == "0" and engine["backbone_weights_unexpected"] == "2"  # fc.weight, fc.bias
     monkeypatch.setenv("SEGHEADS_WEIGHTS", str(tmp_path / "elsewhere"))
     with pytest.raises(InputError, match=r"elsewhere/resnet18_in1k.pth not found"):
-        train_cell(cfg, LocalContext(torch.device("cpu")), log=lambda message: None)
+        train_cell(cfg, LocalContext(torch.device("cpu")))
 
 
 def _as_mmseg_mit(hub: dict) -> dict:

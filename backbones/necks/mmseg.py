@@ -31,7 +31,7 @@ neck             structure                                                 strid
 ================ ========================================================= ======= =========
 
 ``AUXILIARY`` says whether a neck's models train with MMSegmentation's auxiliary FCN head
-(``harness.model.AuxiliaryFCNHead``) by default, as the papers' configs do;
+(``harness.modeling.segmentor.AuxiliaryFCNHead``) by default, as the papers' configs do;
 ``model.neck_kwargs.auxiliary`` overrides it. The auxiliary head is training-only: it
 never runs at inference, and its parameters are counted apart (``params/auxiliary``,
 inside ``params/training_only``). ``Features.pyramid`` holds the decoder's own D-wide

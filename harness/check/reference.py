@@ -31,7 +31,6 @@ import yaml
 from harness.config import read_yaml
 from harness.errors import InputError
 
-
 _BOUNDS = ("<=", ">=")
 
 

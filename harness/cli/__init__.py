@@ -9,7 +9,9 @@ packages' public functions.
 - ``listing``: ``list``.
 
 A command's module (and with it torch, Ray or MLflow) is imported only when that command runs.
-Exit status: 0 success, 1 runtime failure, 2 bad input (one-line message on stderr).
+Exit status: 0 success, 1 runtime failure, 2 bad input (one-line message on stderr). Every command
+logs through the ``segheads`` logger to stderr (``harness.logs``; ``--quiet``, ``-v``); stdout
+holds a command's own output.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 
 from harness.cli.parser import build_parser
 from harness.errors import InputError
+from harness.logs import configure as configure_logging
 
 _COMMANDS = {  # command -> (module of harness.cli, function)
     "run": ("cell", "run"), "measure": ("cell", "measure"), "predict": ("cell", "predict"),
@@ -30,13 +33,9 @@ _COMMANDS = {  # command -> (module of harness.cli, function)
 }
 
 
-def stderr(message: str) -> None:
-    """How commands log: one line on stderr (stdout holds a command's own output)."""
-    print(message, file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(-1 if args.quiet else args.verbose)  # the segheads logger to stderr (harness.logs)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per result, not bars
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is segheads' own output
     module, function = _COMMANDS[args.command]

@@ -6,15 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.cli import stderr
+from harness import engine
+from harness import metric_keys as keys
 from harness.cli.parser import MEASURE_FLAGS, RUN_FLAGS
 from harness.config import RunConfig, apply_overrides
 from harness.data import label_space
-from harness.engine import default_storage, resolve_device, run_cell
 from harness.errors import InputError
 from harness.evaluation import dataset_sources, folder_sources, write_predictions
+from harness.logs import logger
 from harness.measure import format_measurement, measure_model
-from harness.modeling import build_segmentor, state_dict_bytes
+from harness.modeling import build_segmentor
 from harness.tracking import TRUNKS, load_run, log_cell, logged_measure_threads, resolve_tracking_uri, resolve_trunk
 
 
@@ -30,19 +31,20 @@ def run(args: argparse.Namespace) -> int:
     _check_json(args.json)
     if args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected >= 1")
-    storage = args.storage or default_storage(cfg)
+    storage = args.storage or engine.default_storage(cfg)
     if cfg.trunk.enabled:  # its weights as a file the workers read, pinned by digest
         cfg.trunk = resolve_trunk(cfg.trunk, cfg.tracking_uri, None if "://" in str(storage) else Path(storage) / TRUNKS)
-    result, model = run_cell(cfg, resume=args.resume, log=stderr, workers=args.workers, storage=storage)
+    trained = engine.run(cfg, engine.CellResources(workers=args.workers), storage, resume=args.resume)
+    result = trained.result
     if args.json is not None:
         args.json.write_text(result.to_json())
     if not args.no_tracking:
-        run_id = log_cell(result, cfg.tracking_uri, cfg.experiment, weights=state_dict_bytes(model))
-        stderr(f"[segheads] logged MLflow run {run_id} to {cfg.tracking_uri} (experiment {cfg.experiment!r})")
+        run_id = log_cell(result, cfg.tracking_uri, cfg.experiment, weights=trained.weights())
+        logger.info(f"logged MLflow run {run_id} to {cfg.tracking_uri} (experiment {cfg.experiment!r})")
     m = result.metrics
     print(f"{'classifier':<12}{'backbone':<24}{'mIoU':>8}{'fwIoU':>8}{'mACC':>8}{'pACC':>8}{'head params':>13}")
     print(f"{cfg.model.classifier:<12}{cfg.model.backbone:<24}{m['mIoU']:>8.2f}{m['fwIoU']:>8.2f}"
-          f"{m['mACC']:>8.2f}{m['pACC']:>8.2f}{m['params/head']:>13,}")
+          f"{m['mACC']:>8.2f}{m['pACC']:>8.2f}{m[keys.params('head')]:>13,}")
     return 0
 
 
@@ -65,7 +67,7 @@ def measure(args: argparse.Namespace) -> int:
             raise InputError(f"--num-classes {args.num_classes}: expected >= 1")
         num_classes, threads = args.num_classes, cfg.train.threads
         model = build_segmentor(cfg, num_classes, 255)
-    device = resolve_device(cfg.device)
+    device = engine.resolve_device(cfg.device)
     metrics, record = measure_model(model.to(device), cfg.measure, device, threads)
     if args.json is not None:
         args.json.write_text(json.dumps({"model": {"backbone": cfg.model.backbone, "neck": cfg.model.neck,
@@ -86,6 +88,6 @@ def predict(args: argparse.Namespace) -> int:
     else:
         sources = dataset_sources(args.dataset, len(classes), ignore, args.limit)
     written = write_predictions(model, classes, sources, args.out, cfg.eval)
-    stderr(f"[segheads] {len(sources)} predictions of {cfg.model.classifier}@{cfg.model.backbone} "
-           f"(run {args.run}) in {args.out}, legend {written[-1]}")
+    logger.info(f"{len(sources)} predictions of {cfg.model.classifier}@{cfg.model.backbone} "
+                f"(run {args.run}) in {args.out}, legend {written[-1]}")
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.cli import stderr
 from harness.data.validate import validate_registered
 from harness.errors import InputError
 from harness.grid import GridStore, comparison_table, dry_run, load_grid, overhead, run_grid
@@ -20,12 +19,12 @@ def grid(args: argparse.Namespace) -> int:
         print(dry_run(spec, args.tracking_uri))
         return 0
     if args.validate_data:
-        problems = [p for dataset in spec.datasets for p in validate_registered(dataset, log=stderr)]
+        problems = [p for dataset in spec.datasets for p in validate_registered(dataset)]
         if problems:
             raise InputError(f"{len(problems)} bad file(s) in the grid's datasets (listed above); "
                              "fix them or drop them from the dataset")
     outcome = run_grid(spec, args.tracking_uri, args.address, args.max_concurrent, args.results,
-                       log=stderr, tracking=not args.no_tracking, storage=args.storage)
+                       tracking=not args.no_tracking, storage=args.storage)
     print(comparison_table(outcome.results))
     cost = overhead(outcome)
     if cost:
@@ -51,14 +50,14 @@ def import_results(args: argparse.Namespace) -> int:
     if args.experiment is None and len(names) != 1:
         raise InputError(f"{args.results}: lines name experiments {names}; pass --experiment")
     name = args.experiment or names[0]
-    store = GridStore(name, args.tracking_uri, args.results, log=stderr)
+    store = GridStore(name, args.tracking_uri, args.results)
     lease = store.lease()
     lease.acquire()  # like a driver: the repair marks RUNNING cells KILLED, so no driver may be running them
     try:
         store.sync()
     finally:
         lease.release()
-    if store.offline:
-        raise InputError(f"tracking store {store.tracking_uri} failed while importing ({store.offline})")
+    if not store.online:
+        raise InputError(f"tracking store {store.tracking_uri} failed while importing ({store.offline_reason})")
     print(f"imported {store.imported} of {len(lines)} cell result(s) into experiment {name!r} at {store.tracking_uri}")
     return 0

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train, evaluate and log one classifier x backbone cell")
-    run.add_argument("--backbone", help="timm model name or registered encoder (default resnet18)")
+    run.add_argument("--backbone", help="timm model name or registered encoder (default resnet10t)")
     run.add_argument("--classifier", help="registered classifier head (default softmax)")
     run.add_argument("--dataset", help="dataset with <name>_train/<name>_val registered (default digits_sem_seg)")
     run.add_argument("--neck", help="neck: mlp (default) or fpn")
@@ -153,4 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--pattern", help="shell-style filter, e.g. 'resnet*'")
     listing.add_argument("--details", action="store_true",
                          help="backbones: build each match (pretrained=False) and show its channels and strides")
+    for command in commands.choices.values():  # the log's level, on every command
+        loudness = command.add_mutually_exclusive_group()
+        loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+        loudness.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages too")
     return parser

@@ -11,6 +11,7 @@ from typing import Any
 from harness.config.parse import flatten, to_dict
 from harness.config.run import EvalConfig, PhotometricConfig, RunConfig
 
+
 # Settings that change where or how fast a cell runs, not what it computes.
 # Keys added after cells were logged, with the value they had implicitly: left out of the hash
 # at that value, so those cells keep theirs.

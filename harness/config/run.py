@@ -154,7 +154,7 @@ class MeasureConfig:
 
 @dataclass
 class EvalConfig:
-    """How each validation image is predicted (``harness.evaluate.predict_logits``; MMSegmentation's
+    """How each validation image is predicted (``harness.evaluation.predict_logits``; MMSegmentation's
     test protocols). The image is resized so its short side is ``short_side`` (``null``: native
     size), capped so its long side stays within ``max_long_side`` (MMSeg's ``Resize(scale=(2048,
     512), keep_ratio=True)`` is short_side 512, max_long_side 2048); then, for each factor of
@@ -185,7 +185,7 @@ class EvalConfig:
                 raise InputError(f"{section}.extra.{name}: expected a mapping of {section} keys (no nested extra)")
             self.protocol(name)
 
-    def protocol(self, name: str) -> "EvalConfig":
+    def protocol(self, name: str) -> EvalConfig:
         """The ``extra`` protocol ``name``: its keys over this protocol's."""
         base = {k: v for k, v in to_dict(self).items() if k != "extra"}
         return from_dict(EvalConfig, {**base, **self.extra[name]}, f"eval.extra.{name}")

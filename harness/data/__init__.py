@@ -1,8 +1,8 @@
 """Data in detectron2's dataset-dict format: catalogs, built-in datasets, the mapper with MMSegmentation's
 training transforms (``transforms``), loaders."""
 
-from harness.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
 from harness.data.builtin import register_sem_seg
+from harness.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
 from harness.data.loader import DataParallelLayout, StepSampler, build_test_loader, build_train_loader, split_batch
 from harness.data.mapper import AugmentConfig, SemSegMapper
 from harness.data.sem_seg import load_sem_seg

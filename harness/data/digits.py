@@ -92,7 +92,7 @@ def make_scene(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray], si
 def make_digit_crop(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray], size: int) -> tuple[np.ndarray, int]:
     """One (image uint8 [size, size, 3], digit class) pair: a single digit drawn like a
     scene's (same background, colours and side range relative to the scenes' 48 px) at a
-    random place, for classification pretraining (``harness.pretrain``)."""
+    random place, for classification pretraining (``harness.modeling.pretrain``)."""
     image, base = _background(rng, size)
     samples, targets = pool
     side = int(rng.integers(size * 3 // 8, size * 11 // 16 + 1))

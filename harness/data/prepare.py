@@ -27,6 +27,7 @@ from PIL import Image
 from harness.data.builtin import datasets_root
 from harness.data.classes import CITYSCAPES_ID_TO_TRAIN_ID, COCO_STUFF_171, PASCAL_CONTEXT_59
 from harness.errors import InputError
+from harness.logs import logger
 
 _IGNORE = 255
 
@@ -65,10 +66,10 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _build(output: Path, jobs: list[tuple], work: Callable, log) -> int:
+def _build(output: Path, jobs: list[tuple], work: Callable) -> int:
     """Run ``work(*job, folder)`` for every job into a temporary folder renamed to ``output`` at the end."""
     if output.exists():
-        log(f"[segheads] {output} exists; left as it is (delete it to prepare again)")
+        logger.info(f"{output} exists; left as it is (delete it to prepare again)")
         return 0
     if not jobs:
         raise InputError(f"nothing to convert for {output}: the input folders hold no files")
@@ -77,21 +78,21 @@ def _build(output: Path, jobs: list[tuple], work: Callable, log) -> int:
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(lambda job: work(*job, partial), jobs))
     partial.rename(output)
-    log(f"[segheads] wrote {len(jobs)} file(s) to {output}")
+    logger.info(f"wrote {len(jobs)} file(s) to {output}")
     return len(jobs)
 
 
-def _ade20k(root: Path, log) -> int:
+def _ade20k(root: Path) -> int:
     base = _require(root / "ADEChallengeData2016" / "annotations", "ADE20K's ADEChallengeData2016/annotations")
     jobs = [(path, path.relative_to(base)) for path in sorted(base.rglob("*.png"))]
 
     def shift(source: Path, relative: Path, folder: Path) -> None:
         _save_label(_read_label(source).astype(np.int16) - 1 & 0xFF, folder / relative)  # 0 -> 255, k -> k-1
 
-    return _build(base.parent / "annotations_detectron2", jobs, shift, log)
+    return _build(base.parent / "annotations_detectron2", jobs, shift)
 
 
-def _cityscapes(root: Path, log) -> int:
+def _cityscapes(root: Path) -> int:
     base = _require(root / "cityscapes" / "gtFine", "Cityscapes' gtFine folder")
     table, written = _lookup(CITYSCAPES_ID_TO_TRAIN_ID), 0
     for source in sorted(base.rglob("*_gtFine_labelIds.png")):
@@ -101,11 +102,11 @@ def _cityscapes(root: Path, log) -> int:
             _save_label(table[_read_label(source)], partial)
             partial.rename(target)
             written += 1
-    log(f"[segheads] wrote {written} *_gtFine_labelTrainIds.png file(s) under {base}")
+    logger.info(f"wrote {written} *_gtFine_labelTrainIds.png file(s) under {base}")
     return written
 
 
-def _coco_stuff_164k(root: Path, log) -> int:
+def _coco_stuff_164k(root: Path) -> int:
     base = _require(root / "coco" / "stuffthingmaps_trainval2017", "COCO-Stuff's stuffthingmaps_trainval2017")
     table = _lookup({coco_id - 1: index for coco_id, index in _COCO_TO_CONTIGUOUS.items()})
     jobs = [(path, path.relative_to(base)) for path in sorted(base.rglob("*.png"))]
@@ -113,11 +114,11 @@ def _coco_stuff_164k(root: Path, log) -> int:
     def convert(source: Path, relative: Path, folder: Path) -> None:
         _save_label(table[_read_label(source)], folder / relative)
 
-    return _build(base.parent / "stuffthingmaps_detectron2", jobs, convert, log)
+    return _build(base.parent / "stuffthingmaps_detectron2", jobs, convert)
 
 
 def _images_and_mat_labels(splits: list[tuple[Path, str]], images: Path, mats: Path, mat_key: str,
-                           table: np.ndarray, image_out: Path, label_out: Path, log) -> int:
+                           table: np.ndarray, image_out: Path, label_out: Path) -> int:
     """For each (image list, output subfolder): link ``images/<stem>.jpg`` under ``image_out``
     and write ``table[<stem>.mat[mat_key]]`` as ``label_out/<subfolder>/<stem>.png``."""
     from scipy.io import loadmat
@@ -131,19 +132,19 @@ def _images_and_mat_labels(splits: list[tuple[Path, str]], images: Path, mats: P
     def write_label(source: Path, relative: Path, folder: Path) -> None:
         _save_label(table[loadmat(source)[mat_key]], folder / relative)
 
-    written = _build(image_out, image_jobs, lambda source, relative, folder: _link(source, folder / relative), log)
-    return written + _build(label_out, label_jobs, write_label, log)
+    written = _build(image_out, image_jobs, lambda source, relative, folder: _link(source, folder / relative))
+    return written + _build(label_out, label_jobs, write_label)
 
 
-def _coco_stuff_10k(root: Path, log) -> int:
+def _coco_stuff_10k(root: Path) -> int:
     base = _require(root / "coco" / "coco_stuff_10k", "COCO-Stuff-10k (cocostuff-10k-v1.1) unpacked in coco/coco_stuff_10k")
     table = _lookup({coco_id: index for coco_id, index in _COCO_TO_CONTIGUOUS.items()})
     splits = [(base / "imageLists" / f"{split}.txt", split) for split in ("train", "test")]
     return _images_and_mat_labels(splits, base / "images", base / "annotations", "S", table,
-                                  base / "images_detectron2", base / "annotations_detectron2", log)
+                                  base / "images_detectron2", base / "annotations_detectron2")
 
 
-def _pascal_context_59(root: Path, log) -> int:
+def _pascal_context_59(root: Path) -> int:
     voc = _require(root / "VOCdevkit" / "VOC2010", "PASCAL VOC 2010 (VOCdevkit/VOC2010)")
     context = _require(root / "pascal_context", "PASCAL-Context's trainval/*.mat and labels.txt in pascal_context")
     names = {}
@@ -159,7 +160,7 @@ def _pascal_context_59(root: Path, log) -> int:
                                                                                            ("val", "validation"))]
     out = root / "pascal_ctx_d2"
     return _images_and_mat_labels(splits, voc / "JPEGImages", context / "trainval", "LabelMap", table,
-                                  out / "images", out / "annotations_ctx59", log)
+                                  out / "images", out / "annotations_ctx59")
 
 
 PREPARERS: dict[str, Callable[[Path, Callable], int]] = {
@@ -168,8 +169,8 @@ PREPARERS: dict[str, Callable[[Path, Callable], int]] = {
 }
 
 
-def prepare(name: str, root: str | Path | None = None, log=print) -> int:
+def prepare(name: str, root: str | Path | None = None) -> int:
     """Convert dataset ``name`` under ``root`` (default ``$DETECTRON2_DATASETS``); files written."""
     if name not in PREPARERS:
         raise InputError(f"prepare-data: unknown dataset {name!r}; expected one of: {', '.join(PREPARERS)}")
-    return PREPARERS[name](Path(root) if root is not None else datasets_root(), log)
+    return PREPARERS[name](Path(root) if root is not None else datasets_root())

@@ -16,6 +16,7 @@ from harness.data.catalog import DatasetCatalog, MetadataCatalog
 from harness.data.sem_seg import pair_files, read_image_array, read_label_array, size_mismatch
 from harness.data.splits import dataset_splits
 from harness.errors import InputError
+from harness.logs import logger
 
 _PROGRESS_EVERY = 1000
 
@@ -34,9 +35,9 @@ def _check_pair(image_path: str, label_path: str, num_classes: int, ignore_label
     return problems + ([mismatch] if mismatch else [])
 
 
-def validate_records(records: list[dict], num_classes: int, ignore_label: int, log=print) -> list[str]:
+def validate_records(records: list[dict], num_classes: int, ignore_label: int) -> list[str]:
     """Every problem of detectron2-style dataset dicts (``file_name``, ``sem_seg_file_name``),
-    one message per problem naming the file; logs a line per 1,000 pairs and a summary."""
+    one message per problem naming the file (each also logged as a warning); logs a line per 1,000 pairs."""
     problems: list[str] = []
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
@@ -44,26 +45,26 @@ def validate_records(records: list[dict], num_classes: int, ignore_label: int, l
                           records)
         for done, found in enumerate(checks, 1):
             for problem in found:
-                log(problem)
+                logger.warning(problem)
             problems += found
             if done % _PROGRESS_EVERY == 0:
-                log(f"[segheads] checked {done}/{len(records)} pairs, {len(problems)} problem(s) so far")
+                logger.info(f"checked {done}/{len(records)} pairs, {len(problems)} problem(s) so far")
     return problems
 
 
 def validate_folders(image_root: str | Path, gt_root: str | Path, num_classes: int, ignore_label: int = 255,
-                     image_suffix: str | None = None, gt_suffix: str = ".png", log=print) -> list[str]:
+                     image_suffix: str | None = None, gt_suffix: str = ".png") -> list[str]:
     """Every problem of a folder pair: unpaired files, then each pair's (``validate_records``)."""
     pairs, unpaired = pair_files(gt_root, image_root, gt_suffix, image_suffix)
     for problem in unpaired:
-        log(problem)
+        logger.warning(problem)
     records = [{"file_name": str(image), "sem_seg_file_name": str(label)} for image, label in pairs]
-    problems = unpaired + validate_records(records, num_classes, ignore_label, log)
-    log(f"[segheads] {image_root} + {gt_root}: {len(pairs)} pairs, {len(problems)} problem(s)")
+    problems = unpaired + validate_records(records, num_classes, ignore_label)
+    logger.info(f"{image_root} + {gt_root}: {len(pairs)} pairs, {len(problems)} problem(s)")
     return problems
 
 
-def validate_registered(name: str, log=print) -> list[str]:
+def validate_registered(name: str) -> list[str]:
     """Every problem of a registered split, or of both splits of a dataset (``<name>_train``, ``<name>_val``)."""
 
 
@@ -74,10 +75,10 @@ def validate_registered(name: str, log=print) -> list[str]:
         num_classes, ignore = len(meta.stuff_classes), meta.get("ignore_label", 255)
         if meta.get("image_root") and meta.get("sem_seg_root"):
             problems += validate_folders(meta.image_root, meta.sem_seg_root, num_classes, ignore,
-                                         meta.get("image_suffix"), meta.get("gt_suffix", ".png"), log)
+                                         meta.get("image_suffix"), meta.get("gt_suffix", ".png"))
             continue
         records = DatasetCatalog.get(split)
-        found = validate_records(records, num_classes, ignore, log)
-        log(f"[segheads] {split}: {len(records)} pairs, {len(found)} problem(s)")
+        found = validate_records(records, num_classes, ignore)
+        logger.info(f"{split}: {len(records)} pairs, {len(found)} problem(s)")
         problems += found
     return problems

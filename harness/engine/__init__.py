@@ -1,8 +1,11 @@
 """The training engine: one trainer with hooks, the same in one process and in each Ray Train worker.
 
-- ``cell.py``: ``train_cell`` (one cell on one worker: build, resume, train, evaluate on rank 0, final
-  checkpoint with the ``CellResult``), ``run_cell`` (one process, or a Ray Train run for several
-  workers), ``add_measurement``, ``cell_tags``, ``resolve_device``.
+- ``run.py``: ``run`` (the one way to run a cell: in this process or as a Ray Train run, what a
+  failure means, starting over; ``segheads run`` and a grid's trial call it) with
+  ``CellResources``, ``Reporter`` and its ``TrainedCell``; ``trained_cell`` (a cell's final
+  checkpoint under a storage), ``measure_cell``, ``failed_result``.
+- ``cell.py``: ``train_cell`` (one cell on one worker: build, resume, train, evaluate on rank 0,
+  assemble the ``CellResult``, final checkpoint with it), ``cell_tags``, ``resolve_device``.
 - ``Trainer`` (``trainer.py``): the loop (forward, backward, optimiser step over ``train.accumulate``
   micro-batches under ``Precision``, ``harness.solver``'s optimiser and schedule) and ``HookBase``.
 - ``hooks.py``: ``MetricsHook`` (every ``train.log_period``), ``CheckpointHook``
@@ -14,23 +17,32 @@
   (``trunk_features``, ``feature_batches``).
 - ``context.py``: ``WorkerContext`` (rank, device, DDP, report, resume) and ``LocalContext``.
 - ``launch.py``: ``launch`` (a cell as a Ray Train ``TorchTrainer`` run), ``RayTrainContext``,
-  ``init_ray``, ``ray_session``, ``memory_cap``; the one module of the engine that imports Ray, when called.
+  ``init_ray``, ``ray_session``, ``memory_cap``, ``resolve_storage``, ``needs_ray_train``; the one module
+  of the engine that imports Ray, when called.
 """
 
 from harness.engine.cell import (
-    add_measurement,
     cell_tags,
     default_storage,
     resolve_device,
     resolve_sync_bn,
-    run_cell,
     seed_everything,
     train_cell,
 )
 from harness.engine.context import LocalContext, WorkerContext
 from harness.engine.features import TrunkFeatures, feature_batches, trunk_features
 from harness.engine.hooks import CheckpointHook, EvalHook, MetricsHook
+from harness.engine.launch import CellFailed, init_ray, launch, memory_cap, needs_ray_train, resolve_storage
 from harness.engine.precision import Precision
+from harness.engine.run import (
+    CellResources,
+    Reporter,
+    TrainedCell,
+    failed_result,
+    measure_cell,
+    run,
+    trained_cell,
+)
 from harness.engine.trainer import (
     HookBase,
     NonFiniteLossError,
@@ -41,6 +53,8 @@ from harness.engine.trainer import (
 from harness.engine.trunk import attach_trunk, read_trunk, trunk_digest, trunk_file, trunk_state
 
 __all__ = [
+    "CellFailed",
+    "CellResources",
     "CheckpointHook",
     "EvalHook",
     "HookBase",
@@ -48,22 +62,31 @@ __all__ = [
     "MetricsHook",
     "NonFiniteLossError",
     "Precision",
+    "Reporter",
     "TrainResult",
+    "TrainedCell",
     "Trainer",
     "TrainingOutOfMemoryError",
     "TrunkFeatures",
     "WorkerContext",
-    "add_measurement",
     "attach_trunk",
     "cell_tags",
     "default_storage",
+    "failed_result",
     "feature_batches",
+    "init_ray",
+    "launch",
+    "measure_cell",
+    "memory_cap",
+    "needs_ray_train",
     "read_trunk",
     "resolve_device",
+    "resolve_storage",
     "resolve_sync_bn",
-    "run_cell",
+    "run",
     "seed_everything",
     "train_cell",
+    "trained_cell",
     "trunk_digest",
     "trunk_features",
     "trunk_file",

@@ -1,17 +1,19 @@
-"""One cell, end to end, on one worker or as a Ray Train run: dataset -> ``Segmentor`` -> train ->
-evaluate -> (measure) -> ``CellResult``."""
+"""One cell on one worker (``train_cell``, the function every worker runs): build -> train ->
+evaluate -> assemble its ``CellResult``; and the small policies it shares with ``run``
+(``resolve_device``, ``resolve_sync_bn``, ``seed_everything``, ``cell_tags``, ``default_storage``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness import metric_keys as keys
 from harness.config import EvalConfig, RunConfig, config_hash, to_dict
 from harness.data import (
     AugmentConfig,
@@ -26,16 +28,17 @@ from harness.data import (
     split_batch,
 )
 from harness.engine import checkpoint
-from harness.engine.context import LocalContext, WorkerContext
+from harness.engine.context import WorkerContext
 from harness.engine.features import cache_key, feature_batches, trunk_features
 from harness.engine.hooks import CheckpointHook, EvalHook, MetricsHook, save
-from harness.engine.launch import RESULT_FILE, launch, needs_ray_train, ray_session, read_cell
-from harness.engine.trainer import Trainer
+from harness.engine.launch import RESULT_FILE
+from harness.engine.trainer import Trainer, TrainResult
 from harness.engine.trunk import attach_trunk, read_trunk
 from harness.errors import InputError
 from harness.evaluation import SUMMARY_METRICS, SemSegEvaluator, diagnose, evaluate, split_diagnostics
-from harness.measure import check_settings, count_parameters, fingerprint, measure_model
-from harness.modeling import Segmentor, build_segmentor, load_segmentor, resolve_classifier
+from harness.logs import logger, progress_logger
+from harness.measure import check_settings, count_parameters, fingerprint
+from harness.modeling import Segmentor, build_segmentor, resolve_classifier
 from harness.results import FINISHED, CellResult
 
 
@@ -81,36 +84,62 @@ def default_storage(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / cfg.experiment / "checkpoints"
 
 
-def run_cell(cfg: RunConfig, resume: bool = False, log=print, workers: int = 1,
-             storage: str | Path | None = None, retries: int = 3) -> tuple[CellResult, Segmentor]:
-    """Train, evaluate and (``measure.enabled``) measure one cell: (its ``CellResult``, the trained model). One worker trains in this process (checkpoints under
-    ``storage``/<config_hash> when given; ``resume`` continues from the newest); ``workers`` > 1,
-    or a URI ``storage``, is a Ray Train run under ``storage`` (local Ray on loopback unless one
-    is running) that restarts lost workers ``retries`` times and resumes by itself."""
-    if needs_ray_train(workers, storage):
-        threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)  # each worker's share of the cores
-        resolved = resolve_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads)))
-        split_batch(cfg.data.batch_size, workers, cfg.train.accumulate)
-        with ray_session(None):
-            result, weights = read_cell(launch(train_cell, resolved, workers, storage or default_storage(cfg),
-                                               cpus=threads, retries=retries))
-        model, device = load_segmentor(resolved, weights), resolve_device(cfg.device)
-        model.to(device)
-    else:
-        device = resolve_device(cfg.device)
-        run_dir = Path(storage) / config_hash(resolve_classifier(cfg)) if storage is not None else None
-        result, model = train_cell(cfg, LocalContext(device, run_dir, resume), log)
-    if cfg.measure.enabled:
-        add_measurement(result, model, cfg, device, cfg.train.threads, log)
-    return result, model
+@dataclass
+class _Cell:
+    """What one worker builds for a cell before it trains (``_build``): its resolved config, label
+    space, records, the model and the ``Trainer`` (batches included, resumed when ``resumed``)."""
+
+    cfg: RunConfig
+    classes: list[str]
+    ignore: int
+    train_records: list[dict]
+    val_records: list[dict]
+    model: Segmentor
+    trainer: Trainer
+    layout: DataParallelLayout
+    sync_bn: bool
+    resumed: bool
+    features: str | None  # a frozen trunk's features: "cached" (computed once) or "live"; None otherwise
+
+    def validate(self, evaluator: SemSegEvaluator | None = None, protocol: EvalConfig | None = None) -> dict[str, float]:
+        """The model on the validation split under ``protocol`` (the cell's own by default)."""
+        return evaluate(self.model, self.val_loader(), evaluator or self.evaluator(), self.trainer.device,
+                        protocol or self.cfg.eval)
+
+    def val_loader(self):
+        d = self.cfg.data
+        return build_test_loader(self.val_records, SemSegMapper(len(self.classes), self.ignore), d.eval_batch_size,
+                                 d.num_workers)
+
+    def evaluator(self) -> SemSegEvaluator:
+        return SemSegEvaluator(len(self.classes), self.ignore, self.classes)
 
 
-def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellResult | None, Segmentor]:
+def train_cell(cfg: RunConfig, context: WorkerContext) -> tuple[CellResult | None, Segmentor]:
     """The engine's work for one cell on one worker: build the model (SyncBN per
-    ``model.sync_bn``, DDP through ``context``), resume from ``context``'s checkpoint, train this
-    worker's share of each step with the hooks, then on rank 0 evaluate and write the final
-    checkpoint with the CellResult. Returns (rank 0's CellResult, None elsewhere; the trained model)."""
-    cfg = resolve_classifier(cfg)
+    ``model.sync_bn``, DDP through ``context``) and its trainer (resumed from ``context``'s
+    checkpoint), train this worker's share of each step with the hooks, then on rank 0 evaluate
+    and assemble the CellResult, and write the final checkpoint with it. Returns (rank 0's
+    CellResult, None elsewhere; the trained model)."""
+    cell = _build(resolve_classifier(cfg), context)
+    t = cell.cfg.train
+    cell.trainer.register_hooks([MetricsHook(context, t.log_period), CheckpointHook(context, t.checkpoint_period),
+                                 EvalHook(context, t.eval_period, cell.validate)])
+    _log_start(cell, context)
+    trained = cell.trainer.train()
+    losses = [row for row in trained.history if keys.TOTAL_LOSS in row]
+    for row in losses[:: max(1, len(losses) // 10)] + losses[-1:]:
+        progress_logger.info(f"  iter {row['iteration']:>6}  loss {row[keys.TOTAL_LOSS]:.4f}  lr {row['lr']:.2e}")
+    result = _assemble(cell, trained, context.world_size, *_evaluate(cell)) if context.rank == 0 else None
+    if context.keeps_checkpoints:
+        save(context, cell.trainer, {"iteration": cell.trainer.iteration, "finished": True},
+             lambda folder: (folder / RESULT_FILE).write_text(result.to_json() if result else "null"))
+    return result, cell.model
+
+
+def _build(cfg: RunConfig, context: WorkerContext) -> _Cell:
+    """Data, seeds, model (trunk attached, SyncBN), the checkpoint to resume from and the
+    ``Trainer`` with its batches (a frozen trunk's cached features, or the loader) from there."""
     splits = dataset_splits(cfg.data.dataset)
     if cfg.measure.enabled:
         check_settings(cfg.measure)  # before training, not after
@@ -122,8 +151,6 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellR
     sync_bn = resolve_sync_bn(cfg.model.sync_bn, context.world_size, device)
     torch.set_num_threads(t.threads or os.cpu_count() or 1)
     seed_everything(t.seed)  # every worker builds the same initial model
-    digest = config_hash(cfg)
-
     train_records = DatasetCatalog.get(splits["train"])
     val_records = DatasetCatalog.get(splits["val"])
     model = build_segmentor(cfg, len(classes), ignore)
@@ -132,89 +159,78 @@ def train_cell(cfg: RunConfig, context: WorkerContext, log=print) -> tuple[CellR
     model.to(device)
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    trainer = Trainer(model, None, t, device, module=context.wrap(model), micro_index=layout.micro_index,
-                      micro_batches=context.world_size * t.accumulate)
     resumed = context.resume_folder()
-    if resumed is not None:
-        trainer.load_state_dict(checkpoint.read(resumed, context.rank))
+    state = checkpoint.read(resumed, context.rank) if resumed is not None else None
+    start = state["iteration"] if state is not None else 0
     mapper = SemSegMapper(len(classes), ignore, AugmentConfig.from_config(d, meta.get("allow_hflip", True)))
-    cached = cfg.trunk.frozen and all(mapper.is_fixed(record) for record in train_records)
-    if cached:  # the trunk's input never changes: its features are computed once and every step reads them
+    features = None
+    if cfg.trunk.frozen:
+        features = "cached" if all(mapper.is_fixed(record) for record in train_records) else "live"
+    if features == "cached":  # the trunk's input never changes: its features are computed once and every step reads them
         began = time.perf_counter()
-        features, source = trunk_features(model, train_records, mapper, device, d.eval_batch_size,
-                                          context.cache_folder, cache_key(cfg, train_records))
-        log(f"[segheads] {cfg.trunk.describe()}: features of {len(features)} training images "
-            f"({features.nbytes() / 2**20:.0f} MiB) {source} in {time.perf_counter() - began:.1f} s")
-        trainer.batches = feature_batches(features, t.seed, layout, trainer.iteration)
+        cache, source = trunk_features(model, train_records, mapper, device, d.eval_batch_size,
+                                       context.cache_folder, cache_key(cfg, train_records))
+        logger.info("%s: features of %d training images (%.0f MiB) %s in %.1f s", cfg.trunk.describe(), len(cache),
+                    cache.nbytes() / 2**20, source, time.perf_counter() - began)
+        batches = feature_batches(cache, t.seed, layout, start)
     else:
-        trainer.batches = build_train_loader(train_records, mapper, d.batch_size, d.num_workers, t.seed, layout,
-                                             trainer.iteration, device.type == "cuda")
+        batches = build_train_loader(train_records, mapper, d.batch_size, d.num_workers, t.seed, layout, start,
+                                     device.type == "cuda")
+    trainer = Trainer(model, batches, t, device, module=context.wrap(model), micro_index=layout.micro_index,
+                      micro_batches=context.world_size * t.accumulate, state=state)
+    return _Cell(cfg, classes, ignore, train_records, val_records, model, trainer, layout, sync_bn,
+                 resumed is not None, features)
 
-    def val_loader():
-        return build_test_loader(val_records, SemSegMapper(len(classes), ignore), d.eval_batch_size, d.num_workers)
 
-    def validate(evaluator: SemSegEvaluator | None = None, protocol: EvalConfig = cfg.eval) -> dict[str, float]:
-        return evaluate(model, val_loader(), evaluator or SemSegEvaluator(len(classes), ignore, classes), device, protocol)
+def _log_start(cell: _Cell, context: WorkerContext) -> None:
+    cfg, t = cell.cfg, cell.cfg.train
+    logger.info(f"{cfg.model.classifier} on {cfg.model.backbone}/{cfg.model.neck}, {cfg.data.dataset} "
+                f"({len(cell.train_records)} train / {len(cell.val_records)} val), {t.iters} iters on "
+                f"{context.device}" + (f" x {context.world_size} workers" if context.world_size > 1 else "")
+                + (f", resumed at iteration {cell.trainer.iteration}" if cell.resumed else "")
+                + f"; evaluated {cfg.eval.describe_all()}" + (f"; {cfg.trunk.describe()}" if cfg.trunk.enabled else ""))
 
-    trainer.register_hooks([MetricsHook(context, t.log_period), CheckpointHook(context, t.checkpoint_period),
-                            EvalHook(context, t.eval_period, validate)])
-    log(f"[segheads] {cfg.model.classifier} on {cfg.model.backbone}/{cfg.model.neck}, {cfg.data.dataset} "
-        f"({len(train_records)} train / {len(val_records)} val), {t.iters} iters on {device}"
-        + (f" x {context.world_size} workers" if context.world_size > 1 else "")
-        + (f", resumed at iteration {trainer.iteration}" if resumed is not None else "")
-        + f"; evaluated {cfg.eval.describe_all()}" + (f"; {cfg.trunk.describe()}" if cfg.trunk.enabled else ""))
-    trained = trainer.train()
-    losses = [row for row in trained.history if "loss/total" in row]
-    for row in losses[:: max(1, len(losses) // 10)] + losses[-1:]:
-        log(f"  iter {row['iteration']:>6}  loss {row['loss/total']:.4f}  lr {row['lr']:.2e}")
 
-    result = None
-    if context.rank == 0:
-        began = time.perf_counter()
-        evaluator = SemSegEvaluator(len(classes), ignore, classes)
-        evaluation = validate(evaluator)
-        for name in cfg.eval.extra:  # further protocols (multi-scale + flip): summary metrics under their name
-            summary = validate(protocol=cfg.eval.protocol(name))
-            evaluation.update({f"{key}/{name}": summary[key] for key in SUMMARY_METRICS})
-        diagnostics, arrays = split_diagnostics(diagnose(model, val_loader(), device))
-        metrics = {
-            **evaluation, **diagnostics, **count_parameters(model),
-            "train/seconds": trained.seconds,
-            "train/iters_per_second": trained.iterations / max(trained.seconds, 1e-9),
-            "eval/seconds": time.perf_counter() - began,
-        }
-        if losses:
-            metrics.update({k: v for k, v in losses[-1].items() if k.startswith("loss/")})
-        result = CellResult(
-            FINISHED, to_dict(cfg), digest, cell_tags(cfg, digest), metrics,
-            per_class={"class": classes, "IoU": [evaluation[f"IoU-{c}"] for c in classes],
-                       "ACC": [evaluation[f"ACC-{c}"] for c in classes]},
-            history=trained.history,
-            per_image=evaluator.per_image_counts(), diagnostics=arrays or None,
-            environment={**fingerprint(device), "engine": {
-                "workers": context.world_size, "accumulate": t.accumulate, "micro_batch": layout.micro_batch,
-                "precision": t.precision, "sync_bn": sync_bn, "resumed_at": trainer.start_iteration,
-                **({"trunk_features": "cached" if cached else "live"} if cfg.trunk.frozen else {}),
-                **_weights_params(model)}})
-    if context.keeps_checkpoints:
-        save(context, trainer, {"iteration": trainer.iteration, "finished": True},
-             lambda folder: (folder / RESULT_FILE).write_text(result.to_json() if result else "null"))
-    return result, model
+def _evaluate(cell: _Cell) -> tuple[dict[str, float], SemSegEvaluator, dict, dict | None, float]:
+    """Rank 0 after training: the cell's protocol (its per-image counts in the evaluator), each
+    further protocol's summary metrics under ``<metric>/<protocol>``, the head's diagnostics.
+    Returns (evaluation, evaluator, diagnostic scalars, diagnostic arrays, seconds)."""
+    began = time.perf_counter()
+    evaluator = cell.evaluator()
+    evaluation = cell.validate(evaluator)
+    for name in cell.cfg.eval.extra:  # further protocols (multi-scale + flip): summary metrics under their name
+        summary = cell.validate(protocol=cell.cfg.eval.protocol(name))
+        evaluation.update({keys.protocol_metric(key, name): summary[key] for key in SUMMARY_METRICS})
+    diagnostics, arrays = split_diagnostics(diagnose(cell.model, cell.val_loader(), cell.trainer.device))
+    return evaluation, evaluator, diagnostics, arrays, time.perf_counter() - began
+
+
+def _assemble(cell: _Cell, trained: TrainResult, workers: int, evaluation: dict[str, float],
+              evaluator: SemSegEvaluator, diagnostics: dict, arrays: dict | None, eval_seconds: float) -> CellResult:
+    """The cell's ``CellResult``, built once: metrics (evaluation, diagnostics, parameters, timings,
+    the last row's losses), per-class scores, history, per-image counts, environment."""
+    cfg, t, classes = cell.cfg, cell.cfg.train, cell.classes
+    losses = [row for row in trained.history if keys.TOTAL_LOSS in row]
+    metrics = {
+        **evaluation, **diagnostics, **count_parameters(cell.model),
+        keys.TRAIN_SECONDS: trained.seconds,
+        keys.TRAIN_SPEED: trained.iterations / max(trained.seconds, 1e-9),
+        keys.EVAL_SECONDS: eval_seconds,
+        **({k: v for k, v in losses[-1].items() if keys.is_loss(k)} if losses else {}),
+    }
+    digest = config_hash(cfg)
+    engine = {"workers": workers, "accumulate": t.accumulate, "micro_batch": cell.layout.micro_batch,
+              "precision": t.precision, "sync_bn": cell.sync_bn, "resumed_at": cell.trainer.start_iteration,
+              **({"trunk_features": cell.features} if cell.features else {}), **_weights_params(cell.model)}
+    return CellResult(
+        FINISHED, to_dict(cfg), digest, cell_tags(cfg, digest), metrics,
+        per_class={"class": classes, "IoU": [evaluation[keys.class_iou(c)] for c in classes],
+                   "ACC": [evaluation[keys.class_accuracy(c)] for c in classes]},
+        history=trained.history, per_image=evaluator.per_image_counts(), diagnostics=arrays or None,
+        environment={**fingerprint(cell.trainer.device), "engine": engine})
 
 
 def _weights_params(model: Segmentor) -> dict[str, str]:
     """What loading the backbone's first weights did (``backbones.weights.WeightsReport``), as engine params."""
     report = getattr(model.backbone, "weights", None)
     return report.params() if report is not None else {}
-
-
-def add_measurement(result: CellResult, model: Segmentor, cfg: RunConfig, device: torch.device, threads: int,
-                    log=print) -> None:
-    """Measure ``model``'s cost with ``cfg.measure`` on ``threads`` threads (0: all cores) and add it
-    to ``result`` (metrics and ``measurement``)."""
-    began = time.perf_counter()
-    measured, result.measurement = measure_model(model, cfg.measure, device, threads)
-    result.metrics.update(measured)
-    batch = result.measurement["measured_batch_sizes"][0]
-    log(f"[segheads] measured at {cfg.measure.image_size}px in {time.perf_counter() - began:.1f} s: "
-        f"{measured['gflops/total']:.2f} GFLOPs, p50 {measured[f'latency/bs{batch}/p50_ms']:.1f} ms at batch {batch}")

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import torch
 
+from harness import metric_keys as keys
 from harness.engine import checkpoint
 from harness.engine.context import WorkerContext, staging_folder
 from harness.engine.trainer import HookBase, NonFiniteLossError
-
 
 REPORT_INTERVAL_S = 2.0  # Ray Train V2's controller poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, default 2 s)
 
@@ -61,12 +61,12 @@ class MetricsHook(HookBase):
             raise NonFiniteLossError(first + bad, dict(zip(names, losses[bad].tolist())))
         means = losses.mean(dim=0).tolist()
         row = {"iteration": trainer.iteration, "lr": trainer.optimizer.param_groups[0]["lr"],
-               **{f"loss/{k}": v for k, v in zip(names, means)}, "loss/total": sum(means)}
+               **{keys.loss(k): v for k, v in zip(names, means)}, keys.TOTAL_LOSS: sum(means)}
         trainer.history.append(row)
         speed = steps / max(now - self._row_time, 1e-9)
         self._row_time = now
-        self._unreported.append({**row, "time/iters_per_second": speed,
-                                 "time/eta_seconds": (trainer.cfg.iters - trainer.iteration) / speed})
+        self._unreported.append({**row, keys.ROW_SPEED: speed,
+                                 keys.ROW_ETA: (trainer.cfg.iters - trainer.iteration) / speed})
         if report:
             self.context.report({"iteration": trainer.iteration, "rows": self._unreported})
             self._unreported, self._reported = [], time.monotonic()
@@ -109,7 +109,7 @@ class EvalHook(HookBase):
             return
         metrics = {}
         if self.context.rank == 0:
-            metrics = {f"val/{k}": v for k, v in self.evaluate().items()}
+            metrics = {keys.periodic(k): v for k, v in self.evaluate().items()}
             trainer.model.train()
         rows = trainer.history
         if rows and rows[-1]["iteration"] == trainer.iteration:

@@ -5,8 +5,9 @@ each worker, through ``TorchTrainer``; one process calls it directly instead).
 ``storage``: Ray Train starts the workers (``ScalingConfig``, gloo on CPU, nccl on CUDA), its
 ``FailureConfig(max_failures=retries)`` restarts them from the latest reported checkpoint after a
 lost worker, and a later launch of the same cell under the same storage resumes the run there.
-``fn(cfg, context, log)`` is the worker function (``harness.run.train_cell``); rank 0's CellResult
-travels in the run's final checkpoint with the trained weights (``read_cell``).
+``fn(cfg, context)`` is the worker function (``harness.engine.cell.train_cell``); rank 0's CellResult
+travels in the run's final checkpoint with the trained weights (``read_cell``). ``harness.engine.run``
+decides when a cell is a Ray Train run.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def _worker(config: dict) -> None:
     context.cache_folder = Path(config["cache_folder"]) if config["cache_folder"] else None
     try:
         with memory_cap(config["memory_gb"]):
-            config["fn"](cfg, context, lambda message: None)
+            config["fn"](cfg, context)
     except CELL_ERRORS as exc:
         iteration = getattr(exc, "iteration", None)
         folder = staging_folder()

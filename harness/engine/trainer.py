@@ -85,11 +85,13 @@ class Trainer:
     A batch is ``{"image", "sem_seg"}`` (and ``"image_size"``, each image's size before padding,
     ``Segmentor.normalise``) or, on a frozen trunk's cached features, ``{"features", "sem_seg"}``. ``module`` is what runs the forward (``model`` or its DDP wrapper); ``micro_index(a)`` is
     the global index of this worker's ``a``-th micro-batch (``DataParallelLayout.micro_index``),
-    ``micro_batches`` their number per step over all workers.
+    ``micro_batches`` their number per step over all workers. ``state`` (a checkpoint's
+    ``state_dict()``) resumes training where it was written; ``batches`` must then start there.
     """
 
     def __init__(self, model: nn.Module, batches: Iterator[dict], cfg: TrainConfig, device: torch.device,
-                 module: nn.Module | None = None, micro_index=lambda a: a, micro_batches: int | None = None) -> None:
+                 module: nn.Module | None = None, micro_index=lambda a: a, micro_batches: int | None = None,
+                 state: dict | None = None) -> None:
         self.model, self.module, self.batches, self.cfg, self.device = model, module or model, batches, cfg, device
         self.micro_index, self.micro_batches = micro_index, micro_batches or cfg.accumulate
         self.optimizer = build_optimizer(model, cfg)
@@ -101,6 +103,8 @@ class Trainer:
         self.loss_names: list[str] = []
         self.step_losses: torch.Tensor | None = None
         self._hooks: list[HookBase] = []
+        if state is not None:
+            self.load_state_dict(state)
 
     def register_hooks(self, hooks) -> None:
         for hook in hooks:

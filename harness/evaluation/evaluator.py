@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness import metric_keys as keys
 from harness.config import EvalConfig
 from harness.evaluation.boundary import MAX_CLASSES, mask_to_boundary
 from harness.evaluation.calibration import CalibrationBins
@@ -101,9 +102,9 @@ class SemSegEvaluator:
             "pACC": 100 * tp.sum() / total if total else float("nan"),
         }
         for name, value in zip(self.class_names, iou):
-            results[f"IoU-{name}"] = 100 * value
+            results[keys.class_iou(name)] = 100 * value
         for name, value in zip(self.class_names, acc):
-            results[f"ACC-{name}"] = 100 * value
+            results[keys.class_accuracy(name)] = 100 * value
         if self.num_classes < MAX_CLASSES:
             results.update(self._boundary(iou))
         results.update(self.calibration.metrics())

@@ -8,7 +8,7 @@ resumes (``tasks``). This process is the only writer of the grid's store (``stor
 parent run per grid and a child run per cell, and ``results.jsonl``): a cell's run is RUNNING from
 its first step with its training rows as step metrics, FINISHED with its mIoU and weights as soon
 as it has trained, and gets its cost when a task that holds a whole node has measured it. One
-driver per grid (``lease``); live progress on the terminal (``progress``); the comparison table
+driver per grid (``harness.tracking.lease``); live progress on the terminal (``progress``); the comparison table
 and scheduling overhead (``table``).
 
 Re-running a grid skips cells whose ``config_hash`` already has a FINISHED child run, measures
@@ -26,7 +26,7 @@ import importlib
 # MLflow and matplotlib, which the processes that run a cell's trial (``harness.grid.tasks``) and
 # import this package first must not pay for.
 _PUBLIC = {
-    "GridBusy": "lease",
+    "GridBusy": "store",
     "GridOutcome": "table",
     "GridSpec": "spec",
     "GridStore": "store",

@@ -1,7 +1,7 @@
 """Live progress of a grid: a line per cell recorded (trained, failed or measured) and, every
 ``status_period`` seconds, a line with each running cell's iteration (always, for logs); on a
 terminal, a rich progress bar with cells recorded / running / failed, the running cells'
-iterations and the ETA."""
+iterations and the ETA. The lines go to ``segheads.progress`` (``harness.logs``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import statistics
 import sys
 import time
 
+from harness.logs import progress_logger
 from harness.results import CellResult
 
 _SHOWN = 4  # running cells named in the status line
@@ -20,15 +21,16 @@ def _name(result: CellResult) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, log, status_period: float = 60.0) -> None:
-        self.total, self.log, self.status_period = total, log, status_period
+    def __init__(self, total: int, status_period: float = 60.0) -> None:
+        self.total, self.status_period = total, status_period
         self.done = self.failed = self.peak = 0
         self.running: dict[str, list] = {}  # config_hash -> [name, iteration, iterations]
         self.durations: list[float] = []
         self.began = self._status = time.time()
         self._bar = None
         if sys.stderr.isatty():
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True)
             self._task = self._bar.add_task(self._describe(), total=total)
@@ -79,14 +81,14 @@ class Progress:
         if self._bar is not None:
             self._bar.console.print(line)
         else:
-            self.log(line)
+            progress_logger.info(line)
 
     def tick(self) -> None:
         if self._bar is not None:
             self._bar.update(self._task, description=self._describe())
         elif self.running and time.time() - self._status >= self.status_period:
             self._status = time.time()
-            self.log(f"[running] {self._describe()}")
+            progress_logger.info(f"[running] {self._describe()}")
 
     def close(self) -> None:
         if self._bar is not None:

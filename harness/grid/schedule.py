@@ -8,7 +8,6 @@ trained, and then has its cost measured by a task that holds a whole node, added
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -19,22 +18,21 @@ import ray
 from ray import tune
 
 from harness.config import RunConfig, config_hash, from_dict, to_dict
-from harness.engine import cell_tags
-from harness.engine.launch import final_checkpoint, init_ray, needs_ray_train, read_cell, resolve_storage
+from harness.engine import cell_tags, failed_result, init_ray, needs_ray_train, resolve_storage, trained_cell
 from harness.errors import InputError, one_line
 from harness.grid.progress import Progress
 from harness.grid.spec import GridSpec, Resources, describe, expand, start_order, validate_cells
 from harness.grid.store import GridStore
 from harness.grid.table import GridOutcome
-from harness.grid.tasks import REPORT_FAILED, REPORT_TRAINED, failed_result, measure_task, train_trial
-from harness.measure import MEASUREMENT_PREFIXES
+from harness.grid.tasks import REPORT_FAILED, REPORT_TRAINED, measure_task, train_trial
+from harness.logs import logger
 from harness.modeling import uncached_builtin_weights
 from harness.results import CellResult
 from harness.tracking import TRUNKS, resolve_trunks
 
 
 def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | None = None,
-             max_concurrent: int | None = None, results_path: str | Path | None = None, log=print,
+             max_concurrent: int | None = None, results_path: str | Path | None = None,
              tracking: bool = True, storage: str | Path | None = None) -> GridOutcome:
     """Run every cell of ``spec`` not already FINISHED (in MLflow, or in ``results.jsonl``
     with ``tracking=False``) and measure every FINISHED cell its spec measures and it lacks (or
@@ -42,17 +40,17 @@ def run_grid(spec: GridSpec, tracking_uri: str | None = None, address: str | Non
     (a path every node sees or a URI Ray Train accepts; default ``checkpoints/`` beside the
     results), one run folder per cell named by its ``config_hash``: an unfinished cell resumes
     from its newest checkpoint there. One driver at a time: a second one for a grid whose driver
-    is alive raises ``harness.grid.lease.GridBusy`` before touching anything."""
+    is alive raises ``harness.grid.GridBusy`` before touching anything."""
     cells = expand(spec)
     validate_cells(cells, spec.resources.workers)
     results_path = Path(results_path or Path("outputs") / spec.name / "results.jsonl")
-    store = GridStore(spec.name, tracking_uri, results_path, tracking=tracking, log=log)
+    store = GridStore(spec.name, tracking_uri, results_path, tracking=tracking)
     lease = store.lease()
     lease.acquire()  # before sync(): a second driver would mark the first's running cells KILLED
     try:
         storage = resolve_storage(storage or results_path.parent / "checkpoints")
         cells = resolve_trunks(cells, store.tracking_uri, _trunk_folder(cells, storage))
-        return _run_cells(spec, cells, store, lease, address, max_concurrent, log, storage)
+        return _run_cells(spec, cells, store, lease, address, max_concurrent, storage)
     finally:
         lease.release()
 
@@ -69,26 +67,26 @@ def _trunk_folder(cells: list[RunConfig], storage: str) -> Path | None:
 
 
 def _run_cells(spec: GridSpec, cells: list[RunConfig], store: GridStore, lease, address: str | None,
-               max_concurrent: int | None, log, storage: str) -> GridOutcome:
+               max_concurrent: int | None, storage: str) -> GridOutcome:
     done = {digest: r for digest, r in store.sync().items() if r.finished}
     todo = [cfg for cfg in cells if config_hash(cfg) not in done]
-    unmeasured = _to_measure(cells, done, store, log)
-    log(f"[segheads] grid {spec.name!r}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED"
+    unmeasured = _to_measure(cells, done, store)
+    logger.info(f"grid {spec.name!r}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED"
         + (f" ({len(unmeasured)} to measure)" if unmeasured else "")
-        + f", {len(todo)} to run; MLflow {'off' if store.offline else store.tracking_uri}, results {store.results_path}, "
+        + f", {len(todo)} to run; MLflow {store.tracking.label}, results {store.results_path}, "
         f"checkpoints {storage}")
     if not todo and not unmeasured:
         return GridOutcome([done[config_hash(c)] for c in cells], [], 0.0, 0, store.parent_run_id,
                            store.unlogged, store.results_path)
     for backbone, path in sorted({(cfg.model.backbone, str(path)) for cfg in todo
                                   if (path := uncached_builtin_weights(cfg.model.backbone, cfg.model.backbone_kwargs))}):
-        log(f"[segheads] {backbone}: builtin:digits weights are not made on this machine yet; the first cell "
+        logger.info(f"{backbone}: builtin:digits weights are not made on this machine yet; the first cell "
             f"that needs them pretrains them once ({path}), cells that need them too wait")
     started_ray = init_ray(address)
     try:
-        _check_feasible(spec.resources, autoscaling=bool(address), log=log)
+        _check_feasible(spec.resources, autoscaling=bool(address))
         parent = store.open_parent(len(cells))
-        driver = GridDriver(spec.resources, store, lease, parent, storage, Progress(len(todo), log), dict(done))
+        driver = GridDriver(spec.resources, store, lease, storage, Progress(len(todo)), dict(done))
         began = time.time()
         try:
             for result, cfg, weights in unmeasured:
@@ -96,12 +94,12 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store: GridStore, lease, 
             if todo:
                 ordered, unordered = start_order(todo)
                 if unordered:
-                    log(f"[segheads] cells start in the spec's order: {unordered}")
+                    logger.info(f"cells start in the spec's order: {unordered}")
                 _tuner(spec, [cfg for cfg, _ in ordered], storage, max_concurrent, driver).fit()
             driver.drain()
         finally:
             driver.progress.close()
-            store.close_parent(parent, [driver.results[h] for c in cells if (h := config_hash(c)) in driver.results])
+            store.close_parent([driver.results[h] for c in cells if (h := config_hash(c)) in driver.results])
     finally:
         if started_ray:
             ray.shutdown()
@@ -144,9 +142,9 @@ def _tuner(spec: GridSpec, todo: list[RunConfig], storage: str, max_concurrent: 
 class GridDriver(tune.Callback):
     """The grid's Tune callback, in the driver process: the single writer of the grid's store."""
 
-    def __init__(self, resources: Resources, store: GridStore, lease, parent: str | None, storage: str,
+    def __init__(self, resources: Resources, store: GridStore, lease, storage: str,
                  progress: Progress, results: dict[str, CellResult]) -> None:
-        self.r, self.store, self.lease, self.parent, self.storage = resources, store, lease, parent, storage
+        self.r, self.store, self.lease, self.storage = resources, store, lease, storage
         self.progress, self.results = progress, results
         self.measure_nodes: set[str] = set()
         self._measuring: dict = {}  # measurement task ref -> the cell's result
@@ -161,7 +159,7 @@ class GridDriver(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         cfg, digest = self._cell(trial)
-        self.store.start_cell(digest, cell_tags(cfg, digest), self.parent)
+        self.store.start_cell(digest, cell_tags(cfg, digest))
         self.progress.started(digest, f"{cfg.model.classifier}@{cfg.model.backbone}", cfg.train.iters)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -173,8 +171,7 @@ class GridDriver(tune.Callback):
             self._trained(cfg, result)
         elif REPORT_FAILED in result:
             failed = CellResult.from_dict(result[REPORT_FAILED], f"trial {trial.trial_id}")
-            self._record(dataclasses.replace(failed, environment={"ray": result["placement"]},
-                                             seconds=result["seconds"]), cfg, None)
+            self._record(failed.placed(result["placement"], result["seconds"]), cfg, None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         """Tune's retries of a lost trial are spent: the cell is FAILED."""
@@ -189,14 +186,14 @@ class GridDriver(tune.Callback):
         self.progress.tick()
 
     def _trained(self, cfg: RunConfig, report: dict) -> None:
-        result, weights = read_cell(final_checkpoint(self.storage, cfg))
-        result.environment["ray"], result.seconds = report["placement"], report["seconds"]
+        trained = trained_cell(self.storage, cfg)
+        result, weights = trained.result.placed(report["placement"], report["seconds"]), trained.weights()
         self._record(result, cfg, weights)
         if cfg.measure.enabled:
             self.measure(result, cfg, weights)
 
     def _record(self, result: CellResult, cfg: RunConfig, weights: bytes | None) -> None:
-        self.store.record(result, self.parent, weights=weights)
+        self.store.record(result, weights=weights)
         self.results[result.config_hash] = result
         self.progress.recorded(result, measuring=result.finished and cfg.measure.enabled)
 
@@ -223,12 +220,10 @@ class GridDriver(tune.Callback):
                 measured = ray.get(ref)
             except Exception as exc:  # retries exhausted: a lost node
                 measured = {"error": one_line(exc)}
-            result.measure_seconds = measured.get("seconds", 0.0)
             if "error" in measured:  # the cell trained fine; its cost is missing, and says why
-                result.measure_error = measured["error"]
+                result = result.with_measurement(seconds=measured.get("seconds", 0.0), error=measured["error"])
             else:
-                result.metrics.update(measured["metrics"])
-                result.measurement = measured["record"]
+                result = result.with_measurement(measured["metrics"], measured["record"], measured["seconds"])
                 self.measure_nodes.add(measured["record"]["node"]["node_id"])
             self.store.record_measurement(result)
             self.results[result.config_hash] = result
@@ -271,7 +266,7 @@ def _whole_node(r: Resources) -> dict[str, float]:
     return {"CPU": cpus, "GPU": gpus}
 
 
-def _check_feasible(r: Resources, autoscaling: bool, log) -> None:
+def _check_feasible(r: Resources, autoscaling: bool) -> None:
     """A task no node can hold would wait forever: an ``InputError`` naming the resource
     (on a cluster given by ``--address`` only a warning: an autoscaler may add the node)."""
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
@@ -284,11 +279,11 @@ def _check_feasible(r: Resources, autoscaling: bool, log) -> None:
                    + " (largest node: " + ", ".join(f"{k} {v:g}" for k, v in largest.items()) + ")")
         if not autoscaling:
             raise InputError(message)
-        log(f"[segheads] warning: {message}; waiting for the autoscaler")
+        logger.warning(f"{message}; waiting for the autoscaler")
 
 
-def _to_measure(cells: list[RunConfig], done: dict[str, CellResult], store: GridStore,
-                log) -> list[tuple[CellResult, RunConfig, bytes]]:
+def _to_measure(cells: list[RunConfig], done: dict[str, CellResult],
+                store: GridStore) -> list[tuple[CellResult, RunConfig, bytes]]:
     """(result ready for its measurement, cell, its logged weights) of every FINISHED cell whose
     spec measures it and that has no measurement at the spec's ``measure`` settings: trained by a
     driver that stopped before measuring it, or measured at other settings. Its cost is measured
@@ -302,11 +297,8 @@ def _to_measure(cells: list[RunConfig], done: dict[str, CellResult], store: Grid
             continue
         weights = store.trained_weights(result)
         if weights is None:
-            log(f"[segheads] {describe(cfg)}: no logged weights to measure at the spec's measure settings; "
+            logger.info(f"{describe(cfg)}: no logged weights to measure at the spec's measure settings; "
                 "it keeps its last measurement")
             continue
-        metrics = {k: v for k, v in result.metrics.items() if not k.startswith(MEASUREMENT_PREFIXES)}
-        again = dataclasses.replace(result, config={**result.config, "measure": wanted}, metrics=metrics,
-                                    measurement=None, measure_error=None, measure_seconds=None)
-        chosen.append((again, cfg, weights))
+        chosen.append((result.without_measurement(wanted), cfg, weights))
     return chosen

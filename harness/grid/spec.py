@@ -12,6 +12,7 @@ from backbones import check_backbone, list_necks
 from classifiers import build_classifier, list_classifiers
 from harness.config import RunConfig, bounded, from_dict, read_yaml, to_dict
 from harness.data import dataset_splits, split_batch
+from harness.engine import CellResources
 from harness.errors import InputError, one_line, unknown_name_error
 from harness.measure import training_flops
 from harness.modeling import resolve_classifier
@@ -41,6 +42,10 @@ class Resources:
     measure_gpus: float = bounded(0, min=0)
     retries: int = bounded(3, min=0)
     memory_gb: float = bounded(0, min=0)
+
+    def cell(self) -> CellResources:
+        """What each cell's training holds, as the engine takes it."""
+        return CellResources(self.workers, self.cpus, self.gpus, self.memory_gb, self.retries)
 
 
 @dataclass
@@ -171,7 +176,7 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     except that a backbone's or (first) a classifier's override of ``model.neck`` replaces the
     (single) necks axis value for its cells (e.g. ``hrnetv2_w48: {model: {neck: ocr}}``,
     ``ece: {model: {neck: stages}}``). Each cell's
-    classifier kwargs are resolved (``harness.run.resolve_classifier``)."""
+    classifier kwargs are resolved (``harness.modeling.resolve_classifier``)."""
     threads = max(1, int(spec.resources.cpus))
     cells = []
     for dataset in spec.datasets:

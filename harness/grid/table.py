@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import metric_keys as keys
 from harness.config import config_hash
 from harness.grid.spec import GridSpec, describe, expand, start_order, validate_cells
 from harness.modeling import describe_weights
@@ -73,14 +74,14 @@ def comparison_table(results: list[CellResult]) -> str:
             named = baseline_name(config, base)
         measurement = r.measurement or {}
         batch = (measurement.get("measured_batch_sizes") or measurement.get("settings", {}).get("batch_sizes") or [1])[0]
-        p50 = m.get(f"latency/bs{batch}/p50_ms")
+        p50 = m.get(keys.latency(batch))
         lines.append(
             f"{t['dataset']:<16}{t['backbone']:<18}{t['neck']:<14}{t['classifier']:<11}{t['seed']:>5} {r.status:<9}"
             + (f"{miou:>7.2f}" if miou is not None else f"{'-':>7}") + f"{delta:>9}"
-            + (f"{m['params/head']:>12,}" if "params/head" in m else f"{'-':>12}")
-            + (f"{m['gflops/total']:>8.2f}" if "gflops/total" in m else f"{'-':>8}")
+            + (f"{m[head]:>12,}" if (head := keys.params("head")) in m else f"{'-':>12}")
+            + (f"{m[keys.gflops()]:>8.2f}" if keys.gflops() in m else f"{'-':>8}")
             + (f"{p50:>9.1f}" if p50 is not None else f"{'-':>9}")
-            + (f"{m['train/seconds']:>9.0f}" if "train/seconds" in m else f"{'-':>9}") + f"  {named}".rstrip())
+            + (f"{m[keys.TRAIN_SECONDS]:>9.0f}" if keys.TRAIN_SECONDS in m else f"{'-':>9}") + f"  {named}".rstrip())
         if not r.finished:
             lines.append(f"{'':<4}error: {r.error or 'unknown'}")
     return "\n".join(lines)

@@ -6,8 +6,7 @@
 - ``latency``: ``measure_latency`` (percentiles, throughput and peak memory per batch size).
 - ``memory``: ``PeakMemory`` (CUDA allocator on GPU, resident high-water mark on CPU).
 - ``machine``: ``fingerprint``, ``pinned_threads``, ``machine_matmul_gflops``.
-- ``settings``: ``check_settings``, ``MEASUREMENT_PREFIXES`` (the metrics a measurement owns),
-  ``TIMED_PROTOCOL``.
+- ``settings``: ``check_settings``, ``TIMED_PROTOCOL``. The metrics' names: ``harness.metric_keys``.
 - ``model``: ``measure_model``, all of the above with threads pinned, and the record of how.
 - ``table``: ``format_measurement``, the table ``segheads measure`` prints.
 - ``training``: ``training_flops``, a cell's training cost estimated before it runs (meta device).
@@ -20,14 +19,13 @@ from harness.measure.machine import fingerprint, machine_matmul_gflops, pinned_t
 from harness.measure.memory import PeakMemory, memory_method
 from harness.measure.model import measure_model
 from harness.measure.params import count_parameters
-from harness.measure.settings import DTYPES, MEASUREMENT_PREFIXES, TIMED_PROTOCOL, check_settings
+from harness.measure.settings import DTYPES, TIMED_PROTOCOL, check_settings
 from harness.measure.table import format_measurement
 from harness.measure.training import training_flops
 from harness.measure.vocabulary import SCALING_CLASSES, vocabulary_scaling
 
 __all__ = [
     "DTYPES",
-    "MEASUREMENT_PREFIXES",
     "SCALING_CLASSES",
     "TIMED_PROTOCOL",
     "PeakMemory",

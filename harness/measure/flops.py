@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from harness import metric_keys as keys
 from harness.measure.params import PART_NAMES
-
 
 # Matrix products between activations (attention maps, pixel-to-class similarities), as
 # opposed to Linear and Conv layers: counters that hook layers only (mmcv's
@@ -44,6 +44,6 @@ def count_flops(model: nn.Module, images: Tensor) -> dict[str, float]:
     flops["matmul"], flops["layers_only"] = products, flops["total"] - products
     out = {}
     for part, count in flops.items():
-        out[f"gflops/{part}"] = count / batch / 1e9
-        out[f"gmacs/{part}"] = count / batch / 2e9
+        out[keys.gflops(part)] = count / batch / 1e9
+        out[keys.gmacs(part)] = count / batch / 2e9
     return out

@@ -9,6 +9,7 @@ import statistics
 import torch
 from torch import Tensor, nn
 
+from harness import metric_keys as keys
 from harness.config import MeasureConfig
 from harness.errors import is_out_of_memory
 from harness.measure.machine import time_calls
@@ -83,15 +84,14 @@ def _time_batch(infer, batch: int, settings: MeasureConfig, device: torch.device
             seconds = time_calls(lambda: infer(images), device, warmup=0, iters=settings.iters)
     ms = sorted(s * 1e3 for s in seconds)
     quantiles = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
-    prefix = f"latency/bs{batch}"
-    return {f"{prefix}/p50_ms": statistics.median(ms), f"{prefix}/p90_ms": quantiles[89],
-            f"{prefix}/p99_ms": quantiles[98], f"{prefix}/mean_ms": statistics.fmean(ms),
-            f"{prefix}/std_ms": statistics.pstdev(ms),
-            f"throughput/bs{batch}/images_per_s": batch / (statistics.median(ms) / 1e3),
-            f"memory/bs{batch}/peak_mb": memory.peak_mb}
+    return {keys.latency(batch, "p50"): statistics.median(ms), keys.latency(batch, "p90"): quantiles[89],
+            keys.latency(batch, "p99"): quantiles[98], keys.latency(batch, "mean"): statistics.fmean(ms),
+            keys.latency(batch, "std"): statistics.pstdev(ms),
+            keys.throughput(batch): batch / (statistics.median(ms) / 1e3),
+            keys.peak_memory(batch): memory.peak_mb}
 
 
 def measured_batches(metrics: dict[str, float], settings: MeasureConfig) -> list[int]:
     """The batch sizes ``measure_latency`` ended up timing, in ``settings`` order."""
-    sizes = [int(metrics.get(f"oom/bs{b}/measured_batch", b)) for b in settings.batch_sizes]
+    sizes = [int(metrics.get(keys.oom_batch(b), b)) for b in settings.batch_sizes]
     return list(dict.fromkeys(sizes))

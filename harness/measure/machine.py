@@ -49,7 +49,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _matmul_gflops(device: str, dtype: torch.dtype, threads: int) -> float:
     device_ = torch.device(device)
     size = 4096 if device_.type == "cuda" else 1024

@@ -9,7 +9,6 @@ import gc
 
 import torch
 
-
 _PROC_STATUS = "/proc/self/status"
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness import metric_keys as keys
 from harness.config import MeasureConfig
 from harness.measure.flops import count_flops
 from harness.measure.latency import measure_latency, measured_batches, random_images
@@ -46,12 +47,12 @@ def measure_model(model: nn.Module, settings: MeasureConfig, device: torch.devic
         metrics.update(count_flops(model, random_images(1, settings.image_size, device, False)))
         metrics.update(measure_latency(model, settings, device))
         peak = machine_matmul_gflops(device, DTYPES[settings.dtype])
-        metrics["efficiency/machine_matmul_gflops_per_s"] = peak
+        metrics[keys.MACHINE_MATMUL] = peak
         batches = measured_batches(metrics, settings)
         for batch in batches:
-            achieved = metrics["gflops/total"] * metrics[f"throughput/bs{batch}/images_per_s"]
-            metrics[f"efficiency/bs{batch}/achieved_gflops_per_s"] = achieved
-            metrics[f"efficiency/bs{batch}/fraction_of_matmul"] = achieved / peak
+            achieved = metrics[keys.gflops()] * metrics[keys.throughput(batch)]
+            metrics[keys.achieved(batch)] = achieved
+            metrics[keys.fraction_of_matmul(batch)] = achieved / peak
         record = {
             "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
             "measured_batch_sizes": batches,  # differs from settings' after an out-of-memory retry

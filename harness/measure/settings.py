@@ -7,12 +7,7 @@ import torch
 
 from harness.config import MeasureConfig, check_fields
 
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# Metrics only a measurement makes (a re-measurement replaces them); parameter counts come with training too.
-MEASUREMENT_PREFIXES = ("gflops/", "gmacs/", "latency/", "throughput/", "memory/", "efficiency/", "oom/")
 
 
 TIMED_PROTOCOL = "whole image, one forward at measure.image_size (not the eval protocol)"  # what latency times

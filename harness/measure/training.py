@@ -16,6 +16,7 @@ import json
 
 import torch
 
+from harness import metric_keys as keys
 from harness.config import RunConfig
 from harness.data import label_space
 from harness.measure.flops import count_flops
@@ -49,5 +50,5 @@ def _step_flops(cfg: RunConfig) -> float:
     with torch.device("meta"):
         model = build_segmentor(dataclasses.replace(cfg, model=architecture), len(names), ignore)
         flops = count_flops(model, torch.zeros(1, 3, *cfg.data.crop_size))
-    frozen = sum(flops.get(f"gflops/{part}", 0.0) for part in _TRUNK_PARTS) if cfg.trunk.frozen else 0.0
-    return 1e9 * (_FORWARD_AND_BACKWARD * (flops["gflops/total"] - frozen) + frozen)
+    frozen = sum(flops.get(keys.gflops(part), 0.0) for part in _TRUNK_PARTS) if cfg.trunk.frozen else 0.0
+    return 1e9 * (_FORWARD_AND_BACKWARD * (flops[keys.gflops()] - frozen) + frozen)

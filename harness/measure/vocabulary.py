@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from classifiers import list_classifiers
+from harness import metric_keys as keys
 from harness.config import MeasureConfig, RunConfig, apply_overrides
 from harness.figures import png_bytes, pyplot
 from harness.measure.model import measure_model
 from harness.modeling import build_segmentor
-
 
 SCALING_CLASSES = (150, 300, 500, 847, 2000)
 
@@ -31,11 +31,11 @@ def vocabulary_scaling(backbone: str, out: Path, classes=SCALING_CLASSES, classi
         for count in classes:
             torch.manual_seed(0)
             metrics, _ = measure_model(build_segmentor(cfg, count, 255), settings, torch.device("cpu"), threads)
-            rows.append({"classifier": classifier, "classes": count, "head_params": metrics["params/head"],
-                         "head_params_inference": metrics["params/head_inference"],
-                         "head_nonlearnable": metrics["params/head_nonlearnable"],
-                         "head_gflops": metrics.get("gflops/head", 0.0), "gflops": metrics["gflops/total"],
-                         "latency_p50_ms": metrics["latency/bs1/p50_ms"]})
+            rows.append({"classifier": classifier, "classes": count, "head_params": metrics[keys.params("head")],
+                         "head_params_inference": metrics[keys.params("head_inference")],
+                         "head_nonlearnable": metrics[keys.params("head_nonlearnable")],
+                         "head_gflops": metrics.get(keys.gflops("head"), 0.0), "gflops": metrics[keys.gflops()],
+                         "latency_p50_ms": metrics[keys.latency(1)]})
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scaling.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -29,7 +29,7 @@ def resolve_classifier(cfg: RunConfig) -> RunConfig:
 
 
 def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segmentor:
-    """Backbone (``checkpoint: builtin:digits`` pretrained on first use, ``harness.pretrain``),
+    """Backbone (``checkpoint: builtin:digits`` pretrained on first use, ``harness.modeling.pretrain``),
     neck (``model.neck_kwargs``), classifier head and, when the neck trains
     with one by default or ``neck_kwargs.auxiliary`` says so and the trunk is not frozen, the
     auxiliary FCN head;

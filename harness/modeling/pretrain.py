@@ -53,6 +53,7 @@ from harness.config import TrainConfig
 from harness.data.digits import DIGIT_CLASSES, cache_root, digit_pools, make_digit_crop
 from harness.errors import InputError
 from harness.files import staged_file
+from harness.logs import logger
 from harness.modeling.segmentor import IMAGENET_MEAN, IMAGENET_STD
 from harness.solver import build_optimizer, build_scheduler
 
@@ -105,8 +106,7 @@ def uncached_builtin_weights(backbone: str, kwargs: dict) -> Path | None:
     return None if path.is_file() else path
 
 
-def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, steps: int = _RECIPE.iters,
-                           log=print) -> Path:
+def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, steps: int = _RECIPE.iters) -> Path:
     """Path of ``backbone``'s encoder state dict pretrained on digit classification, made once."""
     backbone_kwargs = dict(backbone_kwargs or {})
     path = _digits_backbone_path(backbone, backbone_kwargs, steps)
@@ -117,13 +117,13 @@ def ensure_digits_backbone(backbone: str, backbone_kwargs: dict | None = None, s
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second cell on this machine waits, then loads
         if path.is_file():
             return path
-        log(f"[segheads] pretraining {backbone} on digit classification ({steps} steps), once; cached at {path}")
+        logger.info(f"pretraining {backbone} on digit classification ({steps} steps), once; cached at {path}")
         state, record = _pretrain(backbone, backbone_kwargs, steps)
         with staged_file(path) as staging:  # one writer: the lock holder
             torch.save(state, staging)
             path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        log(f"[segheads] {backbone}: {record['accuracy']:.1%} on {_NUM_EVAL_CROPS} crops of held-out digits "
-            f"after {record['seconds']:.0f} s")
+        logger.info(f"{backbone}: {record['accuracy']:.1%} on {_NUM_EVAL_CROPS} crops of held-out digits "
+                    f"after {record['seconds']:.0f} s")
     return path
 
 

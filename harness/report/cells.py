@@ -24,8 +24,8 @@ from pathlib import Path
 
 from harness.config import config_params, seedless_settings
 from harness.errors import InputError
-from harness.results import CellResult, read_results
 from harness.evaluation import DIAGNOSTIC_PREFIX
+from harness.results import CellResult, read_results
 from harness.tracking import finished_runs, open_client, read_diagnostics, read_per_image_counts, resolve_tracking_uri
 
 TAGS = ("dataset", "backbone", "neck", "classifier")

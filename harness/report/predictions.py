@@ -14,7 +14,6 @@ from harness.figures import legend_patch, png_bytes, pyplot
 from harness.report.cells import Cell, Configuration
 from harness.tracking import load_run
 
-
 PREDICTION_IMAGES = 6  # validation images in the report's predictions section, drawn with a fixed seed
 
 

@@ -7,19 +7,30 @@ import statistics
 
 import numpy as np
 
-from harness.report.cells import Cell, Configuration, baseline, baseline_name, configurations, mean, paired_difference, paired_seeds
-
+from harness import metric_keys as keys
+from harness.report.cells import (
+    Cell,
+    Configuration,
+    baseline,
+    baseline_name,
+    configurations,
+    mean,
+    paired_difference,
+    paired_seeds,
+)
 
 _GROUP = ("dataset", "backbone", "neck", "classifier")
 
 
-_MEANS = {"fwIoU": "fwIoU", "pACC": "pACC", "mBoundaryIoU": "mBoundaryIoU", "ECE": "ECE", "head_params_inference": "params/head_inference",
-          "head_params_training_only": "params/head_training_only", "gflops": "gflops/total"}
+_MEANS = {"fwIoU": "fwIoU", "pACC": "pACC", "mBoundaryIoU": "mBoundaryIoU", "ECE": "ECE",
+          "head_params_inference": keys.params("head_inference"),
+          "head_params_training_only": keys.params("head_training_only"), "gflops": keys.gflops()}
+_PER_BATCH = {"latency_p50_ms": lambda b: keys.latency(b, "p50"), "latency_p90_ms": lambda b: keys.latency(b, "p90"),
+              "throughput_images_per_s": keys.throughput, "peak_memory_mb": keys.peak_memory}
 
 
 COLUMNS = (*_GROUP, "configuration", "seeds", "mIoU", "mIoU_std", "baseline", "paired_seeds", "delta_vs_softmax",
-           "delta_ci_low", "delta_ci_high", "significant", *_MEANS, "latency_p50_ms", "latency_p90_ms",
-           "throughput_images_per_s", "peak_memory_mb")
+           "delta_ci_low", "delta_ci_high", "significant", *_MEANS, *_PER_BATCH)
 
 
 RESAMPLES = 1000
@@ -72,11 +83,6 @@ def bootstrap_delta(head: list[list], base: list[list], resamples: int = RESAMPL
     return float(low), float(high)
 
 
-def _smallest_batch(metrics: dict) -> int | None:
-    batches = [int(k.split("/")[1][2:]) for k in metrics if k.startswith("latency/bs") and k.endswith("/p50_ms")]
-    return min(batches) if batches else None
-
-
 def summarise(cells: list[Cell], latest: bool = False) -> list[dict]:
     """The report's rows (``COLUMNS``), one per configuration, sorted by dataset, backbone,
     neck, classifier, then configuration."""
@@ -92,11 +98,9 @@ def summarise_configurations(configs: list[Configuration]) -> list[dict]:
         row.update(configuration=config.label, seeds=len(runs), mIoU=mean(mious),
                    mIoU_std=statistics.stdev(mious) if len(mious) > 1 else 0.0)
         row.update({column: mean([m.get(metric) for m in runs]) for column, metric in _MEANS.items()})
-        batch = _smallest_batch(runs[0])
-        for column, metric in (("latency_p50_ms", "latency/bs{b}/p50_ms"), ("latency_p90_ms", "latency/bs{b}/p90_ms"),
-                               ("throughput_images_per_s", "throughput/bs{b}/images_per_s"),
-                               ("peak_memory_mb", "memory/bs{b}/peak_mb")):
-            row[column] = mean([m.get(metric.format(b=batch)) for m in runs]) if batch else None
+        batch = next(iter(keys.measured_batches(runs[0])), None)  # the smallest
+        for column, metric in _PER_BATCH.items():
+            row[column] = mean([m.get(metric(batch)) for m in runs]) if batch else None
         row.update(_delta(config, baseline(config, configs)))
         table.append(row)
     return table

@@ -1,12 +1,12 @@
 """``write_report``: cells -> ``results.csv``, ``report.md``, plots and a
 self-contained ``report.html`` (docs/architecture.md, "report").
 
-One row per configuration (``harness.cells``: cells equal but for the seed; configurations
+One row per configuration (``harness.report.cells``: cells equal but for the seed; configurations
 that share dataset, backbone, neck and classifier are labelled by the settings that differ,
 or, with ``latest``, only the newest is shown): mIoU mean and std over its seeds, fwIoU,
 pACC, head parameters (inference / training-only), GFLOPs, latency p50/p90, throughput and
 peak memory at the smallest measured batch size, and the mIoU delta against its baseline
-(``harness.cells.baseline``, named in the row) over the seeds both ran, with a 95% paired
+(``harness.report.cells.baseline``, named in the row) over the seeds both ran, with a 95% paired
 bootstrap interval (``bootstrap_delta``); a delta whose interval excludes zero is marked
 significant.
 """

@@ -10,7 +10,6 @@ from mlflow.exceptions import MlflowException
 
 from harness.errors import InputError
 
-
 WEIGHTS_ARTIFACT = "weights.pt"  # a FINISHED cell's trained state dict
 
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import re
 import subprocess
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from harness.errors import InputError, first_line
-
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -68,6 +69,30 @@ def open_client(uri: str | None = None, advice: str = "pass --tracking-uri, or m
         raise InputError(f"tracking store {store_label(uri)} is not reachable or not readable "
                          f"({first_line(exc)[:300]}); {advice}") from None
     return client
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of store ``uri`` keeps its runs' artifacts: beside a SQLite store's
+    file, ``<its folder>/mlartifacts/<experiment>`` (a name with other characters than letters,
+    digits, ``._-`` spelled safe and suffixed with its digest); None elsewhere (a tracking server
+    serves its own). MLflow's default, ``./mlruns`` of the working directory, would put a grid's
+    weights wherever it was started from."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", experiment)
+    if safe != experiment:
+        safe += "-" + hashlib.sha256(experiment.encode()).hexdigest()[:8]
+    return (folder / safe).as_uri()
+
+
+def ensure_experiment(client, experiment: str, uri: str) -> str:
+    """The id of MLflow experiment ``experiment``, created (its artifacts at ``artifact_location``)
+    when there is none; an existing experiment is left as it is."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(experiment, artifact_location=artifact_location(uri, experiment))
 
 
 def git_commit() -> str:

@@ -9,10 +9,11 @@ import time
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from harness import metric_keys as keys
 from harness.config import HASH_VERSION
 from harness.results import CELL_RESULT_ARTIFACT, CellResult, is_finite, metric_name
 from harness.tracking.artifacts import WEIGHTS_ARTIFACT, log_bytes
-from harness.tracking.client import git_commit, resolve_tracking_uri
+from harness.tracking.client import ensure_experiment, git_commit, resolve_tracking_uri
 
 _REWRITTEN = ("config.yaml", CELL_RESULT_ARTIFACT, "measurement.json")  # what a re-measurement rewrites
 
@@ -22,16 +23,15 @@ def _log_artifacts(client, run_id: str, artifacts: dict[str, str]) -> None:
         client.log_text(run_id, text, name)
 
 
-def update_measurement(result: CellResult, run_id: str, tracking_uri: str | None = None,
-                       prefixes: tuple[str, ...] = ()) -> None:
-    """Write a FINISHED cell's cost measurement (``result.measurement`` and its metrics, those
-    whose names start with one of ``prefixes``) into its existing run ``run_id``: metrics logged
+def update_measurement(result: CellResult, run_id: str, tracking_uri: str | None = None) -> None:
+    """Write a FINISHED cell's cost measurement (``result.measurement`` and the metrics a
+    measurement owns, ``metric_keys.is_measurement``) into its existing run ``run_id``: metrics logged
     again (MLflow keeps each metric's history; the latest value is the one shown and read), the
     result files rewritten. The run's params and its training stay as they were."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     record = result.to_mlflow()
     now = int(time.time() * 1000)
-    measured = [Metric(k, v, now, 0) for k, v in record.metrics.items() if k.startswith(prefixes)]
+    measured = [Metric(k, v, now, 0) for k, v in record.metrics.items() if keys.is_measurement(k)]
     for chunk in _chunks(measured, 1000):
         client.log_batch(run_id, metrics=chunk)
     _log_artifacts(client, run_id, {k: v for k, v in record.artifacts.items() if k in _REWRITTEN})
@@ -76,15 +76,14 @@ def log_cell(result: CellResult, tracking_uri: str | None = None, experiment: st
     record = result.to_mlflow()
     live = {key for row in result.history for key in row} if run_id else set()
     if run_id is None:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        experiment_id = ensure_experiment(client, experiment, resolve_tracking_uri(tracking_uri))
         run_id = client.create_run(experiment_id, tags=cell_run_tags(result.tags, parent_run_id)).info.run_id
     try:
         now = int(time.time() * 1000)
         params = [Param(k, v) for k, v in record.params.items()]
         metrics = [Metric(k, v, now, 0) for k, v in record.metrics.items() if k not in live]
         if live:  # rows the driver never got (reported after the last it logged, before a resume point)
-            logged = {m.step for m in client.get_metric_history(run_id, "loss/total")}
+            logged = {m.step for m in client.get_metric_history(run_id, keys.TOTAL_LOSS)}
             log_rows(client, run_id, [row for row in result.history if row["iteration"] not in logged])
         metrics += [Metric(name, value, now, step) for name, points in record.series.items() for step, value in points]
         for chunk in _chunks(params, 100):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+from harness.logs import logger
 from harness.tracking.client import resolve_tracking_uri
 
 
@@ -18,7 +19,7 @@ def serve_ui(tracking_uri: str | None, host: str, port: int) -> int:
     as its own child."""
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", resolve_tracking_uri(tracking_uri),
                "--host", host, "--port", str(port)]
-    print(f"[segheads] MLflow UI on http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
+    logger.info(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
     server = subprocess.Popen(command, start_new_session=True)
 
     def interrupt(signum, frame) -> None:

@@ -2,10 +2,10 @@
 ``python -m pytest tests/benchmarks -s -k ece``. Ratios are measured in one process."""
 
 import torch
+from timing import interleaved_medians
 
 from backbones import Features
 from classifiers import build_classifier
-from timing import interleaved_medians
 
 
 def test_ece_head_forward_against_softmax(benchmark):

@@ -18,17 +18,16 @@ import time
 
 import ray
 import ray.train
+import timing
 import torch
 from ray.train.torch import TorchTrainer
 
 from harness.config import RunConfig, apply_overrides
 from harness.data import AugmentConfig, DatasetCatalog, SemSegMapper, build_train_loader
-from harness.engine import LocalContext, MetricsHook, Trainer
-from harness.solver import build_optimizer
+from harness.engine import LocalContext, MetricsHook, Trainer, seed_everything, train_cell
 from harness.engine.launch import RayTrainContext, init_ray, launch
-from harness.engine import seed_everything, train_cell
 from harness.modeling import build_segmentor
-import timing
+from harness.solver import build_optimizer
 
 for _module in (sys.modules[__name__], timing):  # Ray workers run this file's functions
     ray.cloudpickle.register_pickle_by_value(_module)

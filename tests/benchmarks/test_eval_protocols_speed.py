@@ -8,12 +8,12 @@ interleaved rounds, as ratios to whole-image inference, printed and kept in ``ex
 nothing is asserted about time.
 """
 
+import timing
 import torch
 
 from harness.config import EvalConfig, RunConfig, apply_overrides
 from harness.evaluation import predict_logits
 from harness.modeling import build_segmentor
-import timing
 
 _PROTOCOLS = {
     "whole": EvalConfig(),

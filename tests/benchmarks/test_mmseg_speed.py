@@ -17,17 +17,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import timing
 import torch
 from mmengine.config import Config
+from peers.mmseg_peer import import_mmseg
 from PIL import Image
 
-import timing
 from harness.config import DataConfig, EvalConfig, RunConfig, apply_overrides, from_dict
 from harness.data import AugmentConfig, SemSegMapper
 from harness.evaluation import predict_logits
 from harness.grid import load_grid
 from harness.modeling import build_segmentor
-from peers.mmseg_peer import import_mmseg
 
 _PAIRS = 600
 _SPEC = Path(__file__).resolve().parents[2] / "jobs" / "papers" / "protoseg_table1_ade20k.yaml"  # its data section

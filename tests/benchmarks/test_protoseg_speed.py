@@ -6,12 +6,13 @@ benchmark's ``extra_info`` and stdout. Assertions check results, never time.
 
 import torch
 import torch.nn.functional as F
+from reference_protoseg import per_class_cluster_and_update
+from timing import interleaved_medians
 
 from classifiers.protoseg import class_sinkhorn, momentum_update
 from harness.config import RunConfig, apply_overrides
 from harness.modeling import build_segmentor
-from reference_protoseg import per_class_cluster_and_update
-from timing import interleaved_medians
+
 
 def _batched(prototypes, embeddings, own, labels, momentum):
     """embeddings [D, N] and own-class cosines [K, N]: the layouts the head's forward holds."""

@@ -2,11 +2,11 @@
 ``python -m pytest tests/benchmarks -s -k ssa``. Ratios are measured in one process."""
 
 import torch
+from timing import interleaved_medians
 
 from harness.config import RunConfig, apply_overrides
 from harness.modeling import build_segmentor
 from harness.solver import build_optimizer
-from timing import interleaved_medians
 
 
 def _model(classifier, **hparams):

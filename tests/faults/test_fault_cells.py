@@ -5,6 +5,7 @@ every cell has exactly one run, and one line (a trained cell a second when measu
 
 
 from gridtools import children, write_spec
+
 from harness.cli import main
 from harness.results import CellResult
 

@@ -10,8 +10,8 @@ import threading
 import time
 
 import ray
-
 from gridtools import assert_finished_once, children, processes_titled, write_spec
+
 from harness.engine import checkpoint
 from harness.grid import expand, load_grid, run_grid
 from harness.results import read_results
@@ -52,7 +52,7 @@ def test_driver_killed_after_some_cells_then_rerun_ends_with_one_finished_run_pe
     killed_after, waiting = len(finished()), checkpointed()
     assert 1 <= killed_after < 4 and waiting
     spec = load_grid(path)
-    outcome = run_grid(spec, uri, results_path=results, log=lambda m: None)
+    outcome = run_grid(spec, uri, results_path=results)
     assert outcome.ran == 4 - killed_after
     resumed = {r.config_hash: r.environment["engine"]["resumed_at"] for r in outcome.results}
     assert {digest: resumed[digest] for digest in waiting} == waiting
@@ -67,8 +67,7 @@ def test_a_worker_killed_mid_cell_is_retried(ray_cluster, tmp_path):
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
     spec = load_grid(write_spec(tmp_path, "worker", classifiers=["softmax", "query"], train={"iters": 150}))
     box = {}
-    driver = threading.Thread(target=lambda: box.update(outcome=run_grid(spec, uri, results_path=results,
-                                                                         log=lambda m: None)))
+    driver = threading.Thread(target=lambda: box.update(outcome=run_grid(spec, uri, results_path=results)))
     driver.start()
     deadline, killed = time.time() + 120, None
     while time.time() < deadline and killed is None:
@@ -91,8 +90,7 @@ def test_a_node_lost_mid_grid_loses_no_cell(ray_cluster, tmp_path):
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
     spec = load_grid(write_spec(tmp_path, "lost", classifiers=_FOUR, train={"iters": 150}))
     box = {}
-    driver = threading.Thread(target=lambda: box.update(outcome=run_grid(spec, uri, results_path=results,
-                                                                         log=lambda m: None)))
+    driver = threading.Thread(target=lambda: box.update(outcome=run_grid(spec, uri, results_path=results)))
     driver.start()
     deadline = time.time() + 120
     while time.time() < deadline and ray.available_resources().get("CPU", 0) > 0:  # all 4 CPUs busy
@@ -109,9 +107,9 @@ def test_a_node_lost_mid_grid_loses_no_cell(ray_cluster, tmp_path):
 def test_a_lost_results_file_is_rebuilt_from_mlflow_without_rerunning(ray_cluster, tmp_path):
     uri, results = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results.jsonl"
     spec = load_grid(write_spec(tmp_path, "rebuilt", classifiers=["softmax", "query"]))
-    first = {r.config_hash: r for r in run_grid(spec, uri, results_path=results, log=lambda m: None).results}
+    first = {r.config_hash: r for r in run_grid(spec, uri, results_path=results).results}
     results.unlink()
-    again = run_grid(spec, uri, results_path=results, log=lambda m: None)
+    again = run_grid(spec, uri, results_path=results)
     assert again.ran == 0
     rebuilt = read_results(results)
     assert set(rebuilt) == set(first)

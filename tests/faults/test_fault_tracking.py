@@ -13,14 +13,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from gridtools import assert_finished_once, children, write_spec
 from mlflow.tracking import MlflowClient
 
-from gridtools import assert_finished_once, children, write_spec
 from harness.cli import main
 from harness.grid import expand, load_grid
 from harness.grid.store import GridStore
 from harness.results import read_results
-
 
 _REFERENCE = str(Path(__file__).resolve().parents[2] / "jobs" / "reference" / "quickstart.yaml")
 
@@ -57,7 +56,7 @@ def test_unreachable_store_is_refused_before_the_grid_starts(tmp_path, capsys):
     results = tmp_path / "results.jsonl"
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "corrupt.db").write_bytes(b"SQLite format 3\0" + os.urandom(8192))
-    for uri, named in ((f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:"),
+    for uri, named in ((f"http://127.0.0.1:{_free_port()}", "http://127.0.0.1:"),
                        (f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", str(tmp_path / "a-file" / "mlflow.db")),
                        (f"sqlite:///{tmp_path / 'corrupt.db'}", str(tmp_path / "corrupt.db"))):
         began = time.time()

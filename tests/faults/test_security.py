@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.check import load_reference
 from harness.cli import main
 from harness.config import RunConfig, apply_overrides
 from harness.errors import InputError
 from harness.grid import load_grid
-from harness.check import load_reference
 from harness.modeling import build_segmentor
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,6 @@
 from pathlib import Path
 
 import pytest
-
 from peers.mmseg_peer import import_mmseg
 
 

@@ -6,9 +6,9 @@ no multiple of 32: HRNet's odd-sized branches must fuse as MMSeg's do). Swin has
 import pytest
 import torch
 from mmengine.config import Config
+from peers.mmseg_peer import randomise
 
 from backbones import build_backbone
-from peers.mmseg_peer import randomise
 
 _CONFIGS = {  # segheads encoder -> the MMSeg config whose backbone it is
     "resnet101_os8": "fcn/fcn_r101-d8_4xb4-160k_ade20k-512x512.py",

@@ -89,9 +89,9 @@ def test_augmented_pairs_equal_mmsegs_with_the_same_draws(mmseg, tmp_path, size,
 def test_padding_is_zero_after_normalisation_as_mmsegs_data_preprocessor(mmseg):
     """MMSeg pads the normalised batch with 0 (``SegDataPreProcessor(pad_val=0, seg_pad_val=255)``);
     segheads' model zeroes the rows and columns each image did not fill."""
+    from mmengine.structures import PixelData
     from mmseg.models.data_preprocessor import SegDataPreProcessor
     from mmseg.structures import SegDataSample
-    from mmengine.structures import PixelData
 
     from harness.modeling import Segmentor
 

@@ -7,8 +7,9 @@ ImageNet-22K window-7 tables resized into window-12 models as MMSeg's ``init_wei
 import pytest
 import timm
 import torch
-from backbones import build_backbone
 from peers.mmseg_peer import load_module, randomise
+
+from backbones import build_backbone
 
 # MMSeg's Swin configs (configs/swin/*, _base_/models/upernet_swin.py): the papers' encoders.
 _CONFIGS = {

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
+from peers.mmseg_peer import mmseg_state_to_segheads, randomise
 
 from harness.engine.trainer import Trainer, micro_batch_seed
 from harness.grid.spec import expand, load_grid
 from harness.modeling import build_segmentor
-from peers.mmseg_peer import mmseg_state_to_segheads, randomise
 
 _PAPERS = Path(__file__).resolve().parents[2] / "jobs" / "papers"
 # (spec, backbone) -> (MMSeg config, its decoder's name in mmseg_state_to_segheads). MMSeg's

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.errors import InputError
-from harness.tracking import quick_http_failures, search_all_runs
+from harness.tracking.client import quick_http_failures, search_all_runs
 
 LEASE_TAG = "segheads.lease"
 HEARTBEAT_SECONDS = 30.0
@@ -69,7 +69,21 @@ def _alive(tags: dict[str, str], now: float) -> bool:
     return True
 
 
-class TrackingLease:
+class DriverLease:
+    """What a grid's driver holds while it runs: ``acquire`` (or ``GridBusy``), ``renew`` from its
+    loop, ``release``."""
+
+    def acquire(self) -> None:
+        raise NotImplementedError
+
+    def renew(self) -> None:
+        """Nothing to refresh unless the lease expires."""
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+
+class TrackingLease(DriverLease):
     """The lease of grid ``name`` in MLflow experiment ``experiment_id`` (module docstring)."""
 
     def __init__(self, client, experiment_id: str, name: str) -> None:
@@ -135,7 +149,7 @@ class TrackingLease:
             pass           # then the lease expires (its process is gone, its heartbeat stops)
 
 
-class FileLease:
+class FileLease(DriverLease):
     """The ``--no-tracking`` lease: an exclusive ``flock`` on ``<results folder>/.driver.lock``."""
 
     def __init__(self, results_path: Path, name: str) -> None:
@@ -160,9 +174,6 @@ class FileLease:
         handle.write(json.dumps(_holder()))
         handle.flush()
         self.handle = handle
-
-    def renew(self) -> None:
-        """Nothing to refresh: the kernel holds the lock while the process lives."""
 
     def release(self) -> None:
         if self.handle is not None:
