@@ -1,4 +1,12 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from harness.data import DatasetCatalog, MetadataCatalog
 from harness.errors import InputError
@@ -41,3 +49,22 @@ def test_builtin_digits_metadata():
     meta = MetadataCatalog.get("digits_sem_seg_train")
     assert meta.stuff_classes == [str(d) for d in range(10)] + ["background"]
     assert meta.ignore_label == 255 and meta.evaluator_type == "sem_seg"
+
+
+def test_readme_s_dataset_module_registers_through_segheads_datasets(tmp_path):
+    """README's ``register_sem_seg`` snippet, as a user's module named in ``SEGHEADS_DATASETS``:
+    it imports from ``harness.data`` while segheads starts, and the command sees its splits."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "register_sem_seg(" in block)
+    (tmp_path / "my_datasets.py").write_text(snippet)
+    for split in ("train",):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "images" / split / "a.jpg")
+        Image.fromarray(np.ones((20, 24), np.uint8)).save(tmp_path / "labels" / split / "a.png")
+    env = {**os.environ, "SEGHEADS_DATASETS": "my_datasets",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "harness", "validate-data", "mydata_train"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "1 pairs, 0 problem(s)" in done.stderr and "circular import" not in done.stderr

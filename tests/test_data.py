@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 from harness.data import AugmentConfig, SemSegMapper, build_train_loader, load_sem_seg
+from harness.data.digits import cache_root
 from harness.data.loader import DataParallelLayout, StepSampler, split_batch
+from harness.data.sem_seg import scan_file
 from harness.errors import InputError
 
 
@@ -156,10 +158,12 @@ def test_train_loader_batches_forever(folder_dataset):
     assert shapes == [(3, 3, 32, 32)] * 5
 
 
-def test_a_folder_scan_is_kept_beside_it_and_done_again_when_the_listing_changes(folder_dataset):
+def test_a_folder_scan_is_kept_in_the_cache_and_done_again_when_the_listing_changes(folder_dataset):
     image_root, gt_root = folder_dataset
+    dataset_tree = sorted(image_root.parent.rglob("*"))
     first = load_sem_seg(gt_root, image_root)
-    assert (image_root.parent / f".segheads-scan-{image_root.name}.json").is_file()
+    assert scan_file(image_root).is_file() and scan_file(image_root).parent == cache_root() / "scans"
+    assert sorted(image_root.parent.rglob("*")) == dataset_tree  # nothing written into the dataset's tree
     victim = image_root / "img0.jpg"  # same size and time, no longer an image: a re-scan would fail on it
     info = victim.stat()
     victim.write_bytes(b"\0" * info.st_size)

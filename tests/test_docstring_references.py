@@ -69,3 +69,17 @@ def test_cli_help_names_the_config_s_default_backbone(command, capsys):
         build_parser().parse_args([command, "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert f"--backbone BACKBONE timm model name or registered encoder (default {RunConfig().model.backbone})" in help_text
+
+
+def test_top_level_help_is_a_sentence_and_prepare_data_help_lists_every_layout(capsys):
+    from harness.cli.parser import DESCRIPTION, PREPARE_LAYOUTS, build_parser
+    from harness.data.prepare import PREPARERS
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert DESCRIPTION.endswith(".") and " ".join(DESCRIPTION.split()) in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prepare-data", "--help"])
+    shown = capsys.readouterr().out
+    listed = re.findall(r"^  (\S+) +reads ", PREPARE_LAYOUTS, re.M)
+    assert listed == list(PREPARERS) and all(name in shown for name in listed)

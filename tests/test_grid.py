@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,38 @@ def test_spec_expands_with_overrides_in_order(tmp_path):
     assert cells[2].model.classifier_kwargs == resolved and cells[0].model.classifier_kwargs == {}
     assert len({config_hash(c) for c in cells}) == 4
     assert [config_hash(c) for c in cells] == [config_hash(c) for c in expand(load_grid(path))]
+
+
+def test_set_overrides_every_cell_last_and_names_a_bad_key(tmp_path, capsys):
+    path = write_spec(tmp_path, "tweaked", classifiers=["softmax", "protoseg"], overrides=["data.batch_size=2"],
+                      classifier_overrides={"protoseg": {"train": {"iters": 7, "lr": 0.5}}})
+    cells = expand(load_grid(path, ["train.iters=4", "train.warmup_iters=1"]))
+    assert [(c.train.iters, c.train.warmup_iters, c.data.batch_size) for c in cells] == [(4, 1, 2), (4, 1, 2)]
+    assert cells[1].train.lr == 0.5  # what --set leaves alone stays the classifier's own
+    assert config_hash(cells[0]) != config_hash(expand(load_grid(path))[0])
+    with pytest.raises(InputError, match=r"tweaked.yaml: override 'train.nope=1'.*unknown key 'train.nope'"):
+        load_grid(path, ["train.nope=1"])
+    with pytest.raises(InputError, match="override 'model.backbone=resnet18': model.backbone is a grid axis"):
+        load_grid(path, ["model.backbone=resnet18"])
+    assert main(["grid", str(path), "--dry-run", "--set", "train.iters=3"]) == 0
+    assert "iters=3" in capsys.readouterr().out
+
+
+def test_a_missing_weights_file_is_named_with_segheads_weights_before_any_cell_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEGHEADS_WEIGHTS", str(tmp_path / "weights"))
+    path = write_spec(tmp_path, "unweighted", classifiers=["softmax"],
+                      backbone_overrides={"test_convnext": {"model": {"backbone_kwargs": {"checkpoint": "weights:w.pth"}}}})
+    assert main(["grid", str(path), "--dry-run"]) == 0
+    assert "weights: weights:w.pth (not on this machine)" in capsys.readouterr().out
+    message = (f"model.backbone_kwargs.checkpoint weights:w.pth: {tmp_path / 'weights' / 'w.pth'} not found "
+               f"($SEGHEADS_WEIGHTS={tmp_path / 'weights'}); put the file there")
+    with pytest.raises(InputError, match=re.escape(message)):
+        run_grid(load_grid(path), f"sqlite:///{tmp_path / 'mlflow.db'}", results_path=tmp_path / "results.jsonl")
+    assert not (tmp_path / "checkpoints").exists()  # no cell started
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "w.pth").write_bytes(b"")
+    assert main(["grid", str(path), "--dry-run"]) == 0
+    assert "weights: weights:w.pth\n" in capsys.readouterr().out
 
 
 def test_a_classifier_s_neck_wins_over_its_backbone_s_and_both_over_the_axis(tmp_path):

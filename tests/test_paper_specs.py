@@ -7,6 +7,7 @@ import pytest
 
 from harness.check import load_reference
 from harness.cli import main
+from harness.config import config_hash
 from harness.engine import cell_tags
 from harness.grid import expand, load_grid
 
@@ -40,6 +41,9 @@ def test_dry_run_lists_every_cell_and_the_reference_selects_them(spec, capsys, t
     tags = [cell_tags(c) for c in cells]
     reference = load_reference(ROOT / "jobs" / "reference" / "papers" / spec.name)
     assert reference.cases
+    # the numbers hold for this spec's cells exactly: a cell trained otherwise is not compared with them
+    assert all(case.recipe.spec == f"jobs/papers/{spec.name}" for case in reference.cases)
+    assert set(reference.cases[0].recipe.spec_cells) == {config_hash(c) for c in cells}
     for case in reference.cases:
         assert any(all(t.get(k) == str(v) for k, v in case.select.items()) for t in tags), case.select
 
@@ -56,7 +60,7 @@ def test_every_paper_cell_names_its_weights_protocol_and_recipe_and_the_dry_run_
         checkpoint = cfg.model.backbone_kwargs.get("checkpoint", "")
         assert checkpoint.startswith("weights:") and cfg.model.backbone_kwargs.get("checkpoint_strict", True), cfg.model
         assert cfg.model.init == "mmseg"
-        assert f"      weights: {checkpoint}\n" in out
+        assert f"      weights: {checkpoint} (not on this machine)\n" in out  # no $SEGHEADS_WEIGHTS here
         assert f"      eval: {cfg.eval.describe()}" in out
         if cfg.data.dataset.startswith("cityscapes"):  # ProtoSeg §5.1: sliding windows of 768x768
             assert cfg.eval.mode == "slide" and cfg.eval.crop_size == [768, 768]

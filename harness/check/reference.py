@@ -14,7 +14,17 @@ A reference file (safe-loaded YAML), in the spirit of detectron2's EXPECTED_RESU
           - [mIoU - softmax, ">=", -10]      # difference to the softmax cell: at most 10 points under it
 
 ``select`` says which model or cell a case is about; what builds or finds it is the
-caller's business (a test, ``segheads check``). A metric written ``NAME / CLASSIFIER`` is
+caller's business (a test, ``segheads check``). A reference of trained cells pins the
+``recipe`` its numbers hold for, for every case (a case may add its own, merged over it)::
+
+    recipe:
+      spec: jobs/papers/protoseg_table1_ade20k.yaml   # exactly the cells this spec expands to (config_hash)
+      train.iters: 160000                             # and/or config keys a cell must have, as the config says
+      config_hash: 0123456789abcdef                   # or one cell
+
+``segheads check`` compares only cells that ran the recipe: a 4-iteration grid's softmax is
+"no cell ran this recipe", never compared with a paper's number. A ``spec`` path is relative to
+the working directory, else to a folder above the reference file. A metric written ``NAME / CLASSIFIER`` is
 NAME of the selected cell divided by NAME of the cell that differs only in having
 classifier CLASSIFIER, ``NAME - CLASSIFIER`` the difference (``check`` computes both). Numbers are plain (YAML 1.1 reads ``1e6``
 as a string; write ``1000000`` or ``1.0e+6``).
@@ -28,8 +38,9 @@ from pathlib import Path
 
 import yaml
 
-from harness.config import read_yaml
+from harness.config import config_hash, config_params, read_yaml, seedless_settings, to_dict
 from harness.errors import InputError
+from harness.grid.spec import expand, load_grid
 
 _BOUNDS = ("<=", ">=")
 
@@ -83,9 +94,50 @@ class Expectation:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """What a cell must have run for a case to compare it: one of the cells ``spec`` expands to
+    (``spec_cells``: config_hash -> (tags, seed-free settings)), the config ``fields`` (flattened
+    key -> value as the settings hold it), ``config_hash``. Empty: any cell."""
+
+    spec: str | None = None
+    spec_cells: dict = field(default_factory=dict)
+    fields: dict = field(default_factory=dict)
+    config_hash: str | None = None
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.spec or self.fields or self.config_hash)
+
+    def describe(self) -> str:
+        parts = ([f"spec {self.spec}"] if self.spec else []) + [f"{k}={v}" for k, v in self.fields.items()]
+        return ", ".join(parts + ([f"config_hash {self.config_hash}"] if self.config_hash else [])) or "any"
+
+    def admits(self, tags: dict, settings: dict) -> bool:
+        """Whether a cell with ``tags`` and seed-free ``settings`` ran this recipe."""
+        digest = tags.get("config_hash")
+        return ((not self.spec or digest in self.spec_cells) and (not self.config_hash or digest == self.config_hash)
+                and all(settings.get(k) == v for k, v in self.fields.items()))
+
+    def difference(self, tags: dict, settings: dict) -> str:
+        """How a cell that did not run this recipe differs from it (a few settings), for a message."""
+        wanted = dict(self.fields)
+        same = [s for t, s in self.spec_cells.values() if all(t.get(k) == tags.get(k) for k in _CELL_TAGS)]
+        if same:
+            wanted = {**same[0], **wanted}
+        off = [f"{k}={settings.get(k, '-')} (recipe {v})" for k, v in wanted.items() if settings.get(k) != v]
+        if off:
+            return ", ".join(off[:3]) + (f" and {len(off) - 3} more" if len(off) > 3 else "")
+        return "another config_hash"
+
+
+_CELL_TAGS = ("dataset", "backbone", "neck", "classifier")
+
+
+@dataclass(frozen=True)
 class ReferenceCase:
     select: dict
     expect: tuple[Expectation, ...]
+    recipe: Recipe = field(default_factory=Recipe)
 
     def failures(self, measured: dict[str, float]) -> list[str]:
         return [message for e in self.expect if (message := e.failure(measured)) is not None]
@@ -122,22 +174,60 @@ def _expectation(entry, where: str) -> Expectation:
     return Expectation(metric, _number(value, f"{where} value"), tolerance, relative)
 
 
+def _spec_path(spec, reference: Path, where: str) -> Path:
+    if not isinstance(spec, str):
+        raise InputError(f"{where}.spec: expected a grid spec path, got {spec!r}")
+    for base in (Path.cwd(), *reference.resolve().parents):
+        if (base / spec).is_file():
+            return base / spec
+    raise InputError(f"{where}.spec: {spec} not found (from the working directory or a folder above {reference})")
+
+
+def _recipe(data, reference: Path, where: str, specs: dict) -> dict:
+    """A recipe mapping checked; ``spec`` read and expanded once per file (``specs``)."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping (spec, config keys, config_hash), got {data!r}")
+    if "train.seed" in data:
+        raise InputError(f"{where}: train.seed is the select's business (seed: N), not the recipe's")
+    recipe = dict(data)
+    if "spec" in recipe:
+        path = _spec_path(recipe["spec"], reference, where)
+        if path not in specs:
+            specs[path] = {config_hash(cfg): (dict(zip(_CELL_TAGS, (cfg.data.dataset, cfg.model.backbone, cfg.model.neck,
+                                                                   cfg.model.classifier))),
+                                              seedless_settings(config_params(to_dict(cfg))))
+                           for cfg in expand(load_grid(path))}
+    return recipe
+
+
+def _build_recipe(data: dict, reference: Path, specs: dict) -> Recipe:
+    data = dict(data)
+    spec, digest = data.pop("spec", None), data.pop("config_hash", None)
+    cells = specs[_spec_path(spec, reference, "recipe")] if spec else {}
+    return Recipe(spec, cells, {k: str(v) for k, v in data.items()}, None if digest is None else str(digest))
+
+
 def load_reference(path: str | Path) -> Reference:
     """Parse and validate a reference file; ``InputError`` naming the file and the entry otherwise."""
     path = Path(path)
     data = read_yaml(path, "reference file")
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or not data["cases"]:
         raise InputError(f"{path}: expected a mapping with name, source and a non-empty list 'cases'")
-    unknown = set(data) - {"name", "source", "cases"}
+    unknown = set(data) - {"name", "source", "recipe", "cases"}
     if unknown:
-        raise InputError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, source, cases")
+        raise InputError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, source, recipe, cases")
+    specs: dict = {}
+    shared = _recipe(data.get("recipe", {}), path, f"{path}: recipe", specs)
     cases = []
     for i, case in enumerate(data["cases"]):
         where = f"{path}: cases[{i}]"
-        if not isinstance(case, dict) or set(case) != {"select", "expect"} or not isinstance(case["select"], dict):
-            raise InputError(f"{where}: expected a mapping with exactly 'select' (mapping) and 'expect' (list)")
+        if (not isinstance(case, dict) or not {"select", "expect"} <= set(case) <= {"select", "expect", "recipe"}
+                or not isinstance(case["select"], dict)):
+            raise InputError(f"{where}: expected a mapping with 'select' (mapping), 'expect' (list) and, "
+                             "optionally, 'recipe' (mapping)")
         if not isinstance(case["expect"], list) or not case["expect"]:
             raise InputError(f"{where}.expect: expected a non-empty list of [metric, value, tolerance]")
         expect = tuple(_expectation(e, f"{where}.expect[{j}]") for j, e in enumerate(case["expect"]))
-        cases.append(ReferenceCase(dict(case["select"]), expect))
+        recipe = {**shared, **_recipe(case.get("recipe", {}), path, f"{where}.recipe", specs)}
+        cases.append(ReferenceCase(dict(case["select"]), expect, _build_recipe(recipe, path, specs)))
     return Reference(str(data.get("name", path.stem)), str(data.get("source", "")), tuple(cases))

@@ -12,7 +12,7 @@ from harness.results import read_results
 
 
 def grid(args: argparse.Namespace) -> int:
-    spec = load_grid(args.spec)
+    spec = load_grid(args.spec, args.set)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise InputError(f"--max-concurrent {args.max_concurrent}: expected >= 1")
     if args.dry_run:

@@ -19,6 +19,28 @@ MEASURE_FLAGS = {  # CLI flag -> config key
     "threads": "train.threads", "device": "device",
 }
 
+DESCRIPTION = ("Train and measure interchangeable pixel classifier heads over a matrix of segmentation backbones; "
+               "`segheads COMMAND --help` tells each command's options.")
+NECK_HELP = "registered neck (default mlp; `segheads list necks` names them all, e.g. fpn, upernet, stages)"
+
+PREPARE_LAYOUTS = """layouts, under --root (each output written under a temporary name, renamed when complete;
+an existing output is left alone):
+  ade20k             reads  ADEChallengeData2016/annotations/{training,validation}/*.png
+                     writes ADEChallengeData2016/annotations_detectron2/...: 0 (other) -> 255, k -> k-1
+                            (detectron2's prepare_ade20k_sem_seg.py)
+  cityscapes         reads  cityscapes/gtFine/{train,val}/*/*_gtFine_labelIds.png
+                     writes *_gtFine_labelTrainIds.png beside them (label id -> train id, others 255)
+  coco_stuff_164k    reads  coco/stuffthingmaps_trainval2017/{train2017,val2017}/*.png (pixel = COCO id - 1)
+                     writes coco/stuffthingmaps_detectron2/...: the 171 used ids -> 0..170, others 255
+  coco_stuff_10k     reads  coco/coco_stuff_10k/{images/*.jpg, annotations/*.mat (S: COCO ids, 0 unlabelled),
+                            imageLists/{train,test}.txt}
+                     writes coco/coco_stuff_10k/{images_detectron2,annotations_detectron2}/{train,test} (171 classes)
+  pascal_context_59  reads  VOCdevkit/VOC2010/{JPEGImages, ImageSets/Main/{train,val}.txt},
+                            pascal_context/{trainval/*.mat (LabelMap), labels.txt}
+                     writes pascal_ctx_d2/images/{training,validation}, pascal_ctx_d2/annotations_ctx59/...:
+                            the 59 classes -> 0..58 by name, others 255"""
+
+
 def _batch_sizes(text: str) -> list[int]:
     """Comma-separated integers (batch sizes, class counts)."""
     try:
@@ -28,14 +50,14 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segheads", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="segheads", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train, evaluate and log one classifier x backbone cell")
     run.add_argument("--backbone", help="timm model name or registered encoder (default resnet10t)")
     run.add_argument("--classifier", help="registered classifier head (default softmax)")
     run.add_argument("--dataset", help="dataset with <name>_train/<name>_val registered (default digits_sem_seg)")
-    run.add_argument("--neck", help="neck: mlp (default) or fpn")
+    run.add_argument("--neck", help=NECK_HELP)
     run.add_argument("--iters", type=int, help="training iterations")
     run.add_argument("--batch-size", type=int, help="training batch size")
     run.add_argument("--image-size", type=int, help="square training crop size")
@@ -59,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure = commands.add_parser("measure", help="params, FLOPs, latency, throughput and memory of one model")
     measure.add_argument("--backbone", help="timm model name or registered encoder (default resnet10t)")
     measure.add_argument("--classifier", help="registered classifier head (default softmax)")
-    measure.add_argument("--neck", help="neck: mlp (default) or fpn")
+    measure.add_argument("--neck", help=NECK_HELP)
     measure.add_argument("--num-classes", type=int, default=150, help="classes C (default 150, as ADE20K)")
     measure.add_argument("--image-size", type=int, help="square input size (default 512)")
     measure.add_argument("--batch-sizes", type=_batch_sizes, help="comma-separated batch sweep, e.g. 1,4 (default 1)")
@@ -87,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = commands.add_parser("grid", help="run a classifier x backbone grid on Ray, logged to MLflow")
     grid.add_argument("spec", type=Path, help="grid spec YAML, e.g. jobs/quickstart.yaml")
+    grid.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                      help="config overrides for every cell, applied last, e.g. train.iters=4 data.batch_size=2")
     grid.add_argument("--address", help="Ray cluster address (default: start Ray locally on 127.0.0.1)")
     grid.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     grid.add_argument("--results", type=Path, help="results.jsonl to append to (default outputs/<grid name>/results.jsonl)")
@@ -104,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--experiment", help="MLflow experiment (default: the grid name the results carry)")
     importing.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
-    preparing = commands.add_parser("prepare-data", help="convert a downloaded dataset to the layout segheads reads")
+    preparing = commands.add_parser("prepare-data", help="convert a downloaded dataset to the layout segheads reads",
+                                    epilog=PREPARE_LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter)
     preparing.add_argument("name", help="ade20k, cityscapes, coco_stuff_164k, coco_stuff_10k or pascal_context_59")
     preparing.add_argument("--root", type=Path, help="datasets folder (default $DETECTRON2_DATASETS or ./datasets)")
 
@@ -124,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--experiment", help="MLflow experiment (a grid's name) whose FINISHED cells to check")
     source.add_argument("--results", type=Path, help="a grid's results.jsonl")
     checking.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    checking.add_argument("--allow-missing", action="store_true", help="expectations no cell ran the recipe of "
+                          "(or no cell matches) do not fail the check; those that were measured still must hold")
     checking.add_argument("--latest", action="store_true", help="where cells of one head differ in more than the "
                           "seed, check only the newest configuration (default: such a select fails, naming them)")
 

@@ -1,7 +1,7 @@
 """Data in detectron2's dataset-dict format: catalogs, built-in datasets, the mapper with MMSegmentation's
 training transforms (``transforms``), loaders."""
 
-from harness.data.builtin import register_sem_seg
+from harness.data.builtin import import_user_datasets, register_sem_seg
 from harness.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
 from harness.data.loader import DataParallelLayout, StepSampler, build_test_loader, build_train_loader, split_batch
 from harness.data.mapper import AugmentConfig, SemSegMapper
@@ -24,3 +24,5 @@ __all__ = [
     "register_sem_seg",
     "split_batch",
 ]
+
+import_user_datasets()  # last: a user's module may import any of the names above

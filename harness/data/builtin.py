@@ -122,8 +122,9 @@ def _register_digits() -> None:
         MetadataCatalog.get(name).set(stuff_classes=classes, ignore_label=255, evaluator_type="sem_seg", allow_hflip=False)
 
 
-def _import_user_datasets() -> None:
-    """Import the modules ``SEGHEADS_DATASETS`` names (comma-separated): a user's registrations."""
+def import_user_datasets() -> None:
+    """Import the modules ``SEGHEADS_DATASETS`` names (comma-separated): a user's registrations.
+    ``harness.data`` calls it once it has every name, so those modules may import from it."""
     for module in filter(None, (name.strip() for name in os.environ.get("SEGHEADS_DATASETS", "").split(","))):
         try:
             importlib.import_module(module)
@@ -134,4 +135,3 @@ def _import_user_datasets() -> None:
 
 _register_digits()
 _register_papers_datasets(datasets_root())
-_import_user_datasets()

@@ -1,13 +1,8 @@
 """``segheads prepare-data NAME``: the documented conversions from a dataset's download to
 the layout ``harness.data.builtin`` reads, under ``$DETECTRON2_DATASETS`` (or ``root``).
 
-| NAME | reads (downloaded) | writes |
-|---|---|---|
-| ``ade20k`` | ``ADEChallengeData2016/annotations/{training,validation}/*.png`` | ``annotations_detectron2/...``: 0 (other) -> 255, k -> k-1, as detectron2's ``prepare_ade20k_sem_seg.py`` |
-| ``cityscapes`` | ``cityscapes/gtFine/{train,val}/*/*_gtFine_labelIds.png`` | ``*_gtFine_labelTrainIds.png`` beside them (cityscapesscripts' id -> train id; others 255) |
-| ``coco_stuff_164k`` | ``coco/stuffthingmaps_trainval2017/{train2017,val2017}/*.png`` (pixel = COCO id - 1) | ``coco/stuffthingmaps_detectron2/...``: the 171 used ids -> 0..170, others 255 |
-| ``coco_stuff_10k`` | ``coco/coco_stuff_10k/{images/*.jpg, annotations/*.mat (S: COCO ids, 0 unlabelled), imageLists/{train,test}.txt}`` | ``images_detectron2/{train,test}``, ``annotations_detectron2/{train,test}`` (171 classes) |
-| ``pascal_context_59`` | ``VOCdevkit/VOC2010/{JPEGImages, ImageSets/Main/{train,val}.txt}``, ``pascal_context/{trainval/*.mat (LabelMap), labels.txt}`` | ``pascal_ctx_d2/images/{training,validation}``, ``annotations_ctx59/...``: the 59 classes -> 0..58 by name, others 255 |
+The layouts, what each reads and writes, are ``harness.cli.parser.PREPARE_LAYOUTS`` (``segheads
+prepare-data --help`` prints them; a test keeps them and ``PREPARERS`` the same names).
 
 Each output folder is written under a temporary name and renamed when complete, so an
 interrupted run leaves nothing that looks prepared; an existing output is left alone.

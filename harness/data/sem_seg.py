@@ -110,35 +110,32 @@ def _listing_key(images: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _scan_files(image_root: Path) -> list[Path]:
-    """Where a folder's scan is kept: beside the folder, else (read-only data) in the segheads cache."""
-    name = f".segheads-scan-{image_root.name}.json"
-    fallback = hashlib.sha256(str(image_root.resolve()).encode()).hexdigest()[:16]
-    return [image_root.parent / name, cache_root() / "scans" / f"{fallback}.json"]
+def scan_file(image_root: Path) -> Path:
+    """Where a folder's scan is kept: in the segheads cache (``$SEGHEADS_CACHE/scans``), named by
+    the folder's absolute path; never in the dataset's own tree, often shared and read-only."""
+    digest = hashlib.sha256(str(image_root.resolve()).encode()).hexdigest()[:16]
+    return cache_root() / "scans" / f"{image_root.name}-{digest}.json"
 
 
 def scanned_sizes(images: list[Path], image_root: Path) -> list[tuple[int, int]]:
     """(width, height) of each of ``images`` (under ``image_root``), from the file headers once:
-    the scan is kept beside the folder, keyed by its listing (``_listing_key``), and read back
-    while the listing is unchanged, so the cells of a grid do not each open every image header."""
-    key = _listing_key(images)
-    places = _scan_files(image_root)
-    for place in places:
-        try:
-            kept = json.loads(place.read_text())
-            if kept["key"] == key and len(kept["sizes"]) == len(images):
-                return [tuple(size) for size in kept["sizes"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+    the scan is kept in the cache (``scan_file``), keyed by the folder's listing (``_listing_key``),
+    and read back while the listing is unchanged, so the cells of a grid do not each open every
+    image header. A cache that cannot be written only costs the next reader the scan."""
+    key, place = _listing_key(images), scan_file(image_root)
+    try:
+        kept = json.loads(place.read_text())
+        if kept["key"] == key and len(kept["sizes"]) == len(images):
+            return [tuple(size) for size in kept["sizes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     sizes = [image_size(path) for path in images]
-    for place in places:  # written whole, then renamed into place
-        try:
-            place.parent.mkdir(parents=True, exist_ok=True)
-            with staged_file(place, "w") as out:
-                json.dump({"key": key, "sizes": sizes}, out)
-            break
-        except OSError:
-            continue
+    try:
+        place.parent.mkdir(parents=True, exist_ok=True)
+        with staged_file(place, "w") as out:  # written whole, then renamed into place
+            json.dump({"key": key, "sizes": sizes}, out)
+    except OSError:
+        pass
     return sizes
 
 

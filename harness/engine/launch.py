@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import resource
 import shutil
@@ -72,6 +73,8 @@ def init_ray(address: str | None) -> bool:
         ray.init(address=address, log_to_driver=False,
                  runtime_env={"env_vars": {"SEGHEADS_DATASETS": datasets}} if datasets else None)
     else:  # loopback: harness/__init__.py set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray was imported
+        # Ray turns token authentication on for a cluster it starts and warns that it did, on every run.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     return True
 

@@ -26,7 +26,7 @@ from harness.grid.store import GridStore
 from harness.grid.table import GridOutcome
 from harness.grid.tasks import REPORT_FAILED, REPORT_TRAINED, measure_task, train_trial
 from harness.logs import logger
-from harness.modeling import uncached_builtin_weights
+from harness.modeling import missing_weights, uncached_builtin_weights
 from harness.results import CellResult
 from harness.tracking import TRUNKS, resolve_trunks
 
@@ -82,6 +82,11 @@ def _run_cells(spec: GridSpec, cells: list[RunConfig], store: GridStore, lease, 
                                   if (path := uncached_builtin_weights(cfg.model.backbone, cfg.model.backbone_kwargs))}):
         logger.info(f"{backbone}: builtin:digits weights are not made on this machine yet; the first cell "
             f"that needs them pretrains them once ({path}), cells that need them too wait")
+    missing = sorted({problem for cfg in todo if (problem := missing_weights(cfg.model.backbone_kwargs))})
+    if missing and address is None:  # this machine trains the cells: found now, not a second into each
+        raise InputError(missing[0] + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+    for problem in missing:  # a cluster's nodes may hold what its driver lacks
+        logger.warning(f"{problem} on this machine, the driver's; every node that trains these cells needs it")
     started_ray = init_ray(address)
     try:
         _check_feasible(spec.resources, autoscaling=bool(address))

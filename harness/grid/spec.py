@@ -10,7 +10,7 @@ from pathlib import Path
 
 from backbones import check_backbone, list_necks
 from classifiers import build_classifier, list_classifiers
-from harness.config import RunConfig, bounded, from_dict, read_yaml, to_dict
+from harness.config import RunConfig, apply_overrides, bounded, from_dict, read_yaml, to_dict
 from harness.data import dataset_splits, split_batch
 from harness.engine import CellResources
 from harness.errors import InputError, one_line, unknown_name_error
@@ -18,6 +18,8 @@ from harness.measure import training_flops
 from harness.modeling import resolve_classifier
 
 _SECTIONS = ("model", "data", "train", "measure", "eval", "trunk")  # RunConfig sections a spec may set
+# Config keys the axes set (and the experiment, the spec's name): an override may not change them.
+_AXIS_KEYS = ("model.backbone", "model.classifier", "model.neck", "data.dataset", "train.seed", "experiment")
 
 
 @dataclass
@@ -55,7 +57,8 @@ class GridSpec:
     ``eval`` is the test protocol, ``trunk`` a trained backbone and neck every cell starts from,
     frozen unless ``trunk.train``); ``dataset_overrides``, ``backbone_overrides`` and
     ``classifier_overrides`` map a name to config sections applied to that axis value's cells,
-    in that order (e.g. a dataset's own test protocol, a backbone's weights)."""
+    in that order (e.g. a dataset's own test protocol, a backbone's weights); ``overrides``,
+``key=value`` strings applied to every cell last (``segheads grid --set``), never to an axis key."""
 
     name: str = ""
     backbones: list[str] = field(default_factory=list)
@@ -73,20 +76,24 @@ class GridSpec:
     backbone_overrides: dict = field(default_factory=dict)
     classifier_overrides: dict = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
+    overrides: list[str] = field(default_factory=list)
 
 
 _AXES = ("backbones", "classifiers", "datasets", "seeds", "necks")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
-def load_grid(path: str | Path) -> GridSpec:
+def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GridSpec:
     """Read and validate a grid spec before anything runs: keys, types and value ranges,
-    axes (non-empty, no repeats, registered names), override sections and resources.
+    axes (non-empty, no repeats, registered names), override sections and resources; then
+    ``overrides`` (``key=value``, as ``segheads grid --set``) added to the spec's own.
     ``InputError`` naming the file, the key path and what was expected otherwise."""
     path = Path(path)
     data = read_yaml(path, "grid spec")
     try:
-        return _check_spec(from_dict(GridSpec, data if data is not None else {}))
+        spec = from_dict(GridSpec, data if data is not None else {})
+        spec.overrides = [*spec.overrides, *overrides]
+        return _check_spec(spec)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
 
@@ -105,6 +112,14 @@ def _check_spec(spec: GridSpec) -> GridSpec:
         if repeated:
             raise InputError(f"{axis}: {', '.join(repeated)} listed more than once")
     _check_names(spec)
+    for item in spec.overrides:  # a bad key or value named before any cell is built
+        if item.partition("=")[0] in _AXIS_KEYS:
+            raise InputError(f"override {item!r}: {item.partition('=')[0]} is a grid axis; list its values in the spec")
+        try:
+            apply_overrides(RunConfig(), [item])
+        except InputError as exc:
+            message = str(exc)
+            raise InputError(message if message.startswith("override ") else f"override {item!r}: {message}") from None
     from_dict(RunConfig, {section: getattr(spec, section) for section in _SECTIONS})
     for kind, axis in (("dataset_overrides", spec.datasets), ("backbone_overrides", spec.backbones),
                        ("classifier_overrides", spec.classifiers)):
@@ -197,7 +212,7 @@ def expand(spec: GridSpec) -> list[RunConfig]:
                                       "data": {"dataset": dataset}, "train": {"seed": seed, "threads": threads}})
                         data["experiment"] = spec.name
                         try:
-                            cells.append(resolve_classifier(from_dict(RunConfig, data)))
+                            cells.append(resolve_classifier(apply_overrides(from_dict(RunConfig, data), spec.overrides)))
                         except InputError as exc:
                             raise InputError(f"cell {classifier}@{backbone}/{neck} {dataset} s{seed}: {exc}") from None
     return cells

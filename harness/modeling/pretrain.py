@@ -74,6 +74,9 @@ def resolve_backbone_kwargs(backbone: str, kwargs: dict) -> dict:
     (made on first use), ``weights:<file>`` by ``$SEGHEADS_WEIGHTS/<file>``; any other ``kwargs`` unchanged."""
     checkpoint = kwargs.get("checkpoint")
     if isinstance(checkpoint, str) and checkpoint.startswith(WEIGHTS_PREFIX):
+        problem = missing_weights(kwargs)
+        if problem:
+            raise InputError(problem)
         return {**kwargs, "checkpoint": str(weights_root() / checkpoint[len(WEIGHTS_PREFIX):])}
     if not (isinstance(checkpoint, str) and checkpoint.startswith(BUILTIN_PREFIX)):
         return dict(kwargs)
@@ -90,10 +93,28 @@ def weights_root() -> Path:
     return Path(os.environ.get("SEGHEADS_WEIGHTS", "weights"))
 
 
+def missing_weights(kwargs: dict) -> str | None:
+    """Why the encoder weights file ``kwargs`` name is not on this machine (a ``weights:<file>``
+    under ``$SEGHEADS_WEIGHTS``, or a path), as one line; None when it is, or when they name no file."""
+    checkpoint = kwargs.get("checkpoint")
+    if not isinstance(checkpoint, str) or not checkpoint or checkpoint.startswith(BUILTIN_PREFIX):
+        return None
+    if checkpoint.startswith(WEIGHTS_PREFIX):
+        path = weights_root() / checkpoint[len(WEIGHTS_PREFIX):]
+        where = (f"$SEGHEADS_WEIGHTS={os.environ['SEGHEADS_WEIGHTS']}" if "SEGHEADS_WEIGHTS" in os.environ
+                 else "$SEGHEADS_WEIGHTS is unset, so ./weights")
+        if not path.is_file():
+            return (f"model.backbone_kwargs.checkpoint {checkpoint}: {path} not found ({where}); put the file there "
+                    "or point SEGHEADS_WEIGHTS at the folder that holds it")
+        return None
+    return None if Path(checkpoint).is_file() else f"model.backbone_kwargs.checkpoint {checkpoint}: no such file"
+
+
 def describe_weights(kwargs: dict) -> str:
     """An encoder's first weights as a dry run lists them: the checkpoint named, the hub's, or none."""
     if kwargs.get("checkpoint"):
-        return str(kwargs["checkpoint"]) + ("" if kwargs.get("checkpoint_strict", True) else " (not strict)")
+        missing = " (not on this machine)" if missing_weights(kwargs) else ""
+        return str(kwargs["checkpoint"]) + ("" if kwargs.get("checkpoint_strict", True) else " (not strict)") + missing
     return "hub (pretrained: true)" if kwargs.get("pretrained") else "none (random init)"
 
 

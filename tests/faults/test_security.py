@@ -146,7 +146,7 @@ for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, che
     if {int(p) for p in re.findall(r"pid=(\\d+)", line)} & pids:
         listening.append(line.split()[3].rsplit(":", 1)[0].strip("[]"))
 ray.shutdown()
-print(json.dumps(listening))
+print(json.dumps({"listening": listening, "auth": os.environ.get("RAY_AUTH_MODE")}))
 """
 
 
@@ -161,11 +161,14 @@ def _is_loopback(host: str) -> bool:
 
 def test_local_ray_listens_only_on_loopback_when_the_caller_exported_nothing():
     """The grid's local Ray in a process whose environment lacks RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:
-    every listening socket of every Ray process (GCS, raylet, workers, agents) is on loopback."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
-    out = subprocess.run([sys.executable, "-c", _LISTENERS], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=180, check=True).stdout
-    hosts = json.loads(out.strip().splitlines()[-1])
+    every listening socket of every Ray process (GCS, raylet, workers, agents) is on loopback;
+    token authentication is on, chosen explicitly, so Ray does not warn about it on every run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")}
+    done = subprocess.run([sys.executable, "-c", _LISTENERS], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=180, check=True)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["auth"] == "token" and "Token authentication is enabled" not in done.stderr
+    hosts = found["listening"]
     assert len(hosts) >= 3  # GCS, raylet, a worker at least: the listing did find Ray's sockets
     assert [h for h in hosts if not _is_loopback(h)] == []
     assert not _is_loopback("*") and not _is_loopback("0.0.0.0") and _is_loopback("::ffff:127.0.0.1")
