@@ -46,6 +46,13 @@ def test_set_overrides_every_cell_last_and_names_a_bad_key(tmp_path, capsys):
         load_grid(path, ["model.backbone=resnet18"])
     assert main(["grid", str(path), "--dry-run", "--set", "train.iters=3"]) == 0
     assert "iters=3" in capsys.readouterr().out
+    # a warm-up the spec sets that outlasts the schedule: refused, naming the cell
+    warm = write_spec(tmp_path, "warm", classifiers=["softmax"], backbone_overrides={"test_convnext": {"train": {
+        "warmup_iters": 1500}}})
+    with pytest.raises(InputError, match=r"cell softmax@test_convnext/mlp digits_sem_seg s0: train.warmup_iters=1500 "
+                                         r"is longer than train.iters=20"):
+        expand(load_grid(warm))
+    assert [c.train.warmup_iters for c in expand(load_grid(warm, ["train.iters=4", "train.warmup_iters=0"]))] == [0]
 
 
 def test_a_missing_weights_file_is_named_with_segheads_weights_before_any_cell_runs(tmp_path, monkeypatch, capsys):
@@ -108,6 +115,17 @@ def test_dry_run_lists_cells_and_resources_and_rejects_unknown_names(tmp_path, c
     assert ("2 cells; per cell 1 worker(s) x 1 CPU, 0.5 GPU (training), 1 CPU, 1 GPU (measurement, holding its "
             "whole node)") in out
     assert "softmax@test_convnext/mlp digits_sem_seg s0" in out and "ssa@test_convnext/mlp" in out
+    # GPU-hours at the stated throughput, and the cells a results.jsonl already has FINISHED
+    cells = expand(load_grid(path))
+    (softmax_flops,) = [flops for cfg, flops in start_order(cells)[0] if cfg.model.classifier == "softmax"]
+    results = tmp_path / "results.jsonl"
+    results.write_text(CellResult("FINISHED", to_dict(cells[0]), config_hash(cells[0]), {}).to_json(indent=None) + "\n")
+    assert main(["grid", str(path), "--dry-run", "--gpu-tflops", "20", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "GPU-hours at 20 TFLOP/s sustained per GPU (an assumption; --gpu-tflops sets it)" in out
+    (line,) = [line for line in out.splitlines() if "softmax@test_convnext" in line]
+    assert line.endswith(f"~{softmax_flops / 20e12 / 3600:.3g} GPU-h  FINISHED")
+    assert "1 of 2 cells already FINISHED" in out
     assert main(["grid", str(write_spec(tmp_path, "dry2", classifiers=["softmaxx"])), "--dry-run"]) == 2
     assert "unknown classifier 'softmaxx'" in capsys.readouterr().err
     uneven = write_spec(tmp_path, "dry3", classifiers=["softmax"], resources={"workers": 3})  # batch 4 over 3

@@ -16,7 +16,9 @@ def grid(args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise InputError(f"--max-concurrent {args.max_concurrent}: expected >= 1")
     if args.dry_run:
-        print(dry_run(spec, args.tracking_uri))
+        if args.gpu_tflops <= 0:
+            raise InputError(f"--gpu-tflops {args.gpu_tflops:g}: expected a positive throughput")
+        print(dry_run(spec, args.tracking_uri, args.results, args.gpu_tflops))
         return 0
     if args.validate_data:
         problems = [p for dataset in spec.datasets for p in validate_registered(dataset)]

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--storage", help="checkpoint folder or URI Ray Train accepts, e.g. s3://bucket/x or a shared "
                                         "filesystem (default: beside the results, outputs/<grid name>/checkpoints)")
     grid.add_argument("--dry-run", action="store_true", help="list the cells and their resources, run nothing")
+    grid.add_argument("--gpu-tflops", type=float, default=50.0,
+                      help="with --dry-run: sustained TFLOP/s of one GPU, for the GPU-hours estimate (default 50)")
     grid.add_argument("--no-tracking", action="store_true",
                       help="write results.jsonl only (log them later with `segheads import-results`)")
     grid.add_argument("--validate-data", action="store_true",

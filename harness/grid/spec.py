@@ -185,12 +185,20 @@ def _sections(update: dict, where: str) -> dict:
     return update
 
 
+def _check_warmup(train) -> None:
+    """A warm-up the spec sets must fit in the schedule: the learning rate would never reach ``train.lr``."""
+    if train.warmup_iters > train.iters:
+        raise InputError(f"train.warmup_iters={train.warmup_iters} is longer than train.iters={train.iters}: the "
+                         "learning rate would never reach train.lr; shorten it too (e.g. --set train.warmup_iters=0)")
+
+
 def expand(spec: GridSpec) -> list[RunConfig]:
     """One ``RunConfig`` per cell, in axis order (dataset, backbone, neck, classifier, seed):
     defaults <- shared sections <- dataset, backbone, classifier overrides <- axis values,
     except that a backbone's or (first) a classifier's override of ``model.neck`` replaces the
     (single) necks axis value for its cells (e.g. ``hrnetv2_w48: {model: {neck: ocr}}``,
-    ``ece: {model: {neck: stages}}``). Each cell's
+    ``ece: {model: {neck: stages}}``); ``overrides`` last. A warm-up the spec sets that is longer
+    than a cell's schedule is an ``InputError``. Each cell's
     classifier kwargs are resolved (``harness.modeling.resolve_classifier``)."""
     threads = max(1, int(spec.resources.cpus))
     cells = []
@@ -212,7 +220,14 @@ def expand(spec: GridSpec) -> list[RunConfig]:
                                       "data": {"dataset": dataset}, "train": {"seed": seed, "threads": threads}})
                         data["experiment"] = spec.name
                         try:
-                            cells.append(resolve_classifier(apply_overrides(from_dict(RunConfig, data), spec.overrides)))
+                            cell = resolve_classifier(apply_overrides(from_dict(RunConfig, data), spec.overrides))
+                            sources = [spec.train] + [overrides.get(value, {}).get("train", {}) for overrides, value in (
+                                (spec.dataset_overrides, dataset), (spec.backbone_overrides, backbone),
+                                (spec.classifier_overrides, classifier))]
+                            if any("warmup_iters" in s for s in sources) or any(
+                                    o.partition("=")[0] == "train.warmup_iters" for o in spec.overrides):
+                                _check_warmup(cell.train)
+                            cells.append(cell)
                         except InputError as exc:
                             raise InputError(f"cell {classifier}@{backbone}/{neck} {dataset} s{seed}: {exc}") from None
     return cells

@@ -11,7 +11,7 @@ from harness.config import config_hash
 from harness.grid.spec import GridSpec, describe, expand, start_order, validate_cells
 from harness.modeling import describe_weights
 from harness.report import Cell, baseline, baseline_name, configurations
-from harness.results import CellResult
+from harness.results import CellResult, read_results
 from harness.tracking import resolve_trunks
 
 
@@ -87,15 +87,25 @@ def comparison_table(results: list[CellResult]) -> str:
     return "\n".join(lines)
 
 
-def dry_run(spec: GridSpec, tracking_uri: str | None = None) -> str:
+DEFAULT_GPU_TFLOPS = 50.0  # the dry run's throughput assumption: sustained TFLOP/s of one GPU in training
+
+
+def dry_run(spec: GridSpec, tracking_uri: str | None = None, results_path: str | Path | None = None,
+            gpu_tflops: float = DEFAULT_GPU_TFLOPS) -> str:
     """What ``segheads grid --dry-run`` prints: the resources of each cell, then every cell in the
     order the grid starts them (``start_order``: costliest first) with its ``config_hash``,
-    iterations, threads, estimated training cost, test protocol(s) and initial weights (a trunk's
-    weights are read for their digest, nothing is written)."""
+    iterations, threads, estimated training cost (and, for GPU cells, GPU-hours at ``gpu_tflops``
+    sustained per GPU, an assumption the output states), whether the grid's ``results.jsonl``
+    (default ``outputs/<name>/results.jsonl``) has it FINISHED, test protocol(s) and initial
+    weights (a trunk's weights are read for their digest, nothing is written)."""
     cells = resolve_trunks(expand(spec), tracking_uri, None)
     validate_cells(cells, spec.resources.workers)
     ordered, unordered = start_order(cells)
+    results = Path(results_path or Path("outputs") / spec.name / "results.jsonl")
+    finished = {h for h, r in read_results(results).items() if r.finished}
     r = spec.resources
+    gpus = r.gpus * r.workers
+    hours = {config_hash(cfg): flops / (gpu_tflops * 1e12) / 3600 for cfg, flops in ordered if flops is not None}
     lines = [f"grid {spec.name!r}: {len(cells)} cells; per cell {r.workers} worker(s) x {r.cpus:g} CPU, "
              f"{r.gpus:g} GPU (training), "
              f"{r.measure_cpus:g} CPU, {r.measure_gpus:g} GPU (measurement, holding its whole node); "
@@ -103,10 +113,19 @@ def dry_run(spec: GridSpec, tracking_uri: str | None = None) -> str:
              + (f"; memory {r.memory_gb:g} GB per task, capped" if r.memory_gb else ""),
              f"cells in the spec's order ({unordered})" if unordered else
              "cells in the order they start: costliest first by estimated training FLOPs"]
+    if gpus and hours:
+        todo = sum(h for digest, h in hours.items() if digest not in finished)
+        lines.append(f"GPU-hours at {gpu_tflops:g} TFLOP/s sustained per GPU (an assumption; --gpu-tflops sets it): "
+                     f"{sum(hours.values()):.3g} in all, {todo:.3g} still to run ({gpus:g} GPU(s) per cell)")
+    if finished:
+        lines.append(f"{sum(config_hash(cfg) in finished for cfg in cells)} of {len(cells)} cells already FINISHED "
+                     f"in {results} (a run skips them)")
     for cfg, flops in ordered:
+        digest = config_hash(cfg)
         cost = "" if flops is None else f" train~{_flop_text(flops)}"
-        lines.append(f"  {config_hash(cfg)}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}"
-                     f"{cost}\n      eval: {cfg.eval.describe_all()}\n      weights: "
+        cost += f" ~{hours[digest]:.3g} GPU-h" if gpus and digest in hours else ""
+        lines.append(f"  {digest}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}"
+                     f"{cost}{'  FINISHED' if digest in finished else ''}\n      eval: {cfg.eval.describe_all()}\n      weights: "
                      + (cfg.trunk.describe() if cfg.trunk.enabled else describe_weights(cfg.model.backbone_kwargs)))
     return "\n".join(lines)
 
