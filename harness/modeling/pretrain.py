@@ -94,20 +94,19 @@ def weights_root() -> Path:
 
 
 def missing_weights(kwargs: dict) -> str | None:
-    """Why the encoder weights file ``kwargs`` name is not on this machine (a ``weights:<file>``
-    under ``$SEGHEADS_WEIGHTS``, or a path), as one line; None when it is, or when they name no file."""
+    """Why the ``weights:<file>`` ``kwargs`` name is not under ``$SEGHEADS_WEIGHTS`` on this machine,
+    as one line; None when it is, or when they name no such file (a plain path fails its own cell,
+    naming the file, when the cell builds its model)."""
     checkpoint = kwargs.get("checkpoint")
-    if not isinstance(checkpoint, str) or not checkpoint or checkpoint.startswith(BUILTIN_PREFIX):
+    if not (isinstance(checkpoint, str) and checkpoint.startswith(WEIGHTS_PREFIX)):
         return None
-    if checkpoint.startswith(WEIGHTS_PREFIX):
-        path = weights_root() / checkpoint[len(WEIGHTS_PREFIX):]
-        where = (f"$SEGHEADS_WEIGHTS={os.environ['SEGHEADS_WEIGHTS']}" if "SEGHEADS_WEIGHTS" in os.environ
-                 else "$SEGHEADS_WEIGHTS is unset, so ./weights")
-        if not path.is_file():
-            return (f"model.backbone_kwargs.checkpoint {checkpoint}: {path} not found ({where}); put the file there "
-                    "or point SEGHEADS_WEIGHTS at the folder that holds it")
+    path = weights_root() / checkpoint[len(WEIGHTS_PREFIX):]
+    if path.is_file():
         return None
-    return None if Path(checkpoint).is_file() else f"model.backbone_kwargs.checkpoint {checkpoint}: no such file"
+    where = (f"$SEGHEADS_WEIGHTS={os.environ['SEGHEADS_WEIGHTS']}" if "SEGHEADS_WEIGHTS" in os.environ
+             else "$SEGHEADS_WEIGHTS is unset, so ./weights")
+    return (f"model.backbone_kwargs.checkpoint {checkpoint}: {path} not found ({where}); put the file there "
+            "or point SEGHEADS_WEIGHTS at the folder that holds it")
 
 
 def describe_weights(kwargs: dict) -> str:
