@@ -41,6 +41,7 @@ import yaml
 from harness.config import config_hash, config_params, read_yaml, seedless_settings, to_dict
 from harness.errors import InputError
 from harness.grid.spec import expand, load_grid
+from harness.report.cells import TAGS
 
 _BOUNDS = ("<=", ">=")
 
@@ -104,10 +105,6 @@ class Recipe:
     fields: dict = field(default_factory=dict)
     config_hash: str | None = None
 
-    @property
-    def pinned(self) -> bool:
-        return bool(self.spec or self.fields or self.config_hash)
-
     def describe(self) -> str:
         parts = ([f"spec {self.spec}"] if self.spec else []) + [f"{k}={v}" for k, v in self.fields.items()]
         return ", ".join(parts + ([f"config_hash {self.config_hash}"] if self.config_hash else [])) or "any"
@@ -121,16 +118,13 @@ class Recipe:
     def difference(self, tags: dict, settings: dict) -> str:
         """How a cell that did not run this recipe differs from it (a few settings), for a message."""
         wanted = dict(self.fields)
-        same = [s for t, s in self.spec_cells.values() if all(t.get(k) == tags.get(k) for k in _CELL_TAGS)]
+        same = [s for t, s in self.spec_cells.values() if all(t.get(k) == tags.get(k) for k in TAGS)]
         if same:
             wanted = {**same[0], **wanted}
         off = [f"{k}={settings.get(k, '-')} (recipe {v})" for k, v in wanted.items() if settings.get(k) != v]
         if off:
             return ", ".join(off[:3]) + (f" and {len(off) - 3} more" if len(off) > 3 else "")
         return "another config_hash"
-
-
-_CELL_TAGS = ("dataset", "backbone", "neck", "classifier")
 
 
 @dataclass(frozen=True)
@@ -184,26 +178,25 @@ def _spec_path(spec, reference: Path, where: str) -> Path:
 
 
 def _recipe(data, reference: Path, where: str, specs: dict) -> dict:
-    """A recipe mapping checked; ``spec`` read and expanded once per file (``specs``)."""
+    """A recipe mapping checked; ``spec`` read and expanded once per file (``specs``, by the path as written)."""
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping (spec, config keys, config_hash), got {data!r}")
     if "train.seed" in data:
         raise InputError(f"{where}: train.seed is the select's business (seed: N), not the recipe's")
     recipe = dict(data)
-    if "spec" in recipe:
-        path = _spec_path(recipe["spec"], reference, where)
-        if path not in specs:
-            specs[path] = {config_hash(cfg): (dict(zip(_CELL_TAGS, (cfg.data.dataset, cfg.model.backbone, cfg.model.neck,
-                                                                   cfg.model.classifier))),
-                                              seedless_settings(config_params(to_dict(cfg))))
-                           for cfg in expand(load_grid(path))}
+    spec = recipe.get("spec")
+    if spec is not None and (not isinstance(spec, str) or spec not in specs):
+        cells = expand(load_grid(_spec_path(spec, reference, where)))
+        specs[spec] = {config_hash(cfg): (dict(zip(TAGS, (cfg.data.dataset, cfg.model.backbone, cfg.model.neck,
+                                                          cfg.model.classifier))),
+                                          seedless_settings(config_params(to_dict(cfg)))) for cfg in cells}
     return recipe
 
 
-def _build_recipe(data: dict, reference: Path, specs: dict) -> Recipe:
+def _build_recipe(data: dict, specs: dict) -> Recipe:
     data = dict(data)
     spec, digest = data.pop("spec", None), data.pop("config_hash", None)
-    cells = specs[_spec_path(spec, reference, "recipe")] if spec else {}
+    cells = specs[spec] if spec else {}
     return Recipe(spec, cells, {k: str(v) for k, v in data.items()}, None if digest is None else str(digest))
 
 
@@ -229,5 +222,5 @@ def load_reference(path: str | Path) -> Reference:
             raise InputError(f"{where}.expect: expected a non-empty list of [metric, value, tolerance]")
         expect = tuple(_expectation(e, f"{where}.expect[{j}]") for j, e in enumerate(case["expect"]))
         recipe = {**shared, **_recipe(case.get("recipe", {}), path, f"{where}.recipe", specs)}
-        cases.append(ReferenceCase(dict(case["select"]), expect, _build_recipe(recipe, path, specs)))
+        cases.append(ReferenceCase(dict(case["select"]), expect, _build_recipe(recipe, specs)))
     return Reference(str(data.get("name", path.stem)), str(data.get("source", "")), tuple(cases))
