@@ -24,6 +24,12 @@ def colormap(name: str):
     return colormaps[name]
 
 
+def short_name(class_name: str) -> str:
+    """A class's name as a figure labels it: the first of its synonyms ("painting" for ADE20K's
+    "painting, picture")."""
+    return class_name.split(",")[0].strip()
+
+
 def legend_patch(color, label: str):
     """A legend entry: a swatch of ``color`` (RGB in [0, 1]) named ``label``."""
     pyplot()

@@ -30,7 +30,8 @@ FINISHED, FAILED = "FINISHED", "FAILED"
 CELL_RESULT_ARTIFACT = "cell_result.json"
 PER_IMAGE_ARTIFACT = "per_image_counts.json"
 DIAGNOSTICS_ARTIFACT = "diagnostics.json"
-_OPTIONAL = ("diagnostics", "error", "traceback", "failed_at_iteration", "seconds", "measure_seconds",
+PREDICTIONS_ARTIFACT = "sample_predictions.json"
+_OPTIONAL = ("diagnostics", "predictions", "error", "traceback", "failed_at_iteration", "seconds", "measure_seconds",
              "measure_error", "config_hash_v1")
 _NOT_IN_METRIC_NAMES = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
@@ -43,7 +44,9 @@ class CellResult:
     ``per_class`` (``{"class", "IoU", "ACC"}`` lists), the training ``history`` rows, the
     evaluation's ``per_image`` counts, ``environment`` (machine, engine, Ray placement) and
     ``measurement`` (how its cost was measured, None until it is); ``diagnostics``, the head's own
-    per-class and matrix diagnostics (``PixelClassifier.diagnostics``; its scalars are metrics). A FAILED cell has ``error``,
+    per-class and matrix diagnostics (``PixelClassifier.diagnostics``; its scalars are metrics);
+    ``predictions``, its label maps of the report's sample validation images by position
+    (``harness.evaluation.samples``: ``{"<index>": encode_label_map(...)}``). A FAILED cell has ``error``,
     ``traceback`` and, for a non-finite loss, ``failed_at_iteration``; a grid adds ``seconds`` (the trial's wall time), ``measure_seconds`` and
     ``measure_error``; a line re-hashed when read keeps the hash it was written with in
     ``config_hash_v1``."""
@@ -59,6 +62,7 @@ class CellResult:
     environment: dict = field(default_factory=dict)
     measurement: dict | None = None
     diagnostics: dict | None = None
+    predictions: dict | None = None
     error: str | None = None
     traceback: str | None = None
     failed_at_iteration: int | None = None
@@ -134,13 +138,15 @@ class CellResult:
             tags["error"] = self.error[:MAX_PARAM_LENGTH]
         artifacts = {
             "config.yaml": yaml.safe_dump(self.config, sort_keys=False),
-            CELL_RESULT_ARTIFACT: dataclasses.replace(self, per_image=None).to_json(),
+            CELL_RESULT_ARTIFACT: dataclasses.replace(self, per_image=None, predictions=None).to_json(),
             "training_curve.json": json.dumps(_finite_or_none(self.history)),
         }
         if self.per_class:
             artifacts["per_class.csv"] = _per_class_csv(self.per_class)
         if self.per_image:
             artifacts[PER_IMAGE_ARTIFACT] = json.dumps(self.per_image, separators=(",", ":"))
+        if self.predictions:
+            artifacts[PREDICTIONS_ARTIFACT] = json.dumps(self.predictions, separators=(",", ":"))
         if self.diagnostics:
             artifacts[DIAGNOSTICS_ARTIFACT] = json.dumps(_finite_or_none(self.diagnostics))
         if self.measurement:
@@ -158,12 +164,14 @@ class CellResult:
 
     @classmethod
     def from_mlflow(cls, record: MlflowRecord, where: str = "MLflow run") -> CellResult:
-        """The result a run holds: its ``cell_result.json`` with its ``per_image_counts.json``."""
+        """The result a run holds: its ``cell_result.json`` with its ``per_image_counts.json`` and
+        ``sample_predictions.json`` when given."""
         if CELL_RESULT_ARTIFACT not in record.artifacts:
             raise InputError(f"{where}: has no {CELL_RESULT_ARTIFACT} (not a segheads cell, or its logging was cut)")
         result = cls.from_json(record.artifacts[CELL_RESULT_ARTIFACT], f"{where}: {CELL_RESULT_ARTIFACT}")
-        counts = record.artifacts.get(PER_IMAGE_ARTIFACT)
-        return dataclasses.replace(result, per_image=json.loads(counts)) if counts else result
+        counts, predictions = record.artifacts.get(PER_IMAGE_ARTIFACT), record.artifacts.get(PREDICTIONS_ARTIFACT)
+        return dataclasses.replace(result, per_image=json.loads(counts) if counts else None,
+                                   predictions=json.loads(predictions) if predictions else None)
 
 
 @dataclass

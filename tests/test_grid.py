@@ -72,6 +72,29 @@ def test_a_missing_weights_file_is_named_with_segheads_weights_before_any_cell_r
     assert "weights: weights:w.pth\n" in capsys.readouterr().out
 
 
+def test_the_dry_run_names_the_dataset_folders_this_machine_lacks(tmp_path, capsys):
+    from harness.data import DatasetCatalog, MetadataCatalog, register_sem_seg
+
+    names = {split: f"drydata_{split}" for split in ("train", "val")}
+    for split, name in names.items():
+        register_sem_seg(name, tmp_path / "images" / split, tmp_path / "labels" / split, ["a", "b"])
+    try:
+        path = write_spec(tmp_path, "drydata", classifiers=["softmax"], datasets=["drydata"])
+        assert main(["grid", str(path), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert ("dataset drydata not on this machine ($DETECTRON2_DATASETS=" in out
+                and f"drydata_train ({tmp_path / 'images' / 'train'} not found), drydata_val (" in out)
+        for split in names:
+            (tmp_path / "images" / split).mkdir(parents=True)
+            (tmp_path / "labels" / split).mkdir(parents=True)
+        assert main(["grid", str(path), "--dry-run"]) == 0
+        assert "not on this machine" not in capsys.readouterr().out
+    finally:
+        for name in names.values():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
 def test_a_classifier_s_neck_wins_over_its_backbone_s_and_both_over_the_axis(tmp_path):
     path = write_spec(tmp_path, "necks", backbones=["test_convnext", "test_resnet"], classifiers=["softmax", "ece"],
                       backbone_overrides={"test_resnet": {"model": {"neck": "fpn"}}},

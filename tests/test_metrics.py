@@ -111,3 +111,21 @@ def test_boundary_iou_is_left_out_where_detectron2_cannot_count_it():
     few.process(labels, labels)
     got = few.evaluate()
     assert got["BoundaryIoU-1"] == 100 and got["mBoundaryIoU"] == 100 and got["min(IoU, B-Iou)-1"] == 100
+
+
+def test_the_evaluator_keeps_the_named_images_predictions_and_they_survive_encoding():
+    from harness.evaluation import decode_label_map, encode_label_map, sample_indices
+
+    rng = np.random.default_rng(1)
+    evaluator = SemSegEvaluator(300, keep={"b.jpg": 4})
+    preds = [rng.integers(0, 300, (5, 7)) for _ in range(3)]
+    for name, pred in zip(("a.jpg", "b.jpg", "c.jpg"), preds):
+        evaluator.process(pred, rng.integers(0, 300, (5, 7)), file_name=name)
+    assert list(evaluator.kept) == [4] and np.array_equal(evaluator.kept[4], preds[1])
+    encoded = encode_label_map(preds[1])
+    assert encoded["dtype"] == "uint16" and np.array_equal(decode_label_map(encoded), preds[1])  # 300 classes
+    assert encode_label_map(preds[1] % 150)["dtype"] == "uint8"
+    evaluator.reset()
+    assert evaluator.kept == {}
+    assert sample_indices(2000) == sample_indices(2000) and len(set(sample_indices(2000))) == 6
+    assert sample_indices(4) == [0, 1, 2, 3]  # fewer images than the draw: all of them

@@ -41,14 +41,16 @@ def _fits(demand: dict, node: dict) -> bool:
 @pytest.mark.parametrize("spec_path", sorted((CONFIG.parent / "jobs" / "papers").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_paper_cell_and_its_measurement_fit_a_node_type_of_the_shipped_cluster(spec_path):
     """A cell's training (its Ray Tune trial and all ``resources.workers`` workers, on one node as the
-    papers ran them) and its measurement each fit the declared resources of some node type."""
+    papers ran them) and its measurement each fit the declared resources of some node type, with
+    a tenth more CPUs and memory to spare (the data loaders' processes, which the cap leaves out)."""
     r = load_grid(spec_path).resources
     gib = 2**30
     trial = _TRIAL_DRIVER_MEMORY if r.workers > 1 else 0  # a trial that drives a Ray Train run
     training = {"CPU": r.workers * r.cpus, "GPU": r.workers * r.gpus, "memory": r.workers * r.memory_gb * gib + trial}
     measurement = {"CPU": r.measure_cpus, "GPU": r.measure_gpus, "memory": r.memory_gb * gib}
     nodes = {name: node["resources"] for name, node in _config()["available_node_types"].items()}
-    assert any(_fits(training, node) for node in nodes.values()), (spec_path.name, training, nodes)
+    headroom = {k: v * (1.1 if k in ("CPU", "memory") else 1) for k, v in training.items()}
+    assert any(_fits(headroom, node) for node in nodes.values()), (spec_path.name, training, nodes)
     assert any(_fits(measurement, node) for node in nodes.values()), (spec_path.name, measurement, nodes)
     assert not _fits({"CPU": r.cpus}, nodes["head"])  # no training worker runs on the head
 

@@ -177,20 +177,65 @@ def test_per_image_iou_counts_the_classes_in_truth_or_prediction_and_skips_ignor
     assert image_iou(prediction, truth, 4, 255) == pytest.approx(100 * (1 / 2 + 2 / 3 + 1 / 2 + 0) / 4)
 
 
-def test_predictions_panel_shows_the_same_seeded_images_for_every_head(logged_cells):
+def test_predictions_panel_shows_each_cells_kept_predictions_which_equal_its_weights(logged_cells, caplog):
     import io
+    import logging
 
     from PIL import Image
 
+    from harness.data import DatasetCatalog, dataset_splits
+    from harness.evaluation import SAMPLE_IMAGES, sample_indices
     from harness.report import configurations, prediction_panels, read_cells
 
-    _, _, uri, _, _ = logged_cells
-    _, cells = read_cells(experiment="checked", tracking_uri=uri, per_image=True)
-    panels, notes = prediction_panels(configurations(cells), uri, count=3)
-    again, _ = prediction_panels(configurations(cells), uri, count=3)
-    assert list(panels) == ["predictions.png"] and notes == [] and panels == again
-    assert Image.open(io.BytesIO(panels["predictions.png"])).size[1] > 200
-    for cell in cells:  # runs that hold no weights: named, not drawn
+    _, jsonl, uri, results, _ = logged_cells
+    picks = sample_indices(len(DatasetCatalog.get(dataset_splits("digits_sem_seg")["val"])))
+    assert len(picks) == SAMPLE_IMAGES and all(sorted(r.predictions) == sorted(map(str, picks)) for r in results)
+    _, cells = read_cells(experiment="checked", tracking_uri=uri)
+    with caplog.at_level(logging.INFO, logger="segheads"):
+        kept, notes = prediction_panels(configurations(cells), uri)
+    assert list(kept) == ["predictions.png"] and notes == []
+    assert caplog.text.count("kept by its evaluation") == 2 and "from its logged weights" not in caplog.text
+    assert Image.open(io.BytesIO(kept["predictions.png"])).size[1] > 200
+    _, from_file = read_cells(jsonl)  # a results.jsonl holds them too
+    assert prediction_panels(configurations(from_file), None) == (kept, [])
+
+    for cell in cells:  # kept none (logged before cells kept them): predicted from the logged weights, the same picture
+        cell.predictions = {}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="segheads"):
+        assert prediction_panels(configurations(cells), uri) == (kept, [])
+    assert caplog.text.count("predicted from its logged weights") == 2
+    for cell in cells:  # and runs that hold no weights either: named, not drawn
         cell.run_id = "0" * 32
-    panels, notes = prediction_panels(configurations(cells), uri, count=3)
+    panels, notes = prediction_panels(configurations(cells), uri)
     assert panels == {} and any("no predictions" in n and "softmax" in n for n in notes)
+
+
+def test_heat_maps_at_150_classes_show_the_named_classes_that_stand_out():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from harness.report import Cell, Configuration, diagnostic_figures
+    from harness.report.diagnostics import HEATMAP_ROWS, top_rows
+
+    rng = np.random.default_rng(0)
+    usage = rng.dirichlet(np.ones(10), size=150)
+    usage[[7, 42]] = np.eye(10)[0] * 0.9 + 0.01  # the two classes closest to collapse
+    usage[3] = np.nan  # a class without pixels
+    order = top_rows(usage)
+    assert len(order) == HEATMAP_ROWS and set(order[:2]) == {7, 42} and 3 not in order
+    cosine = rng.uniform(-0.2, 0.2, (150, 150))
+    cosine = (cosine + cosine.T) / 2
+    np.fill_diagonal(cosine, 1.0)  # the diagonal never counts
+    cosine[5, 99] = cosine[99, 5] = 0.95
+    assert set(top_rows(cosine)[:2]) == {5, 99}
+
+    cell = Cell({"classifier": "protoseg", "seed": "0"}, {}, {}, diagnostics={
+        "prototype_usage": usage.tolist(), "class_embedding_cosine": cosine.tolist()})
+    config = Configuration("ade20k_sem_seg", "r101", "fcn", "protoseg", {}, {0: cell}, "protoseg")
+    images, _ = diagnostic_figures([config])
+    for name in ("diagnostics_prototype_usage.png", "diagnostics_class_embedding_cosine.png"):
+        width, height = Image.open(io.BytesIO(images[name])).size
+        assert height < 900 and width < 1200  # 30 named rows, not 150 unreadable ones

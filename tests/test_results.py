@@ -41,7 +41,8 @@ def test_a_cell_result_round_trips_through_json(logged_cells):
         assert back == _as_stored(result)
         assert CellResult.from_json(back.to_json(indent=None)) == back  # stable once stored
         assert set(json.loads(result.to_json())) == {"status", "config", "config_hash", "tags", "metrics", "per_class",
-                                                     "history", "per_image", "environment", "measurement"}
+                                                     "history", "per_image", "environment", "measurement",
+                                                     "predictions"}
 
 
 def test_a_cell_result_round_trips_through_its_mlflow_record(logged_cells):
@@ -55,6 +56,8 @@ def test_a_cell_result_round_trips_through_its_mlflow_record(logged_cells):
         losses = [row["loss/total"] for row in result.history if is_finite(row.get("loss/total"))]
         assert [value for _, value in record.series["curve/loss/total"]] == losses
         assert json.loads(record.artifacts["cell_result.json"])["per_image"] is None  # in its own artifact
+        stored = json.loads(record.artifacts["cell_result.json"])
+        assert "predictions" not in stored and json.loads(record.artifacts["sample_predictions.json"]) == result.predictions
         assert json.loads(record.artifacts["measurement.json"]) == _stored(result.measurement)
 
 

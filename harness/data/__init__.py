@@ -6,7 +6,7 @@ from harness.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
 from harness.data.loader import DataParallelLayout, StepSampler, build_test_loader, build_train_loader, split_batch
 from harness.data.mapper import AugmentConfig, SemSegMapper
 from harness.data.sem_seg import load_sem_seg
-from harness.data.splits import dataset_splits, label_space
+from harness.data.splits import dataset_splits, label_space, missing_splits
 
 __all__ = [
     "AugmentConfig",
@@ -21,6 +21,7 @@ __all__ = [
     "dataset_splits",
     "label_space",
     "load_sem_seg",
+    "missing_splits",
     "register_sem_seg",
     "split_batch",
 ]

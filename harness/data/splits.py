@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness.data.builtin import SPLIT_NAMES
 from harness.data.catalog import DatasetCatalog, MetadataCatalog
 from harness.errors import InputError
@@ -33,3 +35,16 @@ def label_space(dataset: str) -> tuple[list[str], int]:
     """(class names, ignore label) of ``dataset``'s training split."""
     meta = MetadataCatalog.get(dataset_splits(dataset)["train"])
     return list(meta.stuff_classes), meta.get("ignore_label", 255)
+
+
+def missing_splits(dataset: str) -> list[str]:
+    """``dataset``'s splits whose image or label folder (their metadata's ``image_root`` /
+    ``sem_seg_root``) is not on this machine, each as ``<split> (<folder> not found)``; splits
+    without folders in their metadata (built-in digits, a user's loader) are never named."""
+    missing = []
+    for split in dataset_splits(dataset).values():
+        meta = MetadataCatalog.get(split)
+        absent = [root for root in (meta.get("image_root"), meta.get("sem_seg_root")) if root and not Path(root).is_dir()]
+        if absent:
+            missing.append(f"{split} ({absent[0]} not found)")
+    return missing

@@ -17,8 +17,9 @@
   (``trunk_features``, ``feature_batches``).
 - ``context.py``: ``WorkerContext`` (rank, device, DDP, report, resume) and ``LocalContext``.
 - ``launch.py``: ``launch`` (a cell as a Ray Train ``TorchTrainer`` run), ``RayTrainContext``,
-  ``init_ray``, ``ray_session``, ``memory_cap``, ``resolve_storage``, ``needs_ray_train``; the one module
+  ``init_ray``, ``ray_session``, ``resolve_storage``, ``needs_ray_train``; the one module
   of the engine that imports Ray, when called.
+- ``memory.py``: ``memory_cap``, a cap on a process's resident memory (``ResidentMemoryExceeded``).
 """
 
 from harness.engine.cell import (
@@ -32,7 +33,8 @@ from harness.engine.cell import (
 from harness.engine.context import LocalContext, WorkerContext
 from harness.engine.features import TrunkFeatures, feature_batches, trunk_features
 from harness.engine.hooks import CheckpointHook, EvalHook, MetricsHook
-from harness.engine.launch import CellFailed, init_ray, launch, memory_cap, needs_ray_train, resolve_storage
+from harness.engine.launch import CellFailed, init_ray, launch, needs_ray_train, resolve_storage
+from harness.engine.memory import ResidentMemoryExceeded, memory_cap
 from harness.engine.precision import Precision
 from harness.engine.run import (
     CellResources,
@@ -63,6 +65,7 @@ __all__ = [
     "NonFiniteLossError",
     "Precision",
     "Reporter",
+    "ResidentMemoryExceeded",
     "TrainResult",
     "TrainedCell",
     "Trainer",

@@ -35,7 +35,15 @@ from harness.engine.launch import RESULT_FILE
 from harness.engine.trainer import Trainer, TrainResult
 from harness.engine.trunk import attach_trunk, read_trunk
 from harness.errors import InputError
-from harness.evaluation import SUMMARY_METRICS, SemSegEvaluator, diagnose, evaluate, split_diagnostics
+from harness.evaluation import (
+    SUMMARY_METRICS,
+    SemSegEvaluator,
+    diagnose,
+    encode_label_map,
+    evaluate,
+    sample_indices,
+    split_diagnostics,
+)
 from harness.logs import logger, progress_logger
 from harness.measure import check_settings, count_parameters, fingerprint
 from harness.modeling import Segmentor, build_segmentor, resolve_classifier
@@ -111,8 +119,11 @@ class _Cell:
         return build_test_loader(self.val_records, SemSegMapper(len(self.classes), self.ignore), d.eval_batch_size,
                                  d.num_workers)
 
-    def evaluator(self) -> SemSegEvaluator:
-        return SemSegEvaluator(len(self.classes), self.ignore, self.classes)
+    def evaluator(self, keep_samples: bool = False) -> SemSegEvaluator:
+        """The cell's evaluator; ``keep_samples``: keeping its predictions of the report's sample images."""
+        keep = ({self.val_records[i]["file_name"]: i for i in sample_indices(len(self.val_records))}
+                if keep_samples else None)
+        return SemSegEvaluator(len(self.classes), self.ignore, self.classes, keep)
 
 
 def train_cell(cfg: RunConfig, context: WorkerContext) -> tuple[CellResult | None, Segmentor]:
@@ -196,7 +207,7 @@ def _evaluate(cell: _Cell) -> tuple[dict[str, float], SemSegEvaluator, dict, dic
     further protocol's summary metrics under ``<metric>/<protocol>``, the head's diagnostics.
     Returns (evaluation, evaluator, diagnostic scalars, diagnostic arrays, seconds)."""
     began = time.perf_counter()
-    evaluator = cell.evaluator()
+    evaluator = cell.evaluator(keep_samples=True)
     evaluation = cell.validate(evaluator)
     for name in cell.cfg.eval.extra:  # further protocols (multi-scale + flip): summary metrics under their name
         summary = cell.validate(protocol=cell.cfg.eval.protocol(name))
@@ -208,7 +219,8 @@ def _evaluate(cell: _Cell) -> tuple[dict[str, float], SemSegEvaluator, dict, dic
 def _assemble(cell: _Cell, trained: TrainResult, workers: int, evaluation: dict[str, float],
               evaluator: SemSegEvaluator, diagnostics: dict, arrays: dict | None, eval_seconds: float) -> CellResult:
     """The cell's ``CellResult``, built once: metrics (evaluation, diagnostics, parameters, timings,
-    the last row's losses), per-class scores, history, per-image counts, environment."""
+    the last row's losses), per-class scores, history, per-image counts, the sample images'
+    predictions, environment."""
     cfg, t, classes = cell.cfg, cell.cfg.train, cell.classes
     losses = [row for row in trained.history if keys.TOTAL_LOSS in row]
     metrics = {
@@ -227,6 +239,7 @@ def _assemble(cell: _Cell, trained: TrainResult, workers: int, evaluation: dict[
         per_class={"class": classes, "IoU": [evaluation[keys.class_iou(c)] for c in classes],
                    "ACC": [evaluation[keys.class_accuracy(c)] for c in classes]},
         history=trained.history, per_image=evaluator.per_image_counts(), diagnostics=arrays or None,
+        predictions={str(i): encode_label_map(labels) for i, labels in sorted(evaluator.kept.items())} or None,
         environment={**fingerprint(cell.trainer.device), "engine": engine})
 
 

@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import resource
 import shutil
 import traceback
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 from harness.config import RunConfig, config_hash, from_dict, to_dict
 from harness.engine import checkpoint
 from harness.engine.context import TRUNK_FEATURES, WorkerContext, staging_folder
+from harness.engine.memory import memory_cap
 from harness.engine.trainer import NonFiniteLossError
 from harness.errors import InputError, one_line
 from harness.results import CellResult
@@ -92,22 +92,6 @@ def ray_session(address: str | None):
             ray.shutdown()
 
 
-@contextlib.contextmanager
-def memory_cap(gigabytes: float):
-    """Lower this process's RLIMIT_DATA soft limit to ``gigabytes`` while inside (0: no cap);
-    the previous limit comes back after, since Ray reuses worker processes."""
-    if not gigabytes:
-        yield
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    cap = int(gigabytes * 2**30)
-    resource.setrlimit(resource.RLIMIT_DATA, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-
-
 class RayTrainContext(WorkerContext):
     """A Ray Train worker: rank and device from Ray Train, DDP through ``prepare_model``
     (``broadcast_buffers=False``, as detectron2's ``create_ddp_model``; ``find_unused_parameters``,
@@ -165,7 +149,7 @@ def _worker(config: dict) -> None:
     context = RayTrainContext()
     context.cache_folder = Path(config["cache_folder"]) if config["cache_folder"] else None
     try:
-        with memory_cap(config["memory_gb"]):
+        with memory_cap(config["memory_gb"], f"training worker {context.rank}"):
             config["fn"](cfg, context)
     except CELL_ERRORS as exc:
         iteration = getattr(exc, "iteration", None)

@@ -36,11 +36,11 @@ from harness.engine.launch import (
     CELL_ERRORS,
     final_checkpoint,
     launch,
-    memory_cap,
     needs_ray_train,
     ray_session,
     read_cell,
 )
+from harness.engine.memory import memory_cap
 from harness.errors import one_line
 from harness.logs import logger
 from harness.measure import measure_model
@@ -52,7 +52,7 @@ from harness.results import FAILED, CellResult
 class CellResources:
     """What one cell's training holds: ``workers`` data-parallel workers, each ``cpus`` CPUs (also
     its torch threads; 0: ``train.threads``, else its share of this machine's cores) and ``gpus``
-    GPUs, its process capped at ``memory_gb`` (0: no cap); a lost worker is restarted ``retries``
+    GPUs, its process's resident memory capped at ``memory_gb`` (0: no cap); a lost worker is restarted ``retries``
     times from the newest checkpoint."""
 
     workers: int = 1
@@ -137,7 +137,7 @@ def run(cfg: RunConfig, resources: CellResources = CellResources(), storage: str
         run_dir = Path(storage) / config_hash(cfg) if storage is not None else None
         context = _ReportingContext(resolve_device(cfg.device), run_dir, resume, reporter)
         try:
-            with memory_cap(resources.memory_gb):
+            with memory_cap(resources.memory_gb, "training"):
                 result, model = train_cell(cfg, context)
         except CELL_ERRORS:
             if run_dir is not None:  # as a Ray Train run's: a failed cell run again starts over

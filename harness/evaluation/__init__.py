@@ -11,6 +11,8 @@
 - ``diagnostics``: ``diagnose`` (a head's own ``PixelClassifier.diagnostics``, averaged over
   validation images), ``split_diagnostics`` (scalars as ``diag/<name>`` metrics, the rest as lists).
 - ``predict``: label maps, colours, legends and prediction images (``write_predictions``).
+- ``samples``: the report's seeded draw of validation images (``sample_indices``) and label maps as
+  a cell keeps them (``encode_label_map``, ``decode_label_map``).
 """
 
 from harness.evaluation.boundary import mask_to_boundary
@@ -29,9 +31,11 @@ from harness.evaluation.predict import (
     write_predictions,
 )
 from harness.evaluation.protocols import predict_labels_and_confidence, predict_logits
+from harness.evaluation.samples import SAMPLE_IMAGES, decode_label_map, encode_label_map, sample_indices
 
 __all__ = [
     "DIAGNOSTIC_PREFIX",
+    "SAMPLE_IMAGES",
     "SUMMARY_METRICS",
     "CalibrationBins",
     "SemSegEvaluator",
@@ -39,6 +43,8 @@ __all__ = [
     "colorize",
     "diagnose",
     "dataset_sources",
+    "decode_label_map",
+    "encode_label_map",
     "evaluate",
     "folder_sources",
     "image_iou",
@@ -48,6 +54,7 @@ __all__ = [
     "predict_labels",
     "predict_labels_and_confidence",
     "predict_logits",
+    "sample_indices",
     "split_diagnostics",
     "write_predictions",
 ]

@@ -30,16 +30,20 @@ def _as_numpy(labels) -> np.ndarray:
 
 
 class SemSegEvaluator:
-    """``reset() / process(pred, gt, confidence=None) / evaluate() -> dict`` over integer label maps
-    (H, W). Boundary IoU is counted when there are fewer than ``MAX_CLASSES`` classes (detectron2's
-    limit); the calibration error when ``process`` is given each pixel's top-class probability."""
+    """``reset() / process(pred, gt, confidence=None, file_name=None) / evaluate() -> dict`` over
+    integer label maps (H, W). Boundary IoU is counted when there are fewer than ``MAX_CLASSES``
+    classes (detectron2's limit); the calibration error when ``process`` is given each pixel's
+    top-class probability. ``keep`` maps image file names to keys: those images' predictions are
+    kept in ``kept`` under their keys (the report's samples, ``harness.evaluation.samples``)."""
 
-    def __init__(self, num_classes: int, ignore_label: int = 255, class_names: list[str] | None = None) -> None:
+    def __init__(self, num_classes: int, ignore_label: int = 255, class_names: list[str] | None = None,
+                 keep: dict[str, int] | None = None) -> None:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} entries; expected num_classes={num_classes}")
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.keep = dict(keep or {})
         self.reset()
 
     def reset(self) -> None:
@@ -47,11 +51,15 @@ class SemSegEvaluator:
         self.boundary_confusion = np.zeros_like(self.confusion)
         self.calibration = CalibrationBins()
         self._per_image: list[list[list[int]]] = []
+        self.kept: dict[int, np.ndarray] = {}
 
-    def process(self, pred, gt, confidence=None) -> None:
+    def process(self, pred, gt, confidence=None, file_name: str | None = None) -> None:
         """Count one image: ``pred`` and ``gt`` label maps (H, W), ``confidence`` (optional, H x W
-        floats) the probability of each pixel's predicted class."""
+        floats) the probability of each pixel's predicted class, ``file_name`` the image's (its
+        prediction is kept when ``keep`` names it)."""
         pred, gt = _as_numpy(pred), _as_numpy(gt)
+        if file_name in self.keep:
+            self.kept[self.keep[file_name]] = pred.copy()
         if pred.shape != gt.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
         if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
@@ -143,6 +151,6 @@ def evaluate(model: nn.Module, loader, evaluator: SemSegEvaluator, device: torch
             images = torch.stack([item["image"] for item in items]).to(device)
             preds, confidences = predict_labels_and_confidence(model, images, protocol)
             for pred, confidence, item in zip(preds.cpu(), confidences.cpu(), items):
-                evaluator.process(pred, item["sem_seg"], confidence.numpy())
+                evaluator.process(pred, item["sem_seg"], confidence.numpy(), item.get("file_name"))
     model.train(was_training)
     return evaluator.evaluate()

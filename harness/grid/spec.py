@@ -33,9 +33,10 @@ class Resources:
     ``0``: on CPU); ``retries`` restarts a cell after a lost worker, trial or node, from its latest
     checkpoint (never after an exception in the cell); ``memory_gb`` (0: none)
     reserves host memory for each task in Ray's scheduler and caps the task's process at
-    it (its data segment, ``RLIMIT_DATA``, the Ray worker's own ~1 GB included), so a cell
-    that needs more fails with an out-of-memory error instead of the kernel's OOM killer
-    taking the node, and the cells beside it, down."""
+    it (its resident memory, the Ray worker's own ~1 GB included, its data-loading processes not;
+    ``harness.engine.memory``), so a cell that needs more fails with "out of memory: <process>
+    reached N GB of M" instead of the kernel's OOM killer taking the node, and the cells beside
+    it, down."""
 
     cpus: float = bounded(1, above=0)
     gpus: float = bounded(0, min=0)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from harness import metric_keys as keys
 from harness.config import config_hash
+from harness.data import missing_splits
+from harness.data.builtin import datasets_root
 from harness.grid.spec import GridSpec, describe, expand, start_order, validate_cells
 from harness.modeling import describe_weights
 from harness.report import Cell, baseline, baseline_name, configurations
@@ -97,7 +99,8 @@ def dry_run(spec: GridSpec, tracking_uri: str | None = None, results_path: str |
     iterations, threads, estimated training cost (and, for GPU cells, GPU-hours at ``gpu_tflops``
     sustained per GPU, an assumption the output states), whether the grid's ``results.jsonl``
     (default ``outputs/<name>/results.jsonl``) has it FINISHED, test protocol(s) and initial
-    weights (a trunk's weights are read for their digest, nothing is written)."""
+    weights (a trunk's weights are read for their digest, nothing is written), and the datasets whose
+    folders this machine lacks (``harness.data.missing_splits``)."""
     cells = resolve_trunks(expand(spec), tracking_uri, None)
     validate_cells(cells, spec.resources.workers)
     ordered, unordered = start_order(cells)
@@ -117,6 +120,11 @@ def dry_run(spec: GridSpec, tracking_uri: str | None = None, results_path: str |
         todo = sum(h for digest, h in hours.items() if digest not in finished)
         lines.append(f"GPU-hours at {gpu_tflops:g} TFLOP/s sustained per GPU (an assumption; --gpu-tflops sets it): "
                      f"{sum(hours.values()):.3g} in all, {todo:.3g} still to run ({gpus:g} GPU(s) per cell)")
+    for dataset in dict.fromkeys(cfg.data.dataset for cfg in cells):
+        missing = missing_splits(dataset)
+        if missing:
+            lines.append(f"dataset {dataset} not on this machine ($DETECTRON2_DATASETS={datasets_root()}): "
+                         f"{', '.join(missing)}; `segheads prepare-data` makes it, on every node that trains its cells")
     if finished:
         lines.append(f"{sum(config_hash(cfg) in finished for cfg in cells)} of {len(cells)} cells already FINISHED "
                      f"in {results} (a run skips them)")

@@ -71,7 +71,7 @@ def measure_task(cfg_dict: dict, weights: bytes, threads: int, reserved: dict, m
         cfg = from_dict(RunConfig, cfg_dict)
         device = engine.resolve_device(cfg.device)
         model = load_segmentor(cfg, weights)
-        with engine.memory_cap(memory_gb):
+        with engine.memory_cap(memory_gb, "measurement"):
             metrics, record = measure_model(model.to(device), cfg.measure, device, threads)
         where = placement(started)
         total = next(node["Resources"] for node in ray.nodes() if node["NodeID"] == where["node_id"])

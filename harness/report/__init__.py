@@ -4,7 +4,8 @@ and written as ``results.csv``, ``report.md``, plots and a self-contained ``repo
 - ``cells``: ``read_cells`` (the one reader: MLflow or ``results.jsonl``), ``Cell``,
   ``Configuration``, ``configurations``, ``baseline`` (also used by ``check`` and the grid's table).
 - ``statistics``: ``summarise`` (one row per configuration), ``bootstrap_delta``.
-- ``figures``: the plots; ``predictions``: ``prediction_panels`` from logged weights;
+- ``figures``: the plots; ``predictions``: ``prediction_panels`` (the label maps each cell's
+  evaluation kept, or its logged weights');
   ``diagnostics``: ``trunk_notes`` (configurations sharing a trunk), ``diagnostic_figures`` (the
   heads' own diagnostics), ``collapsed_classes`` (ProtoSeg's collapse flag).
 - ``write``: ``write_report``.
@@ -22,14 +23,13 @@ from harness.report.cells import (
     read_cells,
 )
 from harness.report.diagnostics import COLLAPSE_SHARE, collapsed_classes, diagnostic_figures, trunk_notes
-from harness.report.predictions import PREDICTION_IMAGES, prediction_panels
+from harness.report.predictions import prediction_panels
 from harness.report.statistics import COLUMNS, RESAMPLES, bootstrap_delta, summarise
 from harness.report.write import write_report
 
 __all__ = [
     "COLLAPSE_SHARE",
     "COLUMNS",
-    "PREDICTION_IMAGES",
     "RESAMPLES",
     "Cell",
     "Configuration",

@@ -36,8 +36,9 @@ BASELINE = "softmax"
 class Cell:
     """One FINISHED cell: its tags, metrics, seed-free settings (``seedless_settings``), MLflow
     run (None from a ``results.jsonl``), per-image evaluation counts (None for runs logged
-    before they existed), its head's diagnostics (``CellResult.diagnostics``) and ``order``,
-    larger for newer cells."""
+    before they existed), its head's diagnostics (``CellResult.diagnostics``), ``order``,
+    larger for newer cells, and its predictions of the sample images (``CellResult.predictions``;
+    from MLflow, read when the report first asks)."""
 
     tags: dict[str, str]
     metrics: dict[str, float]
@@ -46,6 +47,7 @@ class Cell:
     per_image: list | None = None
     order: float = 0.0
     diagnostics: dict | None = None
+    predictions: dict | None = None
 
     @property
     def seed(self) -> int:
@@ -62,7 +64,8 @@ class Cell:
         """A cell from a ``CellResult`` (a ``results.jsonl`` line, or one a grid holds)."""
         metrics = {k: v for k, v in result.metrics.items() if v is not None}
         return cls(dict(result.tags), metrics, seedless_settings(config_params(result.config)),
-                   per_image=result.per_image, order=order, diagnostics=result.diagnostics)
+                   per_image=result.per_image, order=order, diagnostics=result.diagnostics,
+                   predictions=result.predictions)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.logs import progress_logger
 from harness.report.cells import Cell, configurations
 from harness.report.diagnostics import diagnostic_figures, trunk_notes
 from harness.report.figures import plots
@@ -102,6 +103,8 @@ def write_report(name: str, cells: list[Cell], out: Path, tracking_uri: str | No
     (cells with ``run_id``s), the predictions section too; with
     ``latest``, only the newest configuration of each dataset x backbone x neck x classifier."""
     configs = configurations(cells, latest)
+    progress_logger.info("report: %d cells in %d configurations; the table, with paired bootstrap intervals",
+                         len(cells), len(configs))
     rows = summarise_configurations(configs)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as handle:
@@ -109,6 +112,7 @@ def write_report(name: str, cells: list[Cell], out: Path, tracking_uri: str | No
         writer.writeheader()
         writer.writerows(rows)
     (out / "report.md").write_text(_markdown(name, rows))
+    progress_logger.info("report: plots and the heads' diagnostics")
     images = plots(rows, configs)
     for file_name, data in images.items():
         (out / file_name).write_bytes(data)
@@ -129,5 +133,6 @@ def write_report(name: str, cells: list[Cell], out: Path, tracking_uri: str | No
             handle.write(f"\n## {section.title}\n\n{section.intro}\n\n" + "".join(f"- {n}\n" for n in section.notes)
                          + "".join(f"![{n}]({n})\n" for n in section.images))
     (out / "report.html").write_text(_html(name, rows, images, sections))
+    progress_logger.info("report: written to %s", out)
     return [out / "results.csv", out / "report.md", *(out / n for n in images),
             *(out / n for section in sections for n in section.images), out / "report.html"]

@@ -7,7 +7,7 @@
 - ``log``: ``log_cell`` (a ``CellResult`` as a run, through ``CellResult.to_mlflow``),
   ``log_rows`` (training rows as step series), ``update_measurement``, ``cell_run_tags``.
 - ``read``: ``read_result`` (a run's ``CellResult``), ``finished_runs``, ``read_per_image_counts``,
-  ``read_diagnostics``.
+  ``read_diagnostics``, ``read_sample_predictions``.
 - ``artifacts``: reading a run's artifacts; ``models``: ``load_run`` (a logged cell's trained model).
 - ``grid_runs``: ``GridTracking``, a grid's runs behind one interface (``MlflowGridTracking``;
   ``LocalGridTracking`` without a store), which ``harness.grid.GridStore`` composes with ``results.jsonl``.
@@ -35,7 +35,13 @@ from harness.tracking.grid_runs import GridTracking, LocalGridTracking, MlflowGr
 from harness.tracking.lease import LEASE_TAG, DriverLease, FileLease, GridBusy, TrackingLease
 from harness.tracking.log import cell_run_tags, log_cell, log_rows, update_measurement
 from harness.tracking.models import load_run, logged_measure_threads
-from harness.tracking.read import finished_runs, read_diagnostics, read_per_image_counts, read_result
+from harness.tracking.read import (
+    finished_runs,
+    read_diagnostics,
+    read_per_image_counts,
+    read_result,
+    read_sample_predictions,
+)
 from harness.tracking.trunks import TRUNKS, resolve_trunk, resolve_trunks
 from harness.tracking.ui import serve_ui
 
@@ -68,6 +74,7 @@ __all__ = [
     "read_artifact",
     "read_artifact_bytes",
     "read_diagnostics",
+    "read_sample_predictions",
     "read_per_image_counts",
     "read_result",
     "resolve_tracking_uri",

@@ -8,7 +8,14 @@ import json
 from mlflow.tracking import MlflowClient
 
 from harness.errors import InputError
-from harness.results import CELL_RESULT_ARTIFACT, DIAGNOSTICS_ARTIFACT, PER_IMAGE_ARTIFACT, CellResult, MlflowRecord
+from harness.results import (
+    CELL_RESULT_ARTIFACT,
+    DIAGNOSTICS_ARTIFACT,
+    PER_IMAGE_ARTIFACT,
+    PREDICTIONS_ARTIFACT,
+    CellResult,
+    MlflowRecord,
+)
 from harness.tracking.artifacts import read_artifact
 from harness.tracking.client import FINISHED_CELLS, experiment_id, search_all_runs
 
@@ -18,9 +25,10 @@ def read_result(run_id: str, tracking_uri: str) -> CellResult:
     holds none)."""
     run = MlflowClient(tracking_uri).get_run(run_id)
     artifacts = {CELL_RESULT_ARTIFACT: read_artifact(run_id, CELL_RESULT_ARTIFACT, tracking_uri)}
-    counts = read_per_image_counts(run_id, tracking_uri)
-    if counts is not None:
-        artifacts[PER_IMAGE_ARTIFACT] = json.dumps(counts)
+    for name in (PER_IMAGE_ARTIFACT, PREDICTIONS_ARTIFACT):
+        data = _optional_json(run_id, name, tracking_uri)
+        if data is not None:
+            artifacts[name] = json.dumps(data)
     record = MlflowRecord(run.info.status, dict(run.data.tags), dict(run.data.params), dict(run.data.metrics), {},
                           artifacts)
     return CellResult.from_mlflow(record, f"run {run_id}")
@@ -37,6 +45,12 @@ def _optional_json(run_id: str, name: str, tracking_uri: str):
 def read_per_image_counts(run_id: str, tracking_uri: str) -> list | None:
     """A cell's ``per_image_counts.json``, or None for runs logged before it existed."""
     return _optional_json(run_id, PER_IMAGE_ARTIFACT, tracking_uri)
+
+
+def read_sample_predictions(run_id: str, tracking_uri: str) -> dict | None:
+    """A cell's label maps of the report's sample images (``sample_predictions.json``), or None for
+    runs logged before it existed."""
+    return _optional_json(run_id, PREDICTIONS_ARTIFACT, tracking_uri)
 
 
 def read_diagnostics(run_id: str, tracking_uri: str) -> dict | None:

@@ -48,6 +48,7 @@ def test_each_cell_fault_is_recorded_and_the_grid_goes_on(ray_cluster, tmp_path,
     oom = by["ssa"]
     assert oom.status == "FAILED" and "out of memory at iteration 0 (batch [256, 3, 256, 256]" in oom.error
     assert "lower data.batch_size" in oom.error and oom.failed_at_iteration == 0
+    assert ": out of memory: training (pid " in oom.error and " GB of 3 GB resident" in oom.error  # the watchdog's
 
     runs, parents = children(uri, "faults")
     assert sorted((r.data.tags["classifier"], r.info.status) for r in runs) == [
