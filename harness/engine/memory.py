@@ -43,9 +43,11 @@ def resident_bytes() -> int:
     return int(_STATM.read_text().split()[1]) * _PAGE
 
 
-def _raise_in(thread_id: int, exc_type: type[BaseException]) -> None:
-    """Make thread ``thread_id`` raise ``exc_type`` at its next Python instruction."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+def _set_async_exception(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    """Make thread ``thread_id`` raise ``exc_type`` at its next Python instruction; None: take back
+    one that is still pending."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               None if exc_type is None else ctypes.py_object(exc_type))
 
 
 class _Watchdog(threading.Thread):
@@ -64,7 +66,7 @@ class _Watchdog(threading.Thread):
             if armed and used > self.cap:
                 message = (f"out of memory: {self.process} (pid {os.getpid()}) reached {used / _GIB:.2f} GB "
                            f"of {self.cap / _GIB:g} GB resident (resources.memory_gb)")
-                _raise_in(self.target, type("ResidentMemoryExceeded", (ResidentMemoryExceeded,), {"message": message}))
+                _set_async_exception(self.target, type("ResidentMemoryExceeded", (ResidentMemoryExceeded,), {"message": message}))
                 armed = False
             elif not armed and used <= self.cap:
                 armed = True
@@ -91,4 +93,4 @@ def memory_cap(gigabytes: float, process: str = "cell"):
         watchdog.stopped.set()
         watchdog.join()
         # one raised as the block ended may still be pending: it must not reach the caller's code
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(watchdog.target), None)
+        _set_async_exception(watchdog.target, None)

@@ -64,9 +64,10 @@ def _heatmap(ax, figure, value: np.ndarray, names: list[str], key: str, title: s
     if square:
         shown = np.where(np.eye(len(rows), dtype=bool), np.nan, shown)
     image = ax.imshow(shown, aspect="auto", cmap="viridis", interpolation="nearest")
-    ax.set_yticks(range(len(rows)), [names[r] for r in rows], fontsize=5 if len(rows) > 15 else 7)
+    labels, fontsize = [names[r] for r in rows], 5 if len(rows) > 15 else 7
+    ax.set_yticks(range(len(rows)), labels, fontsize=fontsize)
     if square:
-        ax.set_xticks(range(len(rows)), [names[r] for r in rows], fontsize=5 if len(rows) > 15 else 7, rotation=90)
+        ax.set_xticks(range(len(rows)), labels, fontsize=fontsize, rotation=90)
     ax.set_xlabel("class" if square else ("prototype" if key == "prototype_usage" else "column"), fontsize=7)
     chosen = f"; {len(rows)} of {len(value)} classes, largest first" if len(rows) < len(value) else ""
     ax.set_title(title + chosen, fontsize=7)

@@ -26,20 +26,26 @@ def read_result(run_id: str, tracking_uri: str) -> CellResult:
     run = MlflowClient(tracking_uri).get_run(run_id)
     artifacts = {CELL_RESULT_ARTIFACT: read_artifact(run_id, CELL_RESULT_ARTIFACT, tracking_uri)}
     for name in (PER_IMAGE_ARTIFACT, PREDICTIONS_ARTIFACT):
-        data = _optional_json(run_id, name, tracking_uri)
-        if data is not None:
-            artifacts[name] = json.dumps(data)
+        text = _optional_text(run_id, name, tracking_uri)
+        if text is not None:  # parsed once, by CellResult.from_mlflow
+            artifacts[name] = text
     record = MlflowRecord(run.info.status, dict(run.data.tags), dict(run.data.params), dict(run.data.metrics), {},
                           artifacts)
     return CellResult.from_mlflow(record, f"run {run_id}")
 
 
-def _optional_json(run_id: str, name: str, tracking_uri: str):
-    """A run's JSON artifact ``name``, or None when the run has none."""
+def _optional_text(run_id: str, name: str, tracking_uri: str) -> str | None:
+    """The text of a run's artifact ``name``, or None when the run has none."""
     try:
-        return json.loads(read_artifact(run_id, name, tracking_uri))
+        return read_artifact(run_id, name, tracking_uri)
     except InputError:
         return None
+
+
+def _optional_json(run_id: str, name: str, tracking_uri: str):
+    """A run's JSON artifact ``name``, or None when the run has none."""
+    text = _optional_text(run_id, name, tracking_uri)
+    return None if text is None else json.loads(text)
 
 
 def read_per_image_counts(run_id: str, tracking_uri: str) -> list | None:
