@@ -19,27 +19,27 @@ from backbones.timm_backbone import TimmBackbone
 from harness.errors import InputError
 from harness.registry import Registry
 
-_BUILDERS: Registry[Callable[..., nn.Module]] = Registry("backbone")
-register_backbone = _BUILDERS.register
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+register_backbone = BACKBONES.register
 
 
 def list_backbones(pattern: str | None = None) -> list[str]:
     """Registered encoders plus every timm model name, filtered by a shell-style pattern."""
-    names = sorted(set(_BUILDERS.names()) | set(timm.list_models()))
+    names = sorted(set(BACKBONES.names()) | set(timm.list_models()))
     return names if pattern is None else fnmatch.filter(names, pattern)
 
 
 def build_backbone(name: str, **kw) -> nn.Module:
     """Build encoder ``name`` (``pretrained=False`` unless asked; ``checkpoint=PATH`` loads weights)."""
     check_backbone(name)
-    if name in _BUILDERS:
-        return _BUILDERS.get(name)(**kw)
+    if name in BACKBONES:
+        return BACKBONES.get(name)(**kw)
     return TimmBackbone(name, **kw)
 
 
 def check_backbone(name: str) -> None:
     """``InputError`` with close matches unless ``name`` is a registered encoder or a timm model."""
-    if name in _BUILDERS or timm.is_model(name):
+    if name in BACKBONES or timm.is_model(name):
         return
     close = difflib.get_close_matches(name, list_backbones(), n=5, cutoff=0.6)
     hint = f"close matches: {', '.join(close)}" if close else "see `segheads list backbones`"

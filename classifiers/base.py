@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from backbones.features import Features
 from harness.errors import InputError
 
-_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def check_choice(head: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -102,6 +102,8 @@ class PixelClassifier(nn.Module):
     forwards of every micro-batch on every worker: a head whose state moves outside the
     gradient (ProtoSeg's momentum prototypes) gathers what its training forwards saw and
     applies it there, all-reduced across workers, so that every worker holds the same state.
+    Such a head sets ``ACCUMULATES_STATE = True``: two micro-batches then a step leave the state
+    one batch of both would (``harness.testing.check_classifier`` checks it).
 
     ``loss_average`` (``LOSS_AVERAGES``) is how the head's pixel CE is averaged (``cross_entropy``),
     and with it the cell's other pixel CEs (the auxiliary head's, a neck's own): over labelled
@@ -119,6 +121,7 @@ class PixelClassifier(nn.Module):
     PRESETS: dict[str, dict] = {}
     PRESET_CHOICES: dict[str, tuple[str, ...]] = {}
     CONV_SEG: tuple[str, ...] = ()
+    ACCUMULATES_STATE = False
 
     def __init__(self, num_classes: int, in_channels: int, ignore_index: int = 255,
                  loss_average: str = "labelled") -> None:
@@ -149,7 +152,7 @@ class PixelClassifier(nn.Module):
     def nonlearnable_state(self) -> dict[str, Tensor]:
         state = {}
         for prefix, module in self.named_modules():
-            if isinstance(module, _NORM_LAYERS):
+            if isinstance(module, NORM_LAYERS):
                 continue
             for name, buf in module._buffers.items():
                 if buf is not None and name not in module._non_persistent_buffers_set:

@@ -171,6 +171,7 @@ class ProtoSegClassifier(PixelClassifier):
     ``sinkhorn_iters`` 3, ``ppc_weight`` 0.01.
     """
 
+    ACCUMULATES_STATE = True  # prototypes move once per step, from every micro-batch (after_optimizer_step)
     PRESETS = {
         "code": {"class_score_norm": "layernorm", "projection": True, "projection_l2": "width", "feat_norm": True,
                  "tau": 1.0, "ppd_weight": 0.001, "assignment": "gumbel", "update_on": "correct", "align_corners": True,

@@ -20,12 +20,12 @@ def _check_head(name: str, cls: type) -> None:
         raise TypeError(f"classifier {name!r}: {cls!r} is not a PixelClassifier subclass")
 
 
-_CLASSIFIERS: Registry[type[PixelClassifier]] = Registry("classifier", _check_head)
-register_classifier = _CLASSIFIERS.register
+CLASSIFIERS: Registry[type[PixelClassifier]] = Registry("classifier", _check_head)
+register_classifier = CLASSIFIERS.register
 
 
 def list_classifiers() -> list[str]:
-    return _CLASSIFIERS.names()
+    return CLASSIFIERS.names()
 
 
 def _accepted(cls: type[PixelClassifier]) -> list[str]:
@@ -35,12 +35,12 @@ def _accepted(cls: type[PixelClassifier]) -> list[str]:
 
 def classifier_accepts(name: str, hparam: str) -> bool:
     """Whether head ``name`` takes the keyword ``hparam``."""
-    return hparam in _accepted(_CLASSIFIERS.get(name))
+    return hparam in _accepted(CLASSIFIERS.get(name))
 
 
 def _checked(name: str, hparams: dict) -> type[PixelClassifier]:
     """The class registered as ``name``; ``InputError`` naming any hyper-parameter it does not accept."""
-    cls = _CLASSIFIERS.get(name)
+    cls = CLASSIFIERS.get(name)
     accepted = _accepted(cls)
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:

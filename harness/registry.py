@@ -19,7 +19,8 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def _register(obj: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise ValueError(f"{self.kind} {name!r} is already registered by {self.module_of(name)}; "
+                                 "expected a new name")
             if self._check is not None:
                 self._check(name, obj)
             self._items[name] = obj
@@ -32,6 +33,10 @@ class Registry(Generic[T]):
         if name not in self._items:
             raise unknown_name_error(self.kind, name, list(self._items))
         return self._items[name]
+
+    def module_of(self, name: str) -> str:
+        """The module that defined what ``name`` is registered as (``classifiers.softmax``)."""
+        return getattr(self.get(name), "__module__", None) or "?"
 
     def names(self) -> list[str]:
         return sorted(self._items)

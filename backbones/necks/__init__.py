@@ -24,28 +24,28 @@ from torch import Tensor, nn
 from backbones.features import Features
 from harness.registry import Registry
 
-_NECKS: Registry[type[nn.Module]] = Registry("neck")
-register_neck = _NECKS.register
+NECKS: Registry[type[nn.Module]] = Registry("neck")
+register_neck = NECKS.register
 
 
 def list_necks() -> list[str]:
-    return _NECKS.names()
+    return NECKS.names()
 
 
 def build_neck(name: str, in_channels: list[int], strides: list[int], embed_dim: int = 256, **kw) -> nn.Module:
-    return _NECKS.get(name)(in_channels, strides, embed_dim, **kw)
+    return NECKS.get(name)(in_channels, strides, embed_dim, **kw)
 
 
 def neck_accepts(name: str, keyword: str) -> bool:
     """Whether neck ``name``'s constructor takes ``keyword``."""
     import inspect
 
-    return keyword in inspect.signature(_NECKS.get(name)).parameters
+    return keyword in inspect.signature(NECKS.get(name)).parameters
 
 
 def neck_uses_auxiliary(name: str) -> bool:
     """Whether neck ``name``'s models train with the auxiliary FCN head by default."""
-    return bool(getattr(_NECKS.get(name), "AUXILIARY", False))
+    return bool(getattr(NECKS.get(name), "AUXILIARY", False))
 
 
 def _stride4_size(image_size: tuple[int, int]) -> tuple[int, int]:

@@ -7,6 +7,7 @@ packages' public functions.
 - ``results``: ``report``, ``check``, ``ui``.
 - ``data``: ``prepare-data``, ``validate-data``.
 - ``listing``: ``list``.
+- ``heads``: ``check-head``.
 
 A command's module (and with it torch, Ray or MLflow) is imported only when that command runs.
 Exit status: 0 success, 1 runtime failure, 2 bad input (one-line message on stderr). Every command
@@ -23,13 +24,14 @@ import sys
 from harness.cli.parser import build_parser
 from harness.errors import InputError
 from harness.logs import configure as configure_logging
+from harness.plugins import load_plugins
 
 _COMMANDS = {  # command -> (module of harness.cli, function)
     "run": ("cell", "run"), "measure": ("cell", "measure"), "predict": ("cell", "predict"),
     "grid": ("grid", "grid"), "import-results": ("grid", "import_results"),
     "report": ("results", "report"), "check": ("results", "check"), "ui": ("results", "ui"),
     "prepare-data": ("data", "prepare_data"), "validate-data": ("data", "validate_data"),
-    "list": ("listing", "list_names"),
+    "list": ("listing", "list_names"), "check-head": ("heads", "check_head"),
 }
 
 
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is segheads' own output
     module, function = _COMMANDS[args.command]
     try:
+        load_plugins(args.imports)
         command = getattr(importlib.import_module(f"harness.cli.{module}"), function)
         return command(args)
     except InputError as exc:

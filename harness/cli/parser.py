@@ -182,7 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--pattern", help="shell-style filter, e.g. 'resnet*'")
     listing.add_argument("--details", action="store_true",
                          help="backbones: build each match (pretrained=False) and show its channels and strides")
-    for command in commands.choices.values():  # the log's level, on every command
+    heads = commands.add_parser("check-head", help="run the classifier contract on a head (harness.testing); "
+                                                   "exit 1 naming each check it fails")
+    heads.add_argument("head", help="MODULE:NAME (a PixelClassifier subclass or a factory in an importable module) "
+                                    "or a registered classifier, e.g. my_heads.heads:MyHead or protoseg")
+    heads.add_argument("--classes", type=int, default=5, help="classes C of the random inputs (default 5)")
+    heads.add_argument("--channels", type=int, default=32, help="feature width D of the random inputs (default 32)")
+    heads.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="the head's hyper-parameters (YAML values), e.g. preset=paper num_prototypes=4")
+    for command in commands.choices.values():  # the log's level and plugins, on every command
+        command.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                             help="import a plugin module that registers heads, necks, backbones or datasets "
+                                  "(repeatable; installed entry points of segheads.plugins load by themselves)")
         loudness = command.add_mutually_exclusive_group()
         loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
         loudness.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages too")

@@ -24,7 +24,7 @@ def _defaults(section: str, cls: type) -> dict[str, Any]:
 _HASHED_WHEN_SET = {"model.neck_kwargs": {}, "model.sync_bn": "auto", "train.accumulate": 1, "train.precision": "fp32",
                     "model.init": "torch", "train.param_groups": {}, "trunk.train": False, "trunk.digest": None,
                     "data.short_side": None, "data.max_long_side": None, "data.resize_backend": "pillow", "data.cat_max_ratio": 1.0, "train.schedule": "poly",
-                    "train.warmup_ratio": 1e-3, "train.min_lr": 0.0,
+                    "train.warmup_ratio": 1e-3, "train.min_lr": 0.0, "plugins": {},
                     **_defaults("eval", EvalConfig), **_defaults("data.photometric", PhotometricConfig)}
 # Where a trunk's weights are kept is not what the cell trains on: its ``trunk.digest`` is.
 _NOT_HASHED = {"trunk.run", "trunk.checkpoint", "device", "output_dir", "tracking_uri", "experiment", "data.num_workers", "train.threads",

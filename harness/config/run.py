@@ -250,3 +250,6 @@ class RunConfig:
     output_dir: str = "outputs"
     tracking_uri: str | None = None
     experiment: str = "segheads"
+    # The plugins that provide this cell's classifier, neck, backbone or dataset: module ->
+    # "<distribution> <version> <digest>", filled in when the cell is planned (``harness.plugins``).
+    plugins: dict = field(default_factory=dict)

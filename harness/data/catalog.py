@@ -51,6 +51,12 @@ class _DatasetCatalog:
     def list(self) -> list[str]:
         return sorted(self._loaders)
 
+    def module_of(self, name: str) -> str:
+        """The module that defined dataset ``name``'s loader (``harness.data.builtin``)."""
+        if name not in self._loaders:
+            raise unknown_name_error("dataset", name, list(self._loaders))
+        return getattr(self._loaders[name], "__module__", None) or "?"
+
     def remove(self, name: str) -> None:
         self._loaders.pop(name)
 

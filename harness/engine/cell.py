@@ -47,6 +47,7 @@ from harness.evaluation import (
 from harness.logs import logger, progress_logger
 from harness.measure import check_settings, count_parameters, fingerprint
 from harness.modeling import Segmentor, build_segmentor, resolve_classifier
+from harness.plugins import activate
 from harness.results import FINISHED, CellResult
 
 
@@ -132,6 +133,7 @@ def train_cell(cfg: RunConfig, context: WorkerContext) -> tuple[CellResult | Non
     checkpoint), train this worker's share of each step with the hooks, then on rank 0 evaluate
     and assemble the CellResult, and write the final checkpoint with it. Returns (rank 0's
     CellResult, None elsewhere; the trained model)."""
+    activate(cfg)  # its plugins, in this process: a Ray Train worker's too (engine.run imported the caller's)
     cell = _build(resolve_classifier(cfg), context)
     t = cell.cfg.train
     cell.trainer.register_hooks([MetricsHook(context, t.log_period), CheckpointHook(context, t.checkpoint_period),

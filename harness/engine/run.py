@@ -45,6 +45,7 @@ from harness.errors import one_line
 from harness.logs import logger
 from harness.measure import measure_model
 from harness.modeling import Segmentor, load_segmentor, resolve_classifier, state_dict_bytes
+from harness.plugins import activate, with_plugins
 from harness.results import FAILED, CellResult
 
 
@@ -122,10 +123,12 @@ def run(cfg: RunConfig, resources: CellResources = CellResources(), storage: str
     process continues from its newest checkpoint (a Ray Train run always does). With ``measure``
     and ``measure.enabled`` its cost is measured in this process after training (a grid measures
     on a node of its own instead)."""
+    activate(cfg)  # its plugins, imported in this process (a grid trial's, on any node) before its names are read
     workers = resources.workers
     threads = cfg.train.threads or int(resources.cpus) or max(1, (os.cpu_count() or 1) // workers)
-    # Each worker's share of the cores (not part of the cell's identity) and the head's preset spelled out.
-    cfg = resolve_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads)))
+    # Each worker's share of the cores (not part of the cell's identity), the head's preset spelled out, and
+    # the plugins that provide its parts stamped (a grid's cells already are).
+    cfg = with_plugins(resolve_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))))
     split_batch(cfg.data.batch_size, workers, cfg.train.accumulate)
     reporter = reporter or Reporter()
     if needs_ray_train(workers, storage):

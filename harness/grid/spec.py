@@ -16,6 +16,7 @@ from harness.engine import CellResources
 from harness.errors import InputError, one_line, unknown_name_error
 from harness.measure import training_flops
 from harness.modeling import resolve_classifier
+from harness.plugins import load_plugins, with_plugins
 
 _SECTIONS = ("model", "data", "train", "measure", "eval", "trunk")  # RunConfig sections a spec may set
 # Config keys the axes set (and the experiment, the spec's name): an override may not change them.
@@ -59,7 +60,9 @@ class GridSpec:
     frozen unless ``trunk.train``); ``dataset_overrides``, ``backbone_overrides`` and
     ``classifier_overrides`` map a name to config sections applied to that axis value's cells,
     in that order (e.g. a dataset's own test protocol, a backbone's weights); ``overrides``,
-``key=value`` strings applied to every cell last (``segheads grid --set``), never to an axis key."""
+``key=value`` strings applied to every cell last (``segheads grid --set``), never to an axis key;
+``imports``, plugin modules imported before the axes are checked (``harness.plugins``, as
+MMSegmentation's ``custom_imports``)."""
 
     name: str = ""
     backbones: list[str] = field(default_factory=list)
@@ -78,6 +81,7 @@ class GridSpec:
     classifier_overrides: dict = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     overrides: list[str] = field(default_factory=list)
+    imports: list[str] = field(default_factory=list)
 
 
 _AXES = ("backbones", "classifiers", "datasets", "seeds", "necks")
@@ -94,6 +98,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     try:
         spec = from_dict(GridSpec, data if data is not None else {})
         spec.overrides = [*spec.overrides, *overrides]
+        load_plugins(spec.imports, origin="imports")
         return _check_spec(spec)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
@@ -200,7 +205,8 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     (single) necks axis value for its cells (e.g. ``hrnetv2_w48: {model: {neck: ocr}}``,
     ``ece: {model: {neck: stages}}``); ``overrides`` last. A warm-up the spec sets that is longer
     than a cell's schedule is an ``InputError``. Each cell's
-    classifier kwargs are resolved (``harness.modeling.resolve_classifier``)."""
+    classifier kwargs are resolved (``harness.modeling.resolve_classifier``) and its plugins stamped
+(``harness.plugins.with_plugins``)."""
     threads = max(1, int(spec.resources.cpus))
     cells = []
     for dataset in spec.datasets:
@@ -221,7 +227,8 @@ def expand(spec: GridSpec) -> list[RunConfig]:
                                       "data": {"dataset": dataset}, "train": {"seed": seed, "threads": threads}})
                         data["experiment"] = spec.name
                         try:
-                            cell = resolve_classifier(apply_overrides(from_dict(RunConfig, data), spec.overrides))
+                            cell = with_plugins(resolve_classifier(apply_overrides(from_dict(RunConfig, data),
+                                                                                   spec.overrides)))
                             sources = [spec.train] + [overrides.get(value, {}).get("train", {}) for overrides, value in (
                                 (spec.dataset_overrides, dataset), (spec.backbone_overrides, backbone),
                                 (spec.classifier_overrides, classifier))]

@@ -134,7 +134,8 @@ def dry_run(spec: GridSpec, tracking_uri: str | None = None, results_path: str |
         cost += f" ~{hours[digest]:.3g} GPU-h" if gpus and digest in hours else ""
         lines.append(f"  {digest}  {describe(cfg)}  iters={cfg.train.iters} threads={cfg.train.threads}"
                      f"{cost}{'  FINISHED' if digest in finished else ''}\n      eval: {cfg.eval.describe_all()}\n      weights: "
-                     + (cfg.trunk.describe() if cfg.trunk.enabled else describe_weights(cfg.model.backbone_kwargs)))
+                     + (cfg.trunk.describe() if cfg.trunk.enabled else describe_weights(cfg.model.backbone_kwargs))
+                     + "".join(f"\n      plugin: {module} ({stamp})" for module, stamp in cfg.plugins.items()))
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from harness.errors import InputError
 from harness.modeling.init import mmseg_init
 from harness.modeling.pretrain import INITIAL_WEIGHTS, resolve_backbone_kwargs, without_checkpoint
 from harness.modeling.segmentor import AuxiliaryFCNHead, Segmentor
+from harness.plugins import activate
 
 
 def resolve_classifier(cfg: RunConfig) -> RunConfig:
@@ -34,6 +35,7 @@ def build_segmentor(cfg: RunConfig, num_classes: int, ignore_label: int) -> Segm
     with one by default or ``neck_kwargs.auxiliary`` says so and the trunk is not frozen, the
     auxiliary FCN head;
     ``model.init: mmseg`` initialises the decoder as MMSegmentation does (``mmseg_init``)."""
+    activate(cfg, strict=False)  # a logged plugin cell read back: its plugins imported here
     m = cfg.model
     backbone = build_backbone(m.backbone, **resolve_backbone_kwargs(m.backbone, m.backbone_kwargs))
     neck_kwargs = dict(m.neck_kwargs)
