@@ -128,10 +128,6 @@ def _registered() -> set[tuple[str, str]]:
             for name in (registry.list() if kind == "dataset" else registry.names())}
 
 
-def _top_level(module: str):
-    return importlib.import_module(module.partition(".")[0])
-
-
 def _distribution(module: str) -> str | None:
     """The installed distribution whose files hold ``module``'s top-level package, if any."""
     owners = importlib.metadata.packages_distributions().get(module.partition(".")[0], [])
@@ -141,7 +137,7 @@ def _distribution(module: str) -> str | None:
 def _digest(module: str) -> str:
     """The first 16 hex of the SHA-256 over the ``.py`` files of ``module``'s top-level package
     (paths and contents, in sorted order): any edit to the plugin's code changes it."""
-    top = _top_level(module)
+    top = importlib.import_module(module.partition(".")[0])
     roots = [Path(p) for p in getattr(top, "__path__", [])]
     files = sorted(f for root in roots for f in root.rglob("*.py")) if roots else [Path(top.__file__)]
     digest = hashlib.sha256()
@@ -185,7 +181,7 @@ def activate(cfg, strict: bool = True) -> None:
     or a warning (reading a logged cell's weights)."""
     _autoload()
     for module, planned in cfg.plugins.items():
-        here = _load(module, "a cell's plugins").stamp
+        here = _load(module, f"a plugin of the cell, on {socket.gethostname()}").stamp
         if here != planned:
             message = (f"plugin {module} on {socket.gethostname()} (pid {os.getpid()}) is {here}; the cell was "
                        f"planned with {planned}: install the same version on every node")

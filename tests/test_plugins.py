@@ -4,6 +4,7 @@ on Ray beside the five built-ins, is logged and reported; the kit names each see
 broken head; a failing or clashing plugin is one line and exit 2."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -133,19 +134,24 @@ def test_the_plugin_digest_is_part_of_the_cell_identity():
     assert config_hash(plain) == config_hash(RunConfig(plugins={}))
 
 
-def test_spec_imports_and_the_import_flag_register_heads_before_the_axes_are_checked(tmp_path):
-    (tmp_path / "spec_head.py").write_text(
+def test_spec_imports_and_the_import_flag_register_heads_and_necks_before_the_axes_are_checked(tmp_path):
+    (tmp_path / "spec_parts.py").write_text(
+        "from backbones.necks import MLPNeck, register_neck\n"
         "from classifiers import register_classifier\nfrom classifiers.softmax import SoftmaxClassifier\n\n"
-        "@register_classifier('spec_softmax')\nclass SpecSoftmax(SoftmaxClassifier):\n    pass\n")
+        "@register_classifier('spec_softmax')\nclass SpecSoftmax(SoftmaxClassifier):\n    pass\n\n"
+        "@register_neck('spec_mlp')\nclass SpecMLP(MLPNeck):\n    pass\n")
     spec = tmp_path / "imports.yaml"
     spec.write_text(yaml.safe_dump({"name": "imports", **TINY, "classifiers": ["softmax", "spec_softmax"],
-                                    "imports": ["spec_head"]}))
+                                    "imports": ["spec_parts"]}))
     dry = _segheads(["grid", str(spec), "--dry-run"], tmp_path, tmp_path, **{AUTOLOAD_OFF: "1"})
-    assert dry.returncode == 0 and "spec_softmax@test_convnext" in dry.stdout, dry.stderr[-2000:]
-    assert "      plugin: spec_head (unpackaged " in dry.stdout  # the cell's plugins, as its params record them
-    spec.write_text(yaml.safe_dump({"name": "imports", **TINY, "classifiers": ["spec_softmax"]}))
-    flag = _segheads(["grid", str(spec), "--dry-run", "--import", "spec_head"], tmp_path, tmp_path)
-    assert flag.returncode == 0 and "spec_softmax@test_convnext" in flag.stdout, flag.stderr[-2000:]
+    assert dry.returncode == 0 and "spec_softmax@test_convnext/mlp" in dry.stdout, dry.stderr[-2000:]
+    cells = re.split(r"\n  (?=[0-9a-f]{16}  )", dry.stdout)  # a block per cell: only the plugin head's has it
+    stamped = [cell.split()[1] for cell in cells if "      plugin: spec_parts (unpackaged " in cell]
+    assert stamped == ["spec_softmax@test_convnext/mlp"]
+    spec.write_text(yaml.safe_dump({"name": "imports", **TINY, "classifiers": ["softmax"], "necks": ["spec_mlp"]}))
+    flag = _segheads(["grid", str(spec), "--dry-run", "--import", "spec_parts"], tmp_path, tmp_path)
+    assert flag.returncode == 0 and "softmax@test_convnext/spec_mlp" in flag.stdout, flag.stderr[-2000:]
+    assert "      plugin: spec_parts (unpackaged " in flag.stdout  # a plugin neck stamps its cells too
 
 
 def test_a_plugin_that_fails_to_import_or_takes_a_name_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):

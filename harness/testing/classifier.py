@@ -80,7 +80,7 @@ def check_classifier(factory: HeadFactory, num_classes: int = 5, in_channels: in
     kit = _Kit(factory, num_classes, in_channels, seed)
     report = HeadCheck(name or getattr(factory, "__qualname__", None) or repr(factory))
     try:
-        kit.build()
+        kit.head = kit.build()
     except InputError:  # a bad hyper-parameter is the caller's input, not the head's contract
         raise
     except Exception as exc:
@@ -105,12 +105,11 @@ class _Kit:
         self.factory, self.num_classes, self.in_channels, self.seed = factory, num_classes, in_channels, seed
 
     def build(self, seed: int | None = None, ignore_index: int = 255) -> PixelClassifier:
+        """A head from the factory, torch's generator seeded with ``seed`` (default the kit's) first."""
         torch.manual_seed(self.seed if seed is None else seed)
         head = self.factory(num_classes=self.num_classes, in_channels=self.in_channels, ignore_index=ignore_index)
         if not isinstance(head, PixelClassifier):
             raise CheckFailed(f"the factory returned {type(head).__name__}, not a PixelClassifier")
-        if seed is None:
-            self.head = head
         return head
 
     def features(self, batch: int = 2, seed: int = 1) -> Features:
@@ -220,7 +219,7 @@ def _check_ignored(kit: _Kit) -> str:
     """The losses read labels only where they are not ``ignore_index``: the same head built with
     another ignore value, on the same targets labelled with it, gives the same losses; an image
     wholly ignored gives finite ones."""
-    other = kit.build(seed=kit.seed, ignore_index=_OTHER_IGNORE)
+    other = kit.build(ignore_index=_OTHER_IGNORE)
     other.load_state_dict(kit.head.state_dict())
     mine = kit.train_losses(copy.deepcopy(kit.head), kit.targets(ignore=255))
     try:
@@ -301,7 +300,7 @@ def _check_round_trip(kit: _Kit) -> str:
 
 
 def _check_determinism(kit: _Kit) -> str:
-    twin = kit.build(seed=kit.seed)
+    twin = kit.build()
     _require(_close(kit.infer(kit.head).logits, kit.infer(twin).logits), "two heads built with the same seed give "
              "different logits")
     _require(_close(kit.infer(kit.head).logits, kit.infer(kit.head).logits), "the same head gives different logits twice")
