@@ -10,7 +10,8 @@ MMSegmentation's ``custom_imports`` and pytest's plugins:
 - a grid spec's ``imports: [my_heads.heads]``;
 - ``--import my_heads.heads`` on any command.
 
-A cell records the plugins that provide its classifier, neck, backbone or dataset in
+A cell records the plugins that provide its classifier, neck, backbone or dataset (or the
+importable module outside segheads that registered one itself, a script's own import) in
 ``RunConfig.plugins`` (module -> "<distribution> <version> <digest>", the digest the first 16
 hex of the SHA-256 of the plugin's top-level package's ``.py`` files): they are its MLflow params
 and part of its ``config_hash``, so an edited head is a new cell. Every process that trains a cell
@@ -148,15 +149,28 @@ def _digest(module: str) -> str:
 
 
 def source(kind: str, name: str) -> str:
-    """Where registered ``kind`` ``name`` comes from: ``segheads``, the plugin that registered it
-    (``Plugin.describe``), or the module that registered it outside a plugin."""
+    """Where registered ``kind`` ``name`` comes from: ``segheads``, ``detectron2``, the plugin that
+    registered it (``Plugin.describe``), or the module that registered it outside a plugin."""
     if (kind, name) in _PROVIDERS:
         return _LOADED[_PROVIDERS[(kind, name)]].describe()
     module = _registries()[kind].module_of(name)
     top = module.partition(".")[0]
-    if top in _OWN_PACKAGES:
-        return "segheads"
-    return top if top == "detectron2" else f"module {module} (registered outside a plugin)"
+    if top in (*_OWN_PACKAGES, "detectron2"):
+        return "segheads" if top in _OWN_PACKAGES else top
+    return f"module {module} (registered outside a plugin)"
+
+
+def _provider(kind: str, name: str) -> str | None:
+    """The module a cell must import to have ``kind`` ``name``: the plugin that registered it, or
+    an importable module outside segheads and detectron2 that did (a script's own import, run
+    through the Python API); ``None`` for segheads' own, timm's and ``__main__``'s."""
+    if (kind, name) in _PROVIDERS:
+        return _PROVIDERS[(kind, name)]
+    registry = _registries()[kind]
+    if name not in registry:
+        return None
+    module = registry.module_of(name)
+    return None if module.partition(".")[0] in (*_OWN_PACKAGES, "detectron2", "__main__", "?") else module
 
 
 def cell_components(cfg) -> list[tuple[str, str]]:
@@ -169,10 +183,11 @@ def cell_components(cfg) -> list[tuple[str, str]]:
 
 
 def with_plugins(cfg):
-    """``cfg`` with ``plugins`` set to the plugins that provide its components, each stamped
-    (``Plugin.stamp``): what its params record and its ``config_hash`` includes."""
-    modules = dict.fromkeys(_PROVIDERS[item] for item in cell_components(cfg) if item in _PROVIDERS)
-    return dataclasses.replace(cfg, plugins={module: _LOADED[module].stamp for module in modules})
+    """``cfg`` with ``plugins`` set to the plugins that provide its components (``_provider``), each
+    stamped (``Plugin.stamp``): what its params record and its ``config_hash`` includes."""
+    modules = dict.fromkeys(filter(None, (_provider(kind, name) for kind, name in cell_components(cfg))))
+    return dataclasses.replace(cfg, plugins={module: _load(module, "the module that registered a part of the cell").stamp
+                                             for module in modules})
 
 
 def activate(cfg, strict: bool = True) -> None:

@@ -154,6 +154,21 @@ def test_spec_imports_and_the_import_flag_register_heads_and_necks_before_the_ax
     assert "      plugin: spec_parts (unpackaged " in flag.stdout  # a plugin neck stamps its cells too
 
 
+def test_a_head_a_script_imported_itself_is_stamped_so_its_workers_import_it_too(tmp_path):
+    """Through the Python API a script may import its head's module itself, not as a plugin: the
+    cell still records that module (``engine.run`` stamps it), so every worker imports it."""
+    (tmp_path / "direct_head.py").write_text(
+        "from classifiers import register_classifier\nfrom classifiers.softmax import SoftmaxClassifier\n\n"
+        "@register_classifier('direct_softmax')\nclass DirectSoftmax(SoftmaxClassifier):\n    pass\n")
+    code = ("import direct_head; from harness.config import ModelConfig, RunConfig; "
+            "from harness.plugins import source, with_plugins; "
+            "print(with_plugins(RunConfig(model=ModelConfig(classifier='direct_softmax'))).plugins); "
+            "print(with_plugins(RunConfig()).plugins); print(source('classifier', 'direct_softmax'))")
+    lines = _python(code, tmp_path, **{AUTOLOAD_OFF: "1"}).stdout.splitlines()
+    assert re.fullmatch(r"\{'direct_head': 'unpackaged [0-9a-f]{16}'\}", lines[0]) and lines[1] == "{}"
+    assert lines[2] == "module direct_head (registered outside a plugin)"
+
+
 def test_a_plugin_that_fails_to_import_or_takes_a_name_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     (tmp_path / "clashing_head.py").write_text(
         "from classifiers import register_classifier\nfrom classifiers.softmax import SoftmaxClassifier\n\n"
