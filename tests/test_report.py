@@ -239,3 +239,28 @@ def test_heat_maps_at_150_classes_show_the_named_classes_that_stand_out():
     for name in ("diagnostics_prototype_usage.png", "diagnostics_class_embedding_cosine.png"):
         width, height = Image.open(io.BytesIO(images[name])).size
         assert height < 900 and width < 1200  # 30 named rows, not 150 unreadable ones
+
+
+@pytest.mark.parametrize("num_classes", [11, 150])
+def test_the_predictions_legend_sits_below_every_panel_and_its_caption(num_classes):
+    import numpy as np
+    import torch
+
+    from harness.evaluation import class_colors
+    from harness.figures import pyplot
+    from harness.report.predictions import prediction_figure
+
+    rng = np.random.default_rng(0)
+    samples = [{"image": torch.rand(3, 48, 64), "sem_seg": torch.from_numpy(rng.integers(0, num_classes, (48, 64)))}
+               for _ in range(6)]
+    columns = [(head, [rng.integers(0, num_classes, (48, 64)) for _ in samples]) for head in ("softmax", "protoseg")]
+    classes = [f"class {c}, a synonym" for c in range(num_classes)]
+    figure = prediction_figure(samples, columns, class_colors(num_classes), classes, 255, "a title")
+    renderer = figure.canvas.get_renderer()
+    legend = next(ax.get_legend() for ax in figure.axes if ax.get_legend() is not None)
+    top = legend.get_window_extent(renderer).y1
+    panels = [ax for ax in figure.axes if ax.get_legend() is None and ax.axison]
+    assert len(panels) == 6 * 4 and len(legend.get_texts()) == num_classes
+    lowest = min(ax.get_tightbbox(renderer).y0 for ax in panels)  # the axes with their captions (IoU labels)
+    assert top < lowest
+    pyplot().close(figure)

@@ -21,6 +21,8 @@ from harness.report.cells import Cell, Configuration
 from harness.tracking import load_run, read_sample_predictions
 
 LEGEND_COLUMN_INCHES = 1.25  # the width of one legend column (swatch and a short class name)
+_CAPTION_INCHES = 0.3  # the height of a panel's caption below it
+_TITLES_INCHES = 0.6  # the figure's title and the columns' headings above the panels
 
 
 def _groups(configs: list[Configuration]) -> dict[tuple, dict[str, Cell]]:
@@ -82,13 +84,16 @@ def prediction_panels(configs: list[Configuration], tracking_uri: str | None) ->
             continue
         colors = class_colors(len(classes))
         name = "predictions.png" if len(groups) == 1 else f"predictions_{dataset}_{backbone}_{neck}.png"
-        panels[name] = _prediction_figure(samples, columns, colors, classes, ignore, f"{dataset}, {backbone} + {neck}")
+        panels[name] = png_bytes(prediction_figure(samples, columns, colors, classes, ignore,
+                                                   f"{dataset}, {backbone} + {neck}"))
     return panels, notes
 
 
-def _prediction_figure(samples, columns, colors, classes: list[str], ignore: int, title: str) -> bytes:
-    """Rows of panels, then the legend of the classes shown in a band of its own below them (its
-    height from its number of rows), so it never covers an image."""
+def prediction_figure(samples, columns, colors, classes: list[str], ignore: int, title: str):
+    """A matplotlib figure: a row of panels per sample (``{"image", "sem_seg"}`` tensors), the image,
+    its ground truth and each of ``columns`` (head, its label maps), each prediction captioned with
+    its IoU; then the legend of the classes shown, in a band of its own below them (its height from
+    its number of rows), so it never covers an image or a caption."""
     plt = pyplot()
     num_classes = len(classes)
     shown_ids = np.unique(np.concatenate([s["sem_seg"].numpy().ravel() for s in samples]
@@ -96,9 +101,14 @@ def _prediction_figure(samples, columns, colors, classes: list[str], ignore: int
     legend = [legend_patch(colors[c] / 255, short_name(classes[c])) for c in shown_ids if 0 <= c < num_classes]
     width = 2 + len(columns)
     legend_columns = max(1, min(len(legend), int(1.6 * width / LEGEND_COLUMN_INCHES)))
-    panel_height, legend_height = 1.4 * len(samples), 0.15 * -(-len(legend) // legend_columns) + 0.1
-    figure = plt.figure(figsize=(1.6 * width, panel_height + legend_height))
-    rows = figure.add_gridspec(2, 1, height_ratios=[panel_height, legend_height], hspace=0.02)
+    # The band also holds the last row's IoU captions, which hang below their panels: the legend sits
+    # at its bottom, under them.
+    panel_height, legend_height = 1.4 * len(samples), 0.15 * -(-len(legend) // legend_columns) + 0.1 + _CAPTION_INCHES
+    # The grid fills the figure but for the titles' strip, so the band is as tall as its legend.
+    height = panel_height + legend_height + _TITLES_INCHES
+    figure = plt.figure(figsize=(1.6 * width, height))
+    rows = figure.add_gridspec(2, 1, height_ratios=[panel_height, legend_height], hspace=0.02, bottom=0,
+                               top=1 - _TITLES_INCHES / height)
     axes = rows[0].subgridspec(len(samples), width).subplots(squeeze=False)
     for row, sample in enumerate(samples):
         truth = sample["sem_seg"].numpy()
@@ -115,7 +125,7 @@ def _prediction_figure(samples, columns, colors, classes: list[str], ignore: int
     band = figure.add_subplot(rows[1])
     band.axis("off")
     if legend:
-        band.legend(handles=legend, loc="upper center", ncol=legend_columns, fontsize=6, frameon=False,
+        band.legend(handles=legend, loc="lower center", ncol=legend_columns, fontsize=6, frameon=False,
                     borderaxespad=0, handlelength=1, columnspacing=0.8)
     figure.suptitle(title, fontsize=9)
-    return png_bytes(figure)
+    return figure
