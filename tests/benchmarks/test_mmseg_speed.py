@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 import timing
 import torch
-from mmengine.config import Config
 from peers.mmseg_peer import import_mmseg
 from PIL import Image
 
@@ -31,6 +30,13 @@ from harness.modeling import build_segmentor
 
 _PAIRS = 600
 _SPEC = Path(__file__).resolve().parents[2] / "jobs" / "papers" / "protoseg_table1_ade20k.yaml"  # its data section
+
+
+def _config(path: str):
+    """MMSeg's config ``path`` (mmengine imported here: the benchmarks are skipped, saying so, without it)."""
+    from mmengine.config import Config
+
+    return Config.fromfile(_configs() / path)
 
 
 def _configs() -> Path:
@@ -60,7 +66,7 @@ def test_training_pipeline_per_image_against_mmsegs(benchmark, tmp_path):
     cv2.setNumThreads(1)
     records = _pairs(tmp_path, _PAIRS)
     mapper = SemSegMapper(150, 255, AugmentConfig.from_config(from_dict(DataConfig, load_grid(_SPEC).data, "data")))
-    steps = Config.fromfile(_configs() / "_base_/datasets/ade20k.py").train_pipeline
+    steps = _config("_base_/datasets/ade20k.py").train_pipeline
     for step in steps:  # the label maps here are already reduced, as segheads' prepared ADE20K's are
         if step["type"] == "LoadAnnotations":
             step["reduce_zero_label"] = False
@@ -90,7 +96,7 @@ def test_whole_image_inference_against_mmsegs(benchmark):
     import_mmseg()
     from mmseg.registry import MODELS
 
-    cfg = Config.fromfile(_configs() / "segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py")
+    cfg = _config("segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py")
     cfg.model.backbone.init_cfg = None
     cfg.model.data_preprocessor.size = None
     cfg.model.decode_head.norm_cfg = dict(type="BN", requires_grad=True)

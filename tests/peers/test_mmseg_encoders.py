@@ -5,7 +5,6 @@ no multiple of 32: HRNet's odd-sized branches must fuse as MMSeg's do). Swin has
 
 import pytest
 import torch
-from mmengine.config import Config
 from peers.mmseg_peer import randomise
 
 from backbones import build_backbone
@@ -19,6 +18,7 @@ _CONFIGS = {  # segheads encoder -> the MMSeg config whose backbone it is
 
 def mmseg_backbone(configs, name):
     """MMSeg's encoder of ``name``'s config, BatchNorm for SyncBN, nothing downloaded."""
+    from mmengine.config import Config  # MMSegmentation's, imported where it is (the mmseg fixture skips otherwise)
     from mmseg.registry import MODELS
 
     backbone = Config.fromfile(configs / _CONFIGS[name]).model.backbone

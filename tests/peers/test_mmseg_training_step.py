@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.config import Config
 from peers.mmseg_peer import mmseg_state_to_segheads, randomise
 
 from harness.engine.trainer import Trainer, micro_batch_seed
@@ -62,6 +61,7 @@ def _batch_norm(node):
 def _mmseg(configs: Path, config: str, width: int):
     """(config, model): MMSeg's model of ``config`` (BN for SyncBN, nothing downloaded, no padding
     beyond the batch), initialised by MMSeg, then ``randomise``d."""
+    from mmengine.config import Config  # MMSegmentation's, imported where it is (the mmseg fixture skips otherwise)
     from mmseg.registry import MODELS
 
     cfg = Config.fromfile(configs / config)
