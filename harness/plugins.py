@@ -39,8 +39,10 @@ from harness.logs import logger
 
 ENTRY_POINT_GROUP = "segheads.plugins"
 AUTOLOAD_OFF = "SEGHEADS_DISABLE_PLUGIN_AUTOLOAD"
-KINDS = ("classifier", "neck", "backbone", "dataset")
 _OWN_PACKAGES = ("harness", "classifiers", "backbones")
+# Top-level modules a registered name may come from that are never a cell's plugin: segheads',
+# detectron2's, a script's ``__main__`` (not importable elsewhere), an object without a module.
+_NEVER_PLUGINS = (*_OWN_PACKAGES, "detectron2", "__main__", "?")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -77,11 +79,6 @@ def load_plugins(modules: Iterable[str] = (), origin: str = "--import") -> list[
     then ``modules`` in order, each imported once; returns the plugins of ``modules``."""
     _autoload()
     return [_load(module, origin) for module in modules]
-
-
-def loaded_plugins() -> list[Plugin]:
-    """Every plugin this process imported, in import order."""
-    return list(_LOADED.values())
 
 
 def _autoload() -> None:
@@ -155,9 +152,9 @@ def source(kind: str, name: str) -> str:
         return _LOADED[_PROVIDERS[(kind, name)]].describe()
     module = _registries()[kind].module_of(name)
     top = module.partition(".")[0]
-    if top in (*_OWN_PACKAGES, "detectron2"):
-        return "segheads" if top in _OWN_PACKAGES else top
-    return f"module {module} (registered outside a plugin)"
+    if top in _OWN_PACKAGES:
+        return "segheads"
+    return top if top == "detectron2" else f"module {module} (registered outside a plugin)"
 
 
 def _provider(kind: str, name: str) -> str | None:
@@ -170,7 +167,7 @@ def _provider(kind: str, name: str) -> str | None:
     if name not in registry:
         return None
     module = registry.module_of(name)
-    return None if module.partition(".")[0] in (*_OWN_PACKAGES, "detectron2", "__main__", "?") else module
+    return None if module.partition(".")[0] in _NEVER_PLUGINS else module
 
 
 def cell_components(cfg) -> list[tuple[str, str]]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-
-import yaml
+import importlib
 
 from classifiers import build_classifier, list_classifiers
+from harness.config import parse_override
 from harness.errors import InputError
 from harness.plugins import load_plugins
 from harness.testing import check_classifier
@@ -18,7 +18,8 @@ def check_head(args: argparse.Namespace) -> int:
     for name, value in (("--classes", args.classes), ("--channels", args.channels)):
         if value < 1:
             raise InputError(f"{name} {value}: expected >= 1")
-    factory = functools.partial(_factory(args.head), **_hparams(args.set))
+    hparams = dict(parse_override(item, example="preset=paper") for item in args.set)
+    factory = functools.partial(_factory(args.head), **hparams)
     report = check_classifier(factory, num_classes=args.classes, in_channels=args.channels, name=args.head)
     print(report)
     return 0 if report.ok else 1
@@ -34,7 +35,7 @@ def _factory(target: str):
                              f"({', '.join(list_classifiers())})")
         return functools.partial(build_classifier, target)
     load_plugins([module], origin="check-head")
-    imported = __import__(module, fromlist=[name])
+    imported = importlib.import_module(module)
     if hasattr(imported, name):
         factory = getattr(imported, name)
         if not callable(factory):
@@ -46,12 +47,3 @@ def _factory(target: str):
     raise InputError(f"check-head {target}: module {module} has no attribute {name!r} and no classifier of that name "
                      "is registered")
 
-
-def _hparams(items: list[str]) -> dict:
-    hparams = {}
-    for item in items:
-        key, equals, value = item.partition("=")
-        if not equals or not key:
-            raise InputError(f"--set {item!r}: expected KEY=VALUE")
-        hparams[key] = yaml.safe_load(value)
-    return hparams

@@ -9,6 +9,18 @@ from harness.config.run import RunConfig
 from harness.errors import InputError
 
 
+def parse_override(item: str, example: str = "train.lr=0.01") -> tuple[str, object]:
+    """``(key, value)`` of one ``key=value`` string, the value parsed as YAML; ``InputError``
+    naming ``item`` (and showing ``example``) when it is not one."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise InputError(f"override {item!r}: expected key=value, e.g. {example}")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise InputError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+
+
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``a.b.c=value`` strings (values parsed as YAML) to a copy of ``config``.
 
@@ -17,13 +29,7 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """
     data = to_dict(config)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"override {item!r}: expected key=value, e.g. train.lr=0.01")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise InputError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+        key, value = parse_override(item)
         node, parts = data, key.split(".")
         for depth, part in enumerate(parts[:-1]):
             if not isinstance(node.get(part), dict):

@@ -149,7 +149,8 @@ class _Kit:
         """A copy of the head after two training steps (forward, backward, ``after_optimizer_step``),
         so its state has moved from its initial values."""
         head = copy.deepcopy(self.head)
-        optimizer = torch.optim.SGD(head.learnable_parameters(), lr=0.1) if head.learnable_parameters() else None
+        learnable = head.learnable_parameters()
+        optimizer = torch.optim.SGD(learnable, lr=0.1) if learnable else None
         for step in range(2):
             losses = self.train_losses(head, seed=10 + step)
             total = sum(losses.values())
